@@ -1,0 +1,212 @@
+"""Shared I/O helpers: clear errors, atomic writes, caches, safe BIDS labels.
+
+Every writer in the package goes through :func:`atomic_write` (write to a
+temporary name in the destination folder, then :func:`os.replace`), so an
+interrupted run never leaves a half-written file behind. Every reader raises a
+:class:`SpineprintError` that names the file and the problem instead of a
+traceback from deep inside a library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import re
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "SpineprintError",
+    "atomic_write",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_save_nifti",
+    "atomic_save_npz",
+    "read_json",
+    "load_nifti",
+    "check_label",
+    "cache_dir",
+    "data_dir",
+]
+
+_LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
+
+
+class SpineprintError(ValueError):
+    """An input problem the user can fix; the message names the file and the problem."""
+
+
+# ---------------------------------------------------------------- locations
+def cache_dir(*parts: str) -> Path:
+    """Folder for generated data (simulated datasets, downloads, derivatives).
+
+    ``$SPINEPRINT_CACHE_DIR`` if set, else ``~/.cache/spineprint``. Never inside
+    the source tree, so a build leaves ``git status`` clean.
+    """
+    root = Path(os.environ.get("SPINEPRINT_CACHE_DIR", Path.home() / ".cache" / "spineprint"))
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def data_dir() -> Path | None:
+    """Local override for real data (``$SPINEPRINT_DATA_DIR``), or ``None``.
+
+    Tests and CI set it to ``../shared/data``; the loaders then read from it
+    instead of downloading.
+    """
+    value = os.environ.get("SPINEPRINT_DATA_DIR")
+    return Path(value).expanduser().resolve() if value else None
+
+
+# ---------------------------------------------------------------- writing
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "wb"):
+    """Open a temporary file next to *path*; rename it to *path* on success.
+
+    On any exception (including ``KeyboardInterrupt``) the temporary file is
+    removed and *path* is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write *text* (UTF-8) to *path* atomically; returns the path."""
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def atomic_write_json(path, obj) -> Path:
+    """Write *obj* as indented, key-sorted JSON atomically (byte-reproducible)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def atomic_write_tsv_gz(path, text: str) -> Path:
+    """Write *text* gzip-compressed with a fixed mtime (byte-reproducible)."""
+    with atomic_write(path, "wb") as fh:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0) as gz:
+            gz.write(text.encode("utf-8"))
+    return Path(path)
+
+
+def atomic_save_nifti(img, path) -> Path:
+    """Save a nibabel image atomically.
+
+    ``.nii.gz`` files are compressed with a fixed gzip mtime so that the same
+    image always gives the same bytes.
+    """
+    path = Path(path)
+    data = img.to_bytes() if hasattr(img, "to_bytes") else None
+    if data is None:  # pragma: no cover - every Nifti1Image has to_bytes
+        raise SpineprintError(f"{path}: cannot serialise image of type {type(img).__name__}")
+    with atomic_write(path, "wb") as fh:
+        if path.name.endswith(".gz"):
+            with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=6) as gz:
+                gz.write(data)
+        else:
+            fh.write(data)
+    return path
+
+
+def atomic_save_npz(path, **arrays) -> Path:
+    """``numpy.savez_compressed`` through an atomic rename."""
+    with atomic_write(path, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    return Path(path)
+
+
+# ---------------------------------------------------------------- reading
+def read_json(path, required=()) -> dict:
+    """Read a JSON sidecar; clear errors for missing file, bad JSON, missing keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpineprintError(f"{path}: sidecar file not found")
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpineprintError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise SpineprintError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    missing = [key for key in required if key not in obj]
+    if missing:
+        raise SpineprintError(f"{path}: missing required field(s) {', '.join(missing)}")
+    return obj
+
+
+def load_nifti(path, ndim: int | None = None, finite: bool = False, dtype=np.float32):
+    """Load a NIfTI image and its data with clear errors.
+
+    Parameters
+    ----------
+    path : path-like
+        ``.nii`` or ``.nii.gz`` file.
+    ndim : int, optional
+        Required number of dimensions (3 or 4).
+    finite : bool
+        If True, NaN or infinite voxels are an error.
+    dtype : numpy dtype
+        Data type of the returned array.
+
+    Returns
+    -------
+    img : nibabel.Nifti1Image
+    data : ndarray
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpineprintError(f"{path}: NIfTI file not found")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=dtype)
+    except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise SpineprintError(f"{path}: corrupt or truncated NIfTI file ({exc})") from None
+    if ndim is not None and data.ndim != ndim:
+        raise SpineprintError(f"{path}: expected a {ndim}D image, found {data.ndim}D with shape {data.shape}")
+    if finite and not np.all(np.isfinite(data)):
+        n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise SpineprintError(f"{path}: {n_bad} NaN or infinite voxel values")
+    return img, data
+
+
+def check_label(label: str, entity: str = "sub") -> str:
+    """Validate a BIDS label (alphanumeric only), e.g. a participant label.
+
+    Strips a leading ``sub-``/``ses-`` prefix. Rejects path-like labels such as
+    ``../x`` that would write outside the output folder.
+    """
+    label = str(label)
+    if label.startswith(f"{entity}-"):
+        label = label[len(entity) + 1 :]
+    if not _LABEL_RE.match(label):
+        raise SpineprintError(f"invalid {entity} label {label!r}: BIDS labels are alphanumeric only")
+    return label
