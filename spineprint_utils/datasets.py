@@ -1,0 +1,246 @@
+"""Real data loaders: the PAM50 template/atlas and OpenNeuro metadata.
+
+Every loader follows the same three-step rule (see ``CONTRIBUTING.md``):
+
+1. an explicit ``data_dir`` argument, else ``$SPINEPRINT_DATA_DIR`` (a local
+   copy with the layout ``pam50/{template,atlas}`` and ``openneuro/<ds>/...``):
+   read from there, never download;
+2. else a previously downloaded copy in :func:`spineprint_utils._io.cache_dir`;
+3. else download from the pinned upstream URL with :mod:`pooch`.
+
+Whatever the source, every file the package uses is verified against a pinned
+SHA-256 registry; a mismatch is a :class:`~spineprint_utils._io.SpineprintError`
+naming the file. Without a network and without a local copy the error says how to
+set ``SPINEPRINT_DATA_DIR``.
+
+References
+----------
+De Leener B, Fonov VS, Collins DL, Callot V, Stikov N, Cohen-Adad J (2018).
+PAM50: Unbiased multimodal template of the brainstem and spinal cord aligned with
+the ICBM152 space. NeuroImage 165:170-179. doi:10.1016/j.neuroimage.2017.10.041
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+from pathlib import Path
+
+import pooch
+
+from ._io import SpineprintError, cache_dir
+from ._io import data_dir as _env_data_dir
+
+__all__ = [
+    "PAM50_URLS",
+    "PAM50_REGISTRY",
+    "fetch_pam50",
+    "sha256",
+    "verify_files",
+]
+
+# --------------------------------------------------------------------- PAM50
+#: Official PAM50 release, pinned exactly as the Spinal Cord Toolbox's own
+#: downloader pins it (GitHub release first, OSF mirror second).
+PAM50_URLS = (
+    "https://github.com/spinalcordtoolbox/PAM50/releases/download/r20250730/PAM50-r20250730.zip",
+    "https://osf.io/zchkp/?action=download",
+)
+_PAM50_ZIP = "PAM50-r20250730.zip"
+
+#: SHA-256 of every PAM50 file the package uses, relative to the PAM50 root.
+#: Computed from upstream commit 31443641706e (github.com/spinalcordtoolbox/PAM50),
+#: the content of release r20250730.
+PAM50_REGISTRY = {
+    "template/PAM50_centerline.nii.gz": "c06863daa2e3a6bb00f0668e067ee71f10588d090e34c3b5cfb72763f92970ed",
+    "template/PAM50_cord.nii.gz": "5934efd3c833b068bf160f80f870f501dd264670fb6adadd63301fa5338b641d",
+    "template/PAM50_csf.nii.gz": "078d169ed2d9f6b9c65df02db1ed2365463da056d5e58847f09cc34de93b9945",
+    "template/PAM50_gm.nii.gz": "1da7b9584ee9a3bfe2dad32625683e80fc9ca320ab3e32590c77a57efd8bf520",
+    "template/PAM50_label_disc.nii.gz": "3555dfe7131c48e8c9e836182fd340387128f41eed24833745c3bab6e4235baa",
+    "template/PAM50_levels.nii.gz": "5e5b27aee46837abfdb85bffb01d5eb6c20f41ed7d308f5388fc86fd251942b6",
+    "template/PAM50_spinal_levels.nii.gz": "96ce9ee4d3acbb2c289a43b954c8a54c258e3aa7c24e2cd5db95d26bdc8871bc",
+    "template/PAM50_wm.nii.gz": "9c4a73de4966022ed31706e3f9f1c074ae0d0645f1913ab11249a6ccd8387a0f",
+    "atlas/PAM50_atlas_30.nii.gz": "6856b9d675ed62e081525d5cd5419ee574061c5c754b00c3fa2b19133bcd535b",
+    "atlas/PAM50_atlas_31.nii.gz": "023bd78cf1472728686309b67dc556bd922027a671534b5b95b621b430811d5a",
+    "atlas/PAM50_atlas_32.nii.gz": "4b551e942db7137890f99bec17efa6f0f4a133ebad8f339674787879c2aecc56",
+    "atlas/PAM50_atlas_33.nii.gz": "61e329d7ebe9c3ab6b6a13556d7857b9b99bff64e3553f367a4ad9e6153126c0",
+    "atlas/PAM50_atlas_34.nii.gz": "3ef94865ed6b7dc69abaa3c58a43c5e5aff9bd107892debf07355f927fea40a7",
+    "atlas/PAM50_atlas_35.nii.gz": "76f708cd715b7ff1e213b79b9349ceb899359513541618aa7dc0cac7d6211ab4",
+    "atlas/PAM50_atlas_36.nii.gz": "317e59ce926cb2fc947183c961b1adc29a2c0cd496a52b16f773d5568b6f8377",
+}
+
+_HOW_TO_OVERRIDE = (
+    "set the environment variable SPINEPRINT_DATA_DIR to a local copy of the data "
+    "(layout: $SPINEPRINT_DATA_DIR/pam50/{template,atlas}, "
+    "$SPINEPRINT_DATA_DIR/openneuro/<dataset>/...), e.g. "
+    "`export SPINEPRINT_DATA_DIR=/path/to/shared/data`, or pass data_dir=..."
+)
+
+# (path, size, mtime_ns) -> sha256 hex; avoids re-hashing unchanged files in one process.
+_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+
+
+def sha256(path) -> str:
+    """SHA-256 hex digest of a file (memoised on path, size and modification time)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    digest = _HASH_MEMO.get(key)
+    if digest is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        digest = h.hexdigest()
+        _HASH_MEMO[key] = digest
+    return digest
+
+
+def verify_files(root, registry: dict[str, str], what: str = "data") -> Path:
+    """Check that every file of *registry* exists under *root* with the pinned SHA-256.
+
+    Parameters
+    ----------
+    root : path-like
+        Folder the registry paths are relative to.
+    registry : dict
+        ``{relative/path: sha256 hex}``.
+    what : str
+        Name of the data set, used in error messages.
+
+    Returns
+    -------
+    Path
+        *root*, resolved.
+
+    Raises
+    ------
+    SpineprintError
+        Listing every missing file and every file whose checksum differs (each named
+        by its full path).
+    """
+    root = Path(root).expanduser().resolve()
+    missing, corrupt = [], []
+    for rel, expected in registry.items():
+        path = root / rel
+        if not path.is_file():
+            missing.append(str(path))
+            continue
+        got = sha256(path)
+        if got != expected.lower():
+            corrupt.append(f"{path} (sha256 {got}, expected {expected})")
+    problems = []
+    if corrupt:
+        problems.append("checksum mismatch (corrupt or modified file): " + "; ".join(corrupt))
+    if missing:
+        problems.append("missing file(s): " + ", ".join(missing))
+    if problems:
+        raise SpineprintError(f"{root}: {what} copy failed verification: " + " | ".join(problems))
+    return root
+
+
+def _pam50_root_in(folder: Path) -> Path | None:
+    """The folder holding ``template/`` and ``atlas/`` at or (once) below *folder*."""
+    for cand in (folder, folder / "pam50", folder / "PAM50"):
+        if (cand / "template").is_dir() and (cand / "atlas").is_dir():
+            return cand
+    if folder.is_dir():  # an unzipped release may add one top-level folder
+        for cand in sorted(folder.iterdir()):
+            if cand.is_dir() and (cand / "template").is_dir() and (cand / "atlas").is_dir():
+                return cand
+    return None
+
+
+def fetch_pam50(data_dir=None) -> Path:
+    """Locate (or download) the PAM50 template and atlas and verify them.
+
+    The PAM50 is the unbiased spinal cord template of De Leener et al. (2018,
+    NeuroImage 165:170, doi:10.1016/j.neuroimage.2017.10.041); ``atlas/`` holds the
+    probabilistic gray-matter horn maps (ids 30-36).
+
+    Parameters
+    ----------
+    data_dir : path-like, optional
+        Local copy: either the PAM50 folder itself (holding ``template/`` and
+        ``atlas/``) or a data root holding ``pam50/``. If omitted,
+        ``$SPINEPRINT_DATA_DIR/pam50`` is used when that variable is set. A local
+        copy is never supplemented by a download.
+
+    Returns
+    -------
+    Path
+        Folder with ``template/`` and ``atlas/`` subfolders; the 15 files of
+        :data:`PAM50_REGISTRY` have been checked against their SHA-256.
+
+    Raises
+    ------
+    SpineprintError
+        Local copy missing or with a corrupt/missing file (named in the message);
+        no local copy and the download failed (the message says how to set
+        ``SPINEPRINT_DATA_DIR``).
+    """
+    override = Path(data_dir).expanduser() if data_dir is not None else None
+    source = "data_dir argument"
+    if override is None:
+        env = _env_data_dir()
+        if env is not None:
+            override, source = env / "pam50", "$SPINEPRINT_DATA_DIR"
+    if override is not None:
+        root = _pam50_root_in(override)
+        if root is None:
+            raise SpineprintError(
+                f"{override}: no PAM50 copy here (expected template/ and atlas/ subfolders; "
+                f"location from {source})"
+            )
+        return verify_files(root, PAM50_REGISTRY, "PAM50")
+
+    cache = cache_dir("pam50")
+    extract = cache / "release-r20250730"
+    root = _pam50_root_in(extract)
+    if root is not None:
+        try:
+            return verify_files(root, PAM50_REGISTRY, "PAM50 (cached download)")
+        except SpineprintError:
+            shutil.rmtree(extract, ignore_errors=True)  # stale/corrupt cache: fetch again
+    return _download_pam50(cache, extract)
+
+
+def _download_pam50(cache: Path, extract: Path) -> Path:
+    errors = []
+    for url in PAM50_URLS:
+        try:
+            # The checksum of the release zip could not be computed when this was
+            # written (no network), hence known_hash=None; integrity is instead
+            # enforced on every extracted file through PAM50_REGISTRY below.
+            pooch.retrieve(
+                url,
+                known_hash=None,
+                fname=_PAM50_ZIP,
+                path=cache,
+                processor=pooch.Unzip(extract_dir=str(extract)),
+                progressbar=False,
+            )
+        except Exception as exc:  # network errors come in many types (requests, OSError, ...)
+            errors.append(f"{url}: {type(exc).__name__}: {exc}")
+            with contextlib.suppress(OSError):
+                (cache / _PAM50_ZIP).unlink()
+            continue
+        root = _pam50_root_in(extract)
+        if root is None:
+            errors.append(f"{url}: archive has no template/ and atlas/ folders")
+            shutil.rmtree(extract, ignore_errors=True)
+            continue
+        try:
+            return verify_files(root, PAM50_REGISTRY, f"PAM50 (downloaded from {url})")
+        except SpineprintError as exc:
+            shutil.rmtree(extract, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                (cache / _PAM50_ZIP).unlink()
+            errors.append(str(exc))
+    raise SpineprintError(
+        "PAM50 template not available: no local copy and the download failed ("
+        + "; ".join(errors)
+        + "). Without network access, "
+        + _HOW_TO_OVERRIDE
+    )

@@ -1,0 +1,143 @@
+"""Tests for the real data loaders (never touch the network)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from spineprint_utils import datasets
+from spineprint_utils._io import SpineprintError
+
+
+def _readme_registry(shared_data: Path) -> dict[str, str]:
+    """The PAM50 checksums as published in the shared data README (independent source)."""
+    text = (shared_data / "README.md").read_text()
+    return dict((rel, sha) for sha, rel in re.findall(r"^([0-9a-f]{64})  (\S+)$", text, flags=re.M))
+
+
+def _copy_pam50(shared_data: Path, dest: Path) -> Path:
+    for sub in ("template", "atlas"):
+        shutil.copytree(shared_data / "pam50" / sub, dest / sub)
+    return dest
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Make every pooch download fail, as it would offline."""
+    calls = []
+
+    def fail(url, *args, **kwargs):
+        calls.append(url)
+        raise ConnectionError(f"no network for {url}")
+
+    monkeypatch.setattr(datasets.pooch, "retrieve", fail)
+    return calls
+
+
+# ------------------------------------------------------------------ PAM50
+def test_pam50_registry_matches_published_checksums(shared_data):
+    published = _readme_registry(shared_data)
+    assert len(published) == 15
+    assert datasets.PAM50_REGISTRY == published
+
+
+def test_fetch_pam50_env_override(shared_data, no_network):
+    root = datasets.fetch_pam50()
+    assert root == (shared_data / "pam50").resolve()
+    assert (root / "template").is_dir() and (root / "atlas").is_dir()
+    # independent check of the verification: hash with hashlib directly
+    for rel, expected in datasets.PAM50_REGISTRY.items():
+        assert hashlib.sha256((root / rel).read_bytes()).hexdigest() == expected
+    assert no_network == []  # a local copy never triggers a download
+
+
+def test_fetch_pam50_data_dir_argument_root_or_pam50(shared_data, no_network):
+    assert datasets.fetch_pam50(shared_data) == (shared_data / "pam50").resolve()
+    assert datasets.fetch_pam50(shared_data / "pam50") == (shared_data / "pam50").resolve()
+
+
+def test_fetch_pam50_corrupt_file_is_named(shared_data, tmp_path, no_network):
+    copy = _copy_pam50(shared_data, tmp_path / "pam50")
+    bad = copy / "atlas" / "PAM50_atlas_34.nii.gz"
+    data = bytearray(bad.read_bytes())
+    data[100] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with pytest.raises(SpineprintError, match=r"PAM50_atlas_34\.nii\.gz") as info:
+        datasets.fetch_pam50(copy)
+    assert "checksum mismatch" in str(info.value)
+    assert "PAM50_atlas_30" not in str(info.value)  # only the bad file is named
+    # the same through the environment variable
+    datasets._HASH_MEMO.clear()
+    (copy / "atlas" / "PAM50_atlas_30.nii.gz").unlink()
+    with pytest.raises(SpineprintError, match=r"missing file\(s\): .*PAM50_atlas_30\.nii\.gz"):
+        datasets.fetch_pam50(tmp_path)
+
+
+def test_fetch_pam50_env_var_corrupt(shared_data, tmp_path, monkeypatch, no_network):
+    copy = _copy_pam50(shared_data, tmp_path / "pam50")
+    (copy / "template" / "PAM50_cord.nii.gz").write_bytes(b"not a nifti")
+    monkeypatch.setenv("SPINEPRINT_DATA_DIR", str(tmp_path))
+    with pytest.raises(SpineprintError, match=r"template/PAM50_cord\.nii\.gz"):
+        datasets.fetch_pam50()
+
+
+def test_fetch_pam50_override_without_copy(tmp_path, no_network):
+    with pytest.raises(SpineprintError, match="no PAM50 copy"):
+        datasets.fetch_pam50(tmp_path / "nowhere")
+
+
+def test_fetch_pam50_offline_without_copy_says_how(tmp_path, monkeypatch, no_network):
+    monkeypatch.delenv("SPINEPRINT_DATA_DIR", raising=False)
+    monkeypatch.setenv("SPINEPRINT_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(SpineprintError, match="SPINEPRINT_DATA_DIR") as info:
+        datasets.fetch_pam50()
+    assert "download failed" in str(info.value)
+    assert no_network == list(datasets.PAM50_URLS)  # both mirrors tried, in order
+
+
+def test_fetch_pam50_download_path(shared_data, tmp_path, monkeypatch):
+    """Simulated release download: pooch gets a zip, the Unzip processor extracts it."""
+    monkeypatch.delenv("SPINEPRINT_DATA_DIR", raising=False)
+    monkeypatch.setenv("SPINEPRINT_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_retrieve(url, known_hash, fname, path, processor, progressbar):
+        calls.append(url)
+        archive = Path(path) / fname
+        with zipfile.ZipFile(archive, "w") as zf:
+            for rel in datasets.PAM50_REGISTRY:
+                zf.write(shared_data / "pam50" / rel, f"PAM50/{rel}")
+        return processor(str(archive), "download", None)
+
+    monkeypatch.setattr(datasets.pooch, "retrieve", fake_retrieve)
+    root = datasets.fetch_pam50()
+    assert calls == [datasets.PAM50_URLS[0]]
+    assert root.name == "PAM50" and (root / "atlas" / "PAM50_atlas_35.nii.gz").is_file()
+    # second call: served from the verified cache, no download
+    assert datasets.fetch_pam50() == root
+    assert len(calls) == 1
+
+
+def test_fetch_pam50_corrupt_download_rejected(shared_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("SPINEPRINT_DATA_DIR", raising=False)
+    monkeypatch.setenv("SPINEPRINT_CACHE_DIR", str(tmp_path / "cache"))
+
+    def fake_retrieve(url, known_hash, fname, path, processor, progressbar):
+        archive = Path(path) / fname
+        with zipfile.ZipFile(archive, "w") as zf:
+            for rel in datasets.PAM50_REGISTRY:
+                data = (shared_data / "pam50" / rel).read_bytes()
+                zf.writestr(rel, data + b"x" if rel.endswith("_gm.nii.gz") else data)
+        return processor(str(archive), "download", None)
+
+    monkeypatch.setattr(datasets.pooch, "retrieve", fake_retrieve)
+    with pytest.raises(SpineprintError, match=r"PAM50_gm\.nii\.gz") as info:
+        datasets.fetch_pam50()
+    assert "SPINEPRINT_DATA_DIR" in str(info.value)
+    # nothing unverified is left behind in the cache
+    assert not (tmp_path / "cache" / "pam50" / "release-r20250730").exists()
