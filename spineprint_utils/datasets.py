@@ -244,3 +244,192 @@ def _download_pam50(cache: Path, extract: Path) -> Path:
         + "). Without network access, "
         + _HOW_TO_OVERRIDE
     )
+
+
+# ------------------------------------------------------------------ OpenNeuro
+#: Where OpenNeuro serves the files of a dataset (public S3 bucket).
+OPENNEURO_URL = "https://s3.amazonaws.com/openneuro.org/{dataset}/{path}"
+_REGISTRY_DIR = Path(__file__).parent / "data"
+_REGISTRY_HEADER = "# OpenNeuro {dataset} snapshot {version}"
+
+
+def _parse_registry(path: Path) -> tuple[str, dict[str, str]]:
+    """Read ``openneuro_<ds>.txt``: a header with the snapshot version, then ``sha256  path`` lines."""
+    version, registry = None, {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if line.startswith("#"):
+            words = line[1:].split()
+            if len(words) >= 4 and words[0] == "OpenNeuro" and words[2] == "snapshot":
+                version = words[3].rstrip(":")
+            continue
+        parts = line.split(None, 1)
+        if len(parts) != 2 or len(parts[0]) != 64:
+            raise SpineprintError(f"{path}:{lineno}: malformed registry line {line!r}")
+        registry[parts[1].strip()] = parts[0].lower()
+    if version is None:
+        raise SpineprintError(f"{path}: registry has no '# OpenNeuro <ds> snapshot <version>' header")
+    return version, registry
+
+
+def openneuro_registry(dataset_id: str) -> tuple[str, dict[str, str]]:
+    """Pinned snapshot version and ``{path: sha256}`` of the text files of an OpenNeuro dataset.
+
+    Parameters
+    ----------
+    dataset_id : str
+        e.g. ``"ds005884"``; see :func:`known_openneuro`.
+
+    Returns
+    -------
+    version : str
+        Snapshot version the checksums were computed from (e.g. ``"1.1.0"``).
+    registry : dict
+        Relative path (POSIX) -> SHA-256 hex digest.
+    """
+    known = known_openneuro()
+    if dataset_id not in known:
+        raise SpineprintError(
+            f"unknown OpenNeuro dataset {dataset_id!r}; known (pinned) datasets: "
+            + ", ".join(f"{ds} (v{v})" for ds, v in known.items())
+        )
+    return _parse_registry(_REGISTRY_DIR / f"openneuro_{dataset_id}.txt")
+
+
+def known_openneuro() -> dict[str, str]:
+    """``{dataset_id: pinned snapshot version}`` for every dataset with a registry file."""
+    out = {}
+    for path in sorted(_REGISTRY_DIR.glob("openneuro_ds*.txt")):
+        out[path.stem.split("_", 1)[1]] = _parse_registry(path)[0]
+    return out
+
+
+def make_openneuro_registry(local_dir, dataset_id: str, version: str, out=None) -> str:
+    """Build the checksum registry of every file in a local copy of a dataset's text files.
+
+    Used once by the maintainers to pin a snapshot (the result is committed as
+    ``spineprint_utils/data/openneuro_<ds>.txt``); never called at run time.
+
+    Parameters
+    ----------
+    local_dir : path-like
+        Local copy of the dataset at snapshot *version* (text files only).
+    dataset_id, version : str
+        Written in the header line.
+    out : path-like, optional
+        If given, the registry is also written there (atomically).
+
+    Returns
+    -------
+    str
+        Registry text, one ``sha256  relative/path`` line per file, sorted by path.
+    """
+    from ._io import atomic_write_text
+
+    local_dir = Path(local_dir)
+    if not (local_dir / "dataset_description.json").is_file():
+        raise SpineprintError(f"{local_dir}: not a BIDS dataset (no dataset_description.json)")
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    lines = [
+        _REGISTRY_HEADER.format(dataset=dataset_id, version=version)
+        + ": SHA-256 of every text file (paths relative to the dataset root)"
+    ]
+    lines += [f"{sha256(p)}  {p.relative_to(local_dir).as_posix()}" for p in files]
+    text = "\n".join(lines) + "\n"
+    if out is not None:
+        atomic_write_text(out, text)
+    return text
+
+
+def _openneuro_root_in(folder: Path, dataset_id: str) -> Path | None:
+    for cand in (folder, folder / dataset_id, folder / "openneuro" / dataset_id):
+        if (cand / "dataset_description.json").is_file():
+            return cand
+    return None
+
+
+def fetch_openneuro(dataset_id: str, version: str | None = None, data_dir=None) -> Path:
+    """Locate (or download) the text files of a pinned OpenNeuro snapshot and verify them.
+
+    Only the metadata are fetched: JSON sidecars, TSV files, README, CHANGES and
+    ``dataset_description.json`` (a few MB), enough for the acquisition chapter.
+    The images themselves (tens of GB) are not downloaded.
+
+    Parameters
+    ----------
+    dataset_id : str
+        OpenNeuro accession, one of :func:`known_openneuro` (``ds005884`` CoSpine
+        motor, ``ds005883`` CoSpine pain, Wei et al. 2025 Sci Data
+        doi:10.1038/s41597-025-05982-x; ``ds004386`` resting state, Kaptan et al.
+        2023 NeuroImage doi:10.1016/j.neuroimage.2023.120152).
+    version : str, optional
+        Snapshot version; must be the pinned one (default) because the checksums
+        are pinned per snapshot. A leading ``v`` is accepted.
+    data_dir : path-like, optional
+        Local copy: the dataset folder itself, or a folder holding ``<ds>/`` or
+        ``openneuro/<ds>/``. If omitted, ``$SPINEPRINT_DATA_DIR/openneuro/<ds>`` is used
+        when that variable is set. A local copy is never supplemented by downloads.
+
+    Returns
+    -------
+    Path
+        The BIDS dataset folder; every file of the registry exists there with its
+        pinned SHA-256.
+
+    Raises
+    ------
+    SpineprintError
+        Unknown dataset (the message lists the known ones) or version; local copy
+        missing, incomplete or with a modified file (named); download failed (the
+        message says how to set ``SPINEPRINT_DATA_DIR``).
+    """
+    pinned, registry = openneuro_registry(dataset_id)
+    if version is not None and str(version).lstrip("v") != pinned:
+        raise SpineprintError(
+            f"{dataset_id}: only snapshot {pinned} is pinned (checksums in "
+            f"{_REGISTRY_DIR / f'openneuro_{dataset_id}.txt'}); version {version!r} is not"
+        )
+    what = f"OpenNeuro {dataset_id} v{pinned}"
+    override = Path(data_dir).expanduser() if data_dir is not None else None
+    source = "data_dir argument"
+    if override is None:
+        env = _env_data_dir()
+        if env is not None:
+            override, source = env / "openneuro" / dataset_id, "$SPINEPRINT_DATA_DIR"
+    if override is not None:
+        root = _openneuro_root_in(override, dataset_id)
+        if root is None:
+            raise SpineprintError(
+                f"{override}: no copy of {dataset_id} here (no dataset_description.json; "
+                f"location from {source})"
+            )
+        return verify_files(root, registry, what)
+
+    root = cache_dir("openneuro", dataset_id, pinned)
+    todo = {rel: h for rel, h in registry.items() if not _cached_ok(root / rel, h)}
+    for rel, expected in todo.items():
+        url = OPENNEURO_URL.format(dataset=dataset_id, path=rel)
+        dest = root / rel
+        try:
+            pooch.retrieve(
+                url,
+                known_hash=f"sha256:{expected}",
+                fname=dest.name,
+                path=dest.parent,
+                progressbar=False,
+            )
+        except ValueError as exc:  # pooch: hash mismatch (upstream changed since the pin)
+            raise SpineprintError(
+                f"{url}: downloaded file does not match the pinned checksum of {what} ({exc})"
+            ) from None
+        except Exception as exc:  # network errors come in many types
+            raise SpineprintError(
+                f"{what} not available: no local copy and the download of {url} failed "
+                f"({type(exc).__name__}: {exc}). Without network access, " + _HOW_TO_OVERRIDE
+            ) from None
+    return verify_files(root, registry, what + " (downloaded)")
+
+
+def _cached_ok(path: Path, expected: str) -> bool:
+    return path.is_file() and sha256(path) == expected

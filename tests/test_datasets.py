@@ -141,3 +141,106 @@ def test_fetch_pam50_corrupt_download_rejected(shared_data, tmp_path, monkeypatc
     assert "SPINEPRINT_DATA_DIR" in str(info.value)
     # nothing unverified is left behind in the cache
     assert not (tmp_path / "cache" / "pam50" / "release-r20250730").exists()
+
+
+# ------------------------------------------------------------------ OpenNeuro
+def _hash_tree(folder: Path) -> dict[str, str]:
+    """Independent checksum of every file of a folder (hashlib, os.walk-free)."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_known_openneuro_versions(shared_data):
+    known = datasets.known_openneuro()
+    assert known == {"ds004386": "1.1.2", "ds005883": "1.1.0", "ds005884": "1.1.0"}
+    # the pinned versions are the ones the datasets declare about themselves
+    for ds, version in known.items():
+        desc = (shared_data / "openneuro" / ds / "dataset_description.json").read_text()
+        assert f"openneuro.{ds}.v{version}" in desc
+
+
+@pytest.mark.parametrize("ds", ["ds005884", "ds005883", "ds004386"])
+def test_openneuro_registry_covers_local_copy(shared_data, ds):
+    version, registry = datasets.openneuro_registry(ds)
+    assert registry == _hash_tree(shared_data / "openneuro" / ds)
+    assert "dataset_description.json" in registry and "participants.tsv" in registry
+
+
+def test_fetch_openneuro_env_override(shared_data, no_network):
+    root = datasets.fetch_openneuro("ds005884")
+    assert root == (shared_data / "openneuro" / "ds005884").resolve()
+    assert datasets.fetch_openneuro("ds004386", version="v1.1.2", data_dir=shared_data) == (
+        shared_data / "openneuro" / "ds004386"
+    ).resolve()
+    assert no_network == []
+
+
+def test_fetch_openneuro_unknown_dataset_lists_known():
+    with pytest.raises(SpineprintError, match=r"ds999999.*ds004386.*ds005883.*ds005884"):
+        datasets.fetch_openneuro("ds999999")
+
+
+def test_fetch_openneuro_unpinned_version():
+    with pytest.raises(SpineprintError, match=r"only snapshot 1\.1\.0 is pinned"):
+        datasets.fetch_openneuro("ds005884", version="1.0.0")
+
+
+def test_fetch_openneuro_modified_sidecar_is_named(shared_data, tmp_path, no_network):
+    copy = tmp_path / "ds005883"
+    shutil.copytree(shared_data / "openneuro" / "ds005883", copy)
+    side = copy / "sub-03" / "func" / "sub-03_task-pain_bold.json"
+    side.write_text(side.read_text().replace('"RepetitionTime": 2.68', '"RepetitionTime": 2.5'))
+    with pytest.raises(SpineprintError, match=r"sub-03_task-pain_bold\.json") as info:
+        datasets.fetch_openneuro("ds005883", data_dir=copy)
+    assert "checksum mismatch" in str(info.value)
+
+
+def test_fetch_openneuro_offline_without_copy(tmp_path, monkeypatch, no_network):
+    monkeypatch.delenv("SPINEPRINT_DATA_DIR", raising=False)
+    monkeypatch.setenv("SPINEPRINT_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(SpineprintError, match="SPINEPRINT_DATA_DIR") as info:
+        datasets.fetch_openneuro("ds004386")
+    assert "s3.amazonaws.com/openneuro.org/ds004386/" in str(info.value)
+    assert len(no_network) == 1  # gives up at the first failure, no 150 retries
+
+
+def test_fetch_openneuro_download_path(shared_data, tmp_path, monkeypatch):
+    """Simulated download: files served from the shared copy, checksum enforced as pooch does."""
+    monkeypatch.delenv("SPINEPRINT_DATA_DIR", raising=False)
+    monkeypatch.setenv("SPINEPRINT_CACHE_DIR", str(tmp_path / "cache"))
+    src = shared_data / "openneuro" / "ds004386"
+    prefix = "https://s3.amazonaws.com/openneuro.org/ds004386/"
+    calls = []
+
+    def fake_retrieve(url, known_hash, fname, path, progressbar):
+        assert url.startswith(prefix)
+        calls.append(url)
+        data = (src / url[len(prefix):]).read_bytes()
+        if url.endswith("participants.tsv"):
+            data += b"tampered\n"
+        if hashlib.sha256(data).hexdigest() != known_hash.split(":")[1]:
+            raise ValueError("SHA256 hash of downloaded file does not match")
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / fname).write_bytes(data)
+        return str(Path(path) / fname)
+
+    monkeypatch.setattr(datasets.pooch, "retrieve", fake_retrieve)
+    with pytest.raises(SpineprintError, match=r"participants\.tsv.*pinned checksum"):
+        datasets.fetch_openneuro("ds004386")
+    n_first = len(calls)
+
+    def honest_retrieve(url, known_hash, fname, path, progressbar):
+        calls.append(url)
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / fname).write_bytes((src / url[len(prefix):]).read_bytes())
+
+    monkeypatch.setattr(datasets.pooch, "retrieve", honest_retrieve)
+    root = datasets.fetch_openneuro("ds004386")
+    assert _hash_tree(root) == _hash_tree(src)
+    # resumable: files verified in the first attempt were not fetched again
+    assert len(calls) - n_first == 152 - (n_first - 1)
+    assert datasets.fetch_openneuro("ds004386") == root  # all cached now
+    assert len(calls) - n_first == 152 - (n_first - 1)
