@@ -1,0 +1,326 @@
+"""Nuisance signals and slice-wise cleaning for spinal cord fMRI.
+
+- :func:`acompcor`: principal components of the CSF signal (aCompCor, Behzadi et al. 2007).
+- :func:`dvars`, :func:`spike_regressors`: outlier volumes (Power et al. 2012) as
+  one-hot "spike" regressors (Lemieux et al. 2007; Satterthwaite et al. 2013).
+- :func:`slicewise_regression`: for every axial slice, the slice-specific design
+  (RETROICOR regressors of that slice's acquisition time, that slice's motion
+  parameters) together with the shared confounds (CSF components, spikes) are
+  regressed out of every voxel of the slice, jointly with band-pass filtering,
+  through :func:`nilearn.signal.clean`. nilearn (0.14) first removes a linear
+  trend from the signals *and* the confounds, then applies the same Butterworth
+  band-pass to both, then projects the filtered confounds out of the filtered
+  signals (QR with pivoting). Filtering the design like the data keeps the
+  filter and the regression orthogonal (Hallquist et al. 2013; Lindquist et al.
+  2019): regressing unfiltered confounds after filtering would re-introduce
+  frequencies the filter removed.
+- :func:`variance_removed`: how much of the cord signal each model explains, for the
+  QC table.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ._io import SpineprintError
+
+__all__ = [
+    "acompcor",
+    "dvars",
+    "spike_regressors",
+    "check_bandpass",
+    "slicewise_regression",
+    "variance_removed",
+]
+
+
+def _detrend(y: np.ndarray) -> np.ndarray:
+    """Remove a constant and a linear trend along axis 0 (least squares)."""
+    T = y.shape[0]
+    t = np.linspace(-1.0, 1.0, T)
+    D = np.column_stack([np.ones(T), t])
+    coef, *_ = np.linalg.lstsq(D, y.reshape(T, -1), rcond=None)
+    return (y.reshape(T, -1) - D @ coef).reshape(y.shape)
+
+
+def acompcor(data, csf_mask, n_components: int = 5, *, return_variance: bool = False):
+    """Anatomical CompCor: principal components of the CSF voxel time series.
+
+    Behzadi et al. (2007): the time series of the voxels of a noise ROI (here the
+    CSF around the cord) have constant and linear trends removed and are
+    variance-normalised; the first principal components (left singular vectors of
+    the T x V matrix) are nuisance regressors.
+
+    Parameters
+    ----------
+    data : ndarray, (X, Y, Z, T)
+    csf_mask : ndarray, (X, Y, Z) bool
+    n_components : int
+        Number of components (at most ``min(T, V) - 1``).
+    return_variance : bool
+        Also return the fraction of the (normalised) CSF variance of each component.
+
+    Returns
+    -------
+    components : ndarray, (T, n_components)
+        Unit-norm, zero-mean regressors (sign fixed so that the largest |loading|
+        is positive, for reproducibility).
+    explained : ndarray, (n_components,), if ``return_variance``
+    """
+    data = np.asarray(data)
+    csf_mask = np.asarray(csf_mask, bool)
+    if csf_mask.shape != data.shape[:3]:
+        raise SpineprintError(f"aCompCor: CSF mask shape {csf_mask.shape} does not match the data {data.shape[:3]}")
+    Y = np.asarray(data[csf_mask], dtype=np.float64).T  # (T, V)
+    Y = Y[:, Y.std(axis=0) > 0]
+    T, V = Y.shape
+    if n_components <= 0:
+        out = np.zeros((T, 0))
+        return (out, np.zeros(0)) if return_variance else out
+    if V < 2:
+        raise SpineprintError(f"aCompCor: the CSF mask has {V} non-constant voxel(s); need at least 2")
+    n_max = min(T, V) - 1
+    if n_components > n_max:
+        raise SpineprintError(f"aCompCor: {n_components} components requested but only {n_max} available "
+                              f"({V} CSF voxels, {T} volumes)")
+    Y = _detrend(Y)
+    sd = Y.std(axis=0)
+    Y = Y[:, sd > 0] / sd[sd > 0]
+    U, S, _ = np.linalg.svd(Y, full_matrices=False)
+    comps = U[:, :n_components]
+    signs = np.sign(comps[np.argmax(np.abs(comps), axis=0), np.arange(n_components)])
+    comps = comps * signs
+    if return_variance:
+        return comps, (S[:n_components] ** 2) / np.sum(S**2)
+    return comps
+
+
+def dvars(data, mask=None) -> np.ndarray:
+    """DVARS (Power et al. 2012): RMS over voxels of the volume-to-volume signal change.
+
+    ``DVARS_t = sqrt(mean_v (I_{v,t} - I_{v,t-1})^2)``, ``DVARS_0 = 0``.
+
+    Parameters
+    ----------
+    data : ndarray, (X, Y, Z, T)
+    mask : ndarray, (X, Y, Z) bool, optional
+
+    Returns
+    -------
+    ndarray, (T,)
+    """
+    data = np.asarray(data)
+    Y = data[mask] if mask is not None else data.reshape(-1, data.shape[-1])
+    out = np.zeros(Y.shape[-1])
+    out[1:] = np.sqrt(np.mean(np.diff(np.asarray(Y, dtype=np.float64), axis=-1) ** 2, axis=0))
+    return out
+
+
+def spike_regressors(metric, threshold: float) -> np.ndarray:
+    """One-hot regressors for outlier volumes ("spike regression", Lemieux et al. 2007).
+
+    Parameters
+    ----------
+    metric : ndarray, (T,)
+        Framewise displacement (mm, Power et al. 2012) or DVARS.
+    threshold : float
+        Volumes with ``metric > threshold`` get their own regressor (column with a
+        single 1). ``None`` or ``inf`` disables.
+
+    Returns
+    -------
+    ndarray, (T, n_spikes)
+    """
+    metric = np.asarray(metric, dtype=float)
+    if metric.ndim != 1:
+        raise SpineprintError(f"spike_regressors: metric must be 1D, got shape {metric.shape}")
+    T = metric.size
+    if threshold is None or not np.isfinite(threshold):
+        return np.zeros((T, 0))
+    idx = np.flatnonzero(metric > threshold)
+    out = np.zeros((T, idx.size))
+    out[idx, np.arange(idx.size)] = 1.0
+    return out
+
+
+def check_bandpass(t_r: float, high_pass, low_pass):
+    """Validate band-pass cut-offs (Hz) against the Nyquist frequency ``1 / (2 TR)``.
+
+    Returns ``(high_pass, low_pass, notes)``: a low-pass at or above Nyquist is
+    dropped (nothing to remove) with a note; a high-pass at or above Nyquist, or
+    above the low-pass, is an error.
+    """
+    notes = []
+    if t_r is None or not t_r > 0:
+        raise SpineprintError(f"band-pass filtering needs a positive repetition time, got {t_r!r}")
+    nyq = 0.5 / float(t_r)
+    if low_pass is not None and low_pass >= nyq:
+        notes.append(f"low-pass {low_pass} Hz >= Nyquist {nyq:.4f} Hz (TR {t_r} s): no low-pass applied")
+        low_pass = None
+    if high_pass is not None and high_pass >= nyq:
+        raise SpineprintError(f"high-pass {high_pass} Hz is at or above the Nyquist frequency {nyq:.4f} Hz (TR {t_r} s)")
+    if high_pass is not None and low_pass is not None and high_pass >= low_pass:
+        raise SpineprintError(f"high-pass {high_pass} Hz must be below low-pass {low_pass} Hz")
+    return high_pass, low_pass, notes
+
+
+def _design_for_slice(slice_design, shared, z, T):
+    parts = []
+    if slice_design is not None and slice_design.shape[2]:
+        parts.append(slice_design[z])
+    if shared is not None and shared.shape[1]:
+        parts.append(shared)
+    if not parts:
+        return None
+    C = np.hstack(parts).astype(np.float64)
+    C = C[:, np.ptp(C, axis=0) > 0]  # constant columns carry nothing after detrending
+    return C if C.shape[1] else None
+
+
+def _check_design(slice_design, shared, Z, T):
+    if slice_design is not None:
+        slice_design = np.asarray(slice_design, dtype=np.float64)
+        if slice_design.ndim != 3 or slice_design.shape[:2] != (Z, T):
+            raise SpineprintError(f"slice design must have shape ({Z}, {T}, P), got {slice_design.shape}")
+    if shared is not None:
+        shared = np.asarray(shared, dtype=np.float64)
+        if shared.ndim == 1:
+            shared = shared[:, None]
+        if shared.ndim != 2 or shared.shape[0] != T:
+            raise SpineprintError(f"shared confounds must have shape ({T}, Q), got {shared.shape}")
+    for name, arr in (("slice design", slice_design), ("shared confounds", shared)):
+        if arr is not None and not np.all(np.isfinite(arr)):
+            raise SpineprintError(f"{name} contains NaN or infinite values")
+    return slice_design, shared
+
+
+def _clean(Y, C, t_r, high_pass, low_pass):
+    from nilearn.signal import clean
+
+    filt = "butterworth" if (high_pass is not None or low_pass is not None) else False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return clean(Y, confounds=C, detrend=True, standardize=None, standardize_confounds=True, filter=filt,
+                     low_pass=low_pass, high_pass=high_pass, t_r=t_r if t_r else None)
+
+
+def slicewise_regression(data, slice_design=None, shared_confounds=None, mask=None, *, t_r=None, high_pass=None,
+                         low_pass=None, keep_mean: bool = True) -> np.ndarray:
+    """Slice-wise nuisance regression with band-pass filtering.
+
+    For every slice *z*, the voxel time series ``Y_z`` (T x V_z) are cleaned with
+    the design ``[slice_design[z], shared_confounds]`` by
+    :func:`nilearn.signal.clean`: linear detrending of data and design, the same
+    Butterworth band-pass on both, then ordinary least squares projection
+    ``Y - C (C^T C)^+ C^T Y`` with the filtered design (Lindquist et al. 2019).
+    Without filtering this equals the OLS residual of ``Y`` on ``[1, t, C]``
+    (Frisch-Waugh-Lovell).
+
+    Parameters
+    ----------
+    data : ndarray, (X, Y, Z, T)
+    slice_design : ndarray, (Z, T, P), optional
+        Slice-specific regressors (RETROICOR for that slice's timing, slice-wise motion).
+    shared_confounds : ndarray, (T, Q), optional
+        Regressors common to all slices (aCompCor, spikes, HR/RVT).
+    mask : ndarray, (X, Y, Z) bool, optional
+        Voxels to clean; default every voxel with a non-constant time series.
+        Other voxels are returned unchanged.
+    t_r : float
+        Repetition time (s); required when filtering.
+    high_pass, low_pass : float, optional
+        Cut-offs (Hz); see :func:`check_bandpass`.
+    keep_mean : bool
+        Add each voxel's temporal mean back (so tSNR stays meaningful).
+
+    Returns
+    -------
+    ndarray, (X, Y, Z, T) float32
+    """
+    data = np.asarray(data)
+    if data.ndim != 4:
+        raise SpineprintError(f"slice-wise regression needs a 4D series, got shape {data.shape}")
+    X, Yd, Z, T = data.shape
+    slice_design, shared = _check_design(slice_design, shared_confounds, Z, T)
+    if high_pass is not None or low_pass is not None:
+        high_pass, low_pass, _ = check_bandpass(t_r, high_pass, low_pass)
+    out = np.array(data, dtype=np.float32, copy=True)
+    for z in range(Z):
+        sl = np.asarray(data[:, :, z, :], dtype=np.float64).reshape(-1, T)
+        m = (sl.std(axis=1) > 0) if mask is None else np.asarray(mask[:, :, z], bool).reshape(-1)
+        if not m.any():
+            continue
+        Y = sl[m].T  # (T, V)
+        C = _design_for_slice(slice_design, shared, z, T)
+        cleaned = _clean(Y, C, t_r, high_pass, low_pass)
+        if keep_mean:
+            cleaned = cleaned + Y.mean(axis=0)
+        res = out[:, :, z, :].reshape(-1, T)
+        res[m] = cleaned.T
+        out[:, :, z, :] = res.reshape(X, Yd, T)
+    return out
+
+
+def variance_removed(data, mask, models: dict, *, t_r=None, high_pass=None, low_pass=None, cleaned=None) -> dict:
+    """Percentage of the cord signal variance explained by each nuisance model.
+
+    For each model *M* separately, the masked voxel series (linearly detrended)
+    are regressed on *M* alone (detrended) and the pooled explained variance is
+    ``100 * (1 - sum ||residual||^2 / sum ||Y||^2)`` (slice-specific models use
+    each slice's own regressors). ``"filter"`` is the percentage removed by the
+    band-pass alone and, if *cleaned* is given, ``"total"`` is
+    ``100 * (1 - sum ||Y_clean||^2 / sum ||Y||^2)`` for the full pipeline. The
+    models overlap (e.g. motion and CSF), so the parts need not add up to the total.
+
+    Parameters
+    ----------
+    data : ndarray, (X, Y, Z, T)
+    mask : ndarray, (X, Y, Z) bool
+    models : dict of str -> ndarray
+        ``(Z, T, P)`` slice-specific or ``(T, Q)`` shared regressors.
+    t_r, high_pass, low_pass : see :func:`slicewise_regression`
+    cleaned : ndarray, (X, Y, Z, T), optional
+        Output of the full cleaning, for ``"total"``.
+
+    Returns
+    -------
+    dict of str -> float (percent)
+    """
+    data = np.asarray(data)
+    mask = np.asarray(mask, bool)
+    Z, T = data.shape[2], data.shape[3]
+    result = {}
+    ys = {}
+    for z in range(Z):
+        if mask[:, :, z].any():
+            ys[z] = _detrend(np.asarray(data[:, :, z, :][mask[:, :, z]], dtype=np.float64).T)
+    total_ss = sum(float(np.sum(y**2)) for y in ys.values())
+    if total_ss <= 0:
+        return {name: float("nan") for name in list(models) + ["filter", "total"]}
+    for name, reg in models.items():
+        reg = np.asarray(reg, dtype=np.float64)
+        if reg.size == 0 or reg.shape[-1] == 0:
+            result[name] = 0.0
+            continue
+        ss = 0.0
+        for z, y in ys.items():
+            C = reg[z] if reg.ndim == 3 else reg
+            C = _detrend(C)
+            coef, *_ = np.linalg.lstsq(C, y, rcond=None)
+            ss += float(np.sum((y - C @ coef) ** 2))
+        result[name] = 100.0 * (1.0 - ss / total_ss)
+    if high_pass is not None or low_pass is not None:
+        hp, lp, _ = check_bandpass(t_r, high_pass, low_pass)
+        ss = sum(float(np.sum(_clean(y, None, t_r, hp, lp) ** 2)) for y in ys.values())
+        result["filter"] = 100.0 * (1.0 - ss / total_ss)
+    else:
+        result["filter"] = 0.0
+    if cleaned is not None:
+        ss = 0.0
+        for z in ys:
+            yc = _detrend(np.asarray(cleaned[:, :, z, :][mask[:, :, z]], dtype=np.float64).T)
+            ss += float(np.sum(yc**2))
+        result["total"] = 100.0 * (1.0 - ss / total_ss)
+    return result

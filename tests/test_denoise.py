@@ -1,0 +1,114 @@
+"""Tests for spineprint_utils.denoise: each against an independent computation."""
+
+import numpy as np
+import pytest
+
+from spineprint_utils import denoise
+from spineprint_utils._io import SpineprintError
+
+
+def _ols_residual(Y, C):
+    """Closed form: residual of Y on [1, t, C] by numpy lstsq."""
+    T = Y.shape[0]
+    D = np.column_stack([np.ones(T), np.linspace(-1, 1, T), C])
+    beta, *_ = np.linalg.lstsq(D, Y, rcond=None)
+    return Y - D @ beta
+
+
+def test_slicewise_regression_matches_closed_form():
+    rng = np.random.default_rng(1)
+    X, Y, Z, T = 3, 4, 2, 60
+    slice_design = rng.normal(size=(Z, T, 2))
+    shared = rng.normal(size=(T, 3))
+    data = 100 + rng.normal(size=(X, Y, Z, T))
+    # plant slice-specific and shared signals
+    data += 5 * slice_design[None, None, :, :, 0] + 3 * shared[:, 1]
+    out = denoise.slicewise_regression(data, slice_design, shared, keep_mean=False)
+    for z in range(Z):
+        Yz = data[:, :, z, :].reshape(-1, T).T
+        expect = _ols_residual(Yz, np.hstack([slice_design[z], shared]))
+        np.testing.assert_allclose(out[:, :, z, :].reshape(-1, T).T, expect, atol=1e-4)
+    # keep_mean adds the temporal mean back
+    out2 = denoise.slicewise_regression(data, slice_design, shared)
+    np.testing.assert_allclose(out2.mean(-1), data.mean(-1), atol=1e-3)
+
+
+def test_slicewise_filter_matches_nilearn():
+    from nilearn.signal import clean
+
+    rng = np.random.default_rng(2)
+    X, Y, Z, T = 2, 3, 2, 120
+    data = rng.normal(size=(X, Y, Z, T)) + 10
+    shared = rng.normal(size=(T, 2))
+    out = denoise.slicewise_regression(data, None, shared, t_r=2.0, high_pass=0.01, low_pass=0.13, keep_mean=False)
+    for z in range(Z):
+        Yz = data[:, :, z, :].reshape(-1, T).T
+        ref = clean(Yz, confounds=shared, detrend=True, standardize=None, filter="butterworth",
+                    low_pass=0.13, high_pass=0.01, t_r=2.0)
+        np.testing.assert_allclose(out[:, :, z, :].reshape(-1, T).T, ref, atol=1e-4)
+    # the band-pass really removes a slow drift and a fast oscillation: power spectrum check
+    t = np.arange(T) * 2.0
+    sig = np.sin(2 * np.pi * 0.05 * t)
+    noise = np.sin(2 * np.pi * 0.2 * t) + np.sin(2 * np.pi * 0.003 * t)
+    d = np.broadcast_to(sig + noise, (1, 1, 1, T)).copy() + 50
+    o = denoise.slicewise_regression(d, t_r=2.0, high_pass=0.01, low_pass=0.13, keep_mean=False)[0, 0, 0]
+    assert np.corrcoef(o, sig)[0, 1] > 0.95
+
+
+def test_acompcor_recovers_planted_components():
+    rng = np.random.default_rng(3)
+    T, V = 100, 200
+    s1, s2 = np.sin(np.linspace(0, 12, T)), rng.normal(size=T)
+    load = rng.normal(size=(2, V))
+    ts = 10 * s1[:, None] * load[0] + 5 * s2[:, None] * load[1] + 0.1 * rng.normal(size=(T, V))
+    data = np.zeros((V, 1, 1, T))
+    data[:, 0, 0, :] = ts.T + 1000
+    mask = np.ones((V, 1, 1), bool)
+    comps, expl = denoise.acompcor(data, mask, 2, return_variance=True)
+    assert comps.shape == (T, 2)
+    np.testing.assert_allclose(comps.T @ comps, np.eye(2), atol=1e-8)
+    # the planted signals lie in the span of the two components
+    for s in (s1, s2):
+        D = np.column_stack([np.ones(T), np.linspace(-1, 1, T)])
+        s = s - D @ np.linalg.lstsq(D, s, rcond=None)[0]  # aCompCor detrends first
+        beta, *_ = np.linalg.lstsq(comps, s, rcond=None)
+        assert np.linalg.norm(comps @ beta - s) / np.linalg.norm(s) < 0.05
+    assert expl.sum() > 0.9
+    with pytest.raises(SpineprintError, match="components requested"):
+        denoise.acompcor(data[:3], mask[:3], 5)
+
+
+def test_dvars_and_spikes_bruteforce():
+    rng = np.random.default_rng(4)
+    data = rng.normal(size=(2, 2, 2, 10))
+    dv = denoise.dvars(data)
+    for t in range(1, 10):
+        diff = [(data[i, j, k, t] - data[i, j, k, t - 1]) ** 2 for i in range(2) for j in range(2) for k in range(2)]
+        assert dv[t] == pytest.approx(np.sqrt(np.mean(diff)))
+    fd = np.array([0, 0.1, 0.6, 0.2, 0.9])
+    sp = denoise.spike_regressors(fd, 0.5)
+    assert sp.shape == (5, 2) and sp[2, 0] == 1 and sp[4, 1] == 1 and sp.sum() == 2
+    assert denoise.spike_regressors(fd, None).shape == (5, 0)
+
+
+def test_variance_removed_known_fraction():
+    rng = np.random.default_rng(5)
+    T = 400
+    reg = rng.normal(size=(T, 1))
+    noise = rng.normal(size=(3, 3, 1, T))
+    data = noise + 2 * reg[:, 0]  # regressor variance 4, noise 1 -> 80 %
+    mask = np.ones((3, 3, 1), bool)
+    slice_reg = np.broadcast_to(rng.normal(size=(1, T, 1)), (1, T, 1))
+    v = denoise.variance_removed(data, mask, {"shared": reg, "unrelated": slice_reg})
+    assert v["shared"] == pytest.approx(80, abs=3)
+    assert v["unrelated"] < 2
+
+
+def test_bandpass_checks_and_bad_design():
+    assert denoise.check_bandpass(4.0, 0.01, 0.13)[1] is None  # Nyquist 0.125
+    with pytest.raises(SpineprintError, match="Nyquist"):
+        denoise.check_bandpass(4.0, 0.2, None)
+    with pytest.raises(SpineprintError, match="slice design"):
+        denoise.slicewise_regression(np.zeros((2, 2, 2, 5)), np.zeros((3, 5, 1)))
+    with pytest.raises(SpineprintError, match="NaN"):
+        denoise.slicewise_regression(np.zeros((2, 2, 2, 5)), None, np.full((5, 1), np.nan))
