@@ -1,0 +1,122 @@
+"""The papermill + Jupyter Book build (spineprint build) on a tiny book."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from spineprint_utils import build
+from spineprint_utils._io import SpineprintError
+
+
+def _notebook(path: Path, code_cells, params="x = 1\nname = 'a'\n"):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells.append(nbformat.v4.new_markdown_cell("# A page\n\nSome text."))
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells.append(cell)
+    nb.cells.extend(nbformat.v4.new_code_cell(src) for src in code_cells)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
+
+
+@pytest.fixture
+def tiny_book(tmp_path):
+    root = tmp_path / "book"
+    (root / "book").mkdir(parents=True)
+    (root / "book" / "intro.md").write_text("# Intro\n\nHello.\n")
+    (root / "book" / "references.bib").write_text("")
+    (root / "_config.yml").write_text(
+        "title: tiny\nexecute:\n  execute_notebooks: 'off'\nonly_build_toc_files: true\n"
+    )
+    (root / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/intro\nchapters:\n  - file: notebooks/a\n  - file: notebooks/b\n"
+    )
+    _notebook(root / "notebooks" / "a.ipynb", ["print('value', x * 2)"])
+    _notebook(root / "notebooks" / "b.ipynb", ["open('written_here.txt', 'w').write(name)"])
+    return root
+
+
+def test_toc_notebooks_in_book_order(tiny_book):
+    assert build.toc_notebooks(tiny_book) == [Path("notebooks/a.ipynb"), Path("notebooks/b.ipynb")]
+
+
+def test_toc_missing_notebook_is_named(tiny_book):
+    (tiny_book / "notebooks" / "b.ipynb").unlink()
+    with pytest.raises(SpineprintError, match="b"):
+        build.toc_notebooks(tiny_book)
+
+
+def test_params_unknown_name_and_wrong_type_rejected(tiny_book):
+    nb = tiny_book / "notebooks" / "a.ipynb"
+    assert build.check_params(nb, {"x": 3}) == {"x": 3}
+    assert build.check_params(nb, {"name": "b"}) == {"name": "b"}
+    with pytest.raises(SpineprintError, match="unknown parameter 'y'"):
+        build.check_params(nb, {"y": 3})
+    with pytest.raises(SpineprintError, match="parameter 'x' expects int"):
+        build.check_params(nb, {"x": "three"})
+    with pytest.raises(SpineprintError, match="expects int"):
+        build.check_params(nb, {"x": True})
+
+
+def test_params_file_for_unknown_notebook_rejected(tiny_book, tmp_path):
+    params = tmp_path / "p.yml"
+    params.write_text("zz_missing:\n  x: 2\n")
+    with pytest.raises(SpineprintError, match="zz_missing"):
+        build.build_book(tiny_book, output=tmp_path / "out", params_file=params, html=False)
+
+
+def test_failing_notebook_names_notebook_cell_and_exception(tiny_book, tmp_path):
+    _notebook(tiny_book / "notebooks" / "b.ipynb", ["y = 1", "raise RuntimeError('planted failure')"])
+    out = tmp_path / "out"
+    with pytest.raises(SpineprintError) as info:
+        build.build_book(tiny_book, output=out, html=False, progress=False)
+    message = str(info.value)
+    assert "notebooks/b.ipynb" in message and "cell 3" in message
+    assert "RuntimeError" in message and "planted failure" in message
+    # no half-written executed copy of the failing notebook
+    assert not (out / "source" / "notebooks" / "b.ipynb").exists()
+    assert not list((out / "source" / "notebooks").glob(".*running*"))
+
+
+def test_cli_exit_code_nonzero_on_failure(tiny_book, tmp_path):
+    _notebook(tiny_book / "notebooks" / "a.ipynb", ["1 / 0"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "spineprint_utils.cli", "build", "--root", str(tiny_book),
+         "--output", str(tmp_path / "out"), "--no-html", "--quiet"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 1
+    assert "ZeroDivisionError" in proc.stderr and "notebooks/a.ipynb" in proc.stderr
+
+
+def test_full_build_keeps_sources_clean_and_caches(tiny_book, tmp_path):
+    before = {p: p.read_bytes() for p in tiny_book.rglob("*") if p.is_file()}
+    params = tmp_path / "p.yml"
+    params.write_text("all:\n  x: 21\nb:\n  name: from-yaml\n")
+    out = tmp_path / "out"
+    html = build.build_book(tiny_book, output=out, params_file=params, progress=False)
+    assert (html / "index.html").is_file() or (html / "book" / "intro.html").is_file()
+    assert (html / "notebooks" / "a.html").is_file()
+    # sources untouched, nothing written next to them
+    after = {p: p.read_bytes() for p in tiny_book.rglob("*") if p.is_file()}
+    assert after == before
+    executed = json.loads((out / "source" / "notebooks" / "a.ipynb").read_text())
+    texts = [o.get("text", "") for c in executed["cells"] for o in c.get("outputs", [])]
+    outputs = "".join("".join(t) if isinstance(t, list) else t for t in texts)
+    assert "value 42" in outputs  # the 'all' parameter reached the notebook
+    assert (out / "source" / "notebooks" / "written_here.txt").read_text() == "from-yaml"  # relative cwd
+    # second run: executed copies are reused
+    stamp = (out / "source" / "notebooks" / "a.ipynb").stat().st_mtime_ns
+    build.build_book(tiny_book, output=out, params_file=params, html=False, progress=False)
+    assert (out / "source" / "notebooks" / "a.ipynb").stat().st_mtime_ns == stamp
+
+
+def test_sphinx_warning_fails_the_build(tiny_book, tmp_path):
+    (tiny_book / "book" / "intro.md").write_text("# Intro\n\nA {doc}`link to nowhere <does_not_exist>`.\n")
+    with pytest.raises(SpineprintError, match="jupyter-book build failed"):
+        build.build_book(tiny_book, output=tmp_path / "out", progress=False)
