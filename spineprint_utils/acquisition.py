@@ -137,7 +137,7 @@ class BidsMetadata:
 def _issue(issues: list, severity: str, file, problem: str, warn: bool = True) -> None:
     issues.append({"severity": severity, "file": str(file) if file else "", "problem": problem})
     if warn and severity == "warning":
-        warnings.warn(f"{file}: {problem}" if file else problem, MetadataWarning, stacklevel=3)
+        warnings.warn(f"{file}: {problem}" if file else problem, MetadataWarning, stacklevel=4)
 
 
 # ------------------------------------------------------------------ slice timing
