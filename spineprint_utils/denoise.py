@@ -31,6 +31,7 @@ __all__ = [
     "dvars",
     "spike_regressors",
     "check_bandpass",
+    "filter_min_volumes",
     "slicewise_regression",
     "variance_removed",
 ]
@@ -166,6 +167,25 @@ def check_bandpass(t_r: float, high_pass, low_pass):
     return high_pass, low_pass, notes
 
 
+def filter_min_volumes(t_r: float, high_pass=None, low_pass=None, order: int = 5) -> int:
+    """Smallest number of volumes nilearn's zero-phase Butterworth filter accepts.
+
+    :func:`nilearn.signal.butterworth` designs an order-5 Butterworth filter as
+    second-order sections and runs :func:`scipy.signal.sosfiltfilt`, whose default
+    edge padding is ``3 * (2 * n_sections + 1 - n_trailing_zeros)`` samples; the
+    series must be longer than that. Returns 0 when nothing is filtered.
+    """
+    from scipy import signal as sp_signal
+
+    if high_pass is None and low_pass is None:
+        return 0
+    wn = [f for f in (high_pass, low_pass) if f is not None]
+    btype = "band" if len(wn) == 2 else ("high" if high_pass is not None else "low")
+    sos = sp_signal.butter(order, wn if len(wn) == 2 else wn[0], btype=btype, output="sos", fs=1.0 / t_r)
+    ntaps = 2 * len(sos) + 1 - min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
+    return 3 * ntaps + 1
+
+
 def _design_for_slice(slice_design, shared, z, T):
     parts = []
     if slice_design is not None and slice_design.shape[2]:
@@ -246,6 +266,10 @@ def slicewise_regression(data, slice_design=None, shared_confounds=None, mask=No
     slice_design, shared = _check_design(slice_design, shared_confounds, Z, T)
     if high_pass is not None or low_pass is not None:
         high_pass, low_pass, _ = check_bandpass(t_r, high_pass, low_pass)
+        need = filter_min_volumes(t_r, high_pass, low_pass)
+        if T < need:
+            raise SpineprintError(f"band-pass filtering needs at least {need} volumes, the series has {T}; "
+                                  "disable it (high_pass=None, low_pass=None)")
     out = np.array(data, dtype=np.float32, copy=True)
     for z in range(Z):
         sl = np.asarray(data[:, :, z, :], dtype=np.float64).reshape(-1, T)
