@@ -160,7 +160,7 @@ def pam50_source(source: str = "auto"):
     if source == "pam50":
         return "pam50", Path(fetch_pam50())
     env = data_dir()
-    local = (env is not None and (env / "pam50").is_dir()) or (cache_dir("pam50") / "release-r20250730").is_dir()
+    local = (env is not None and (env / "pam50").is_dir()) or (cache_dir() / "pam50" / "release-r20250730").is_dir()
     if local:
         try:
             return "pam50", Path(fetch_pam50())

@@ -397,6 +397,21 @@ def _find_runs(deriv_dir: Path, pattern: str, participants):
     return runs
 
 
+def _refuse_raw(folder: Path) -> None:
+    """Raw BIDS data are only read: refuse to write next to them."""
+    desc = folder / "dataset_description.json"
+    if desc.is_file():
+        try:
+            kind = json.loads(desc.read_text(encoding="utf-8-sig")).get("DatasetType", "raw")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            return
+        if kind == "raw":
+            raise SpineprintError(
+                f"{folder}: is a raw BIDS dataset (DatasetType raw); pass output_dir to write the connectivity "
+                "derivatives elsewhere (or run preprocessing first and give its derivatives folder)"
+            )
+
+
 def _grid_key(img):
     return (tuple(int(s) for s in img.shape[:3]), tuple(np.round(np.asarray(img.affine), 4).ravel().tolist()))
 
@@ -415,6 +430,7 @@ def connectivity_dataset(
     labels_img=None,
     names_tsv=None,
     fisher_z: bool = False,
+    output_dir=None,
 ) -> Path:
     """Region time series and full/half-run FC for every run of a dataset.
 
@@ -440,12 +456,15 @@ def connectivity_dataset(
         (:func:`spineprint_utils.atlas.load_label_image`) instead of the PAM50 regions.
     fisher_z : bool
         Store ``arctanh`` of correlations instead of correlations.
+    output_dir : path-like, optional
+        Where the outputs go (mirroring the runs' sub-folders); default *deriv_dir*.
+        Required when *deriv_dir* is a raw BIDS dataset (raw data are only read).
 
     Returns
     -------
     Path
-        ``deriv_dir/group/atlas-PAM50horns[_meas-<kind>]_connectomes.npz`` (read it with
-        :func:`load_connectomes`). Per run, next to the input:
+        ``<output_dir>/group/atlas-PAM50horns[_meas-<kind>]_connectomes.npz`` (read it
+        with :func:`load_connectomes`). Per run, in the run's sub-folder:
         ``<prefix>_atlas-PAM50horns_timeseries.tsv`` and
         ``<prefix>_atlas-PAM50horns[_meas-<kind>]_desc-{full,half1,half2}_connectivity.tsv``
         with JSON sidecars; the region image and table go to ``group/``
@@ -458,8 +477,11 @@ def connectivity_dataset(
     deriv_dir = Path(deriv_dir)
     if not deriv_dir.is_dir():
         raise SpineprintError(f"{deriv_dir}: derivatives folder not found")
+    out_dir = Path(output_dir) if output_dir is not None else deriv_dir
+    if output_dir is None:
+        _refuse_raw(deriv_dir)
     runs = _find_runs(deriv_dir, pattern, participants)
-    group_dir = deriv_dir / _GROUP_DIR
+    group_dir = out_dir / _GROUP_DIR
 
     # ---- regions: one label image per distinct grid, same region names everywhere
     import nibabel as nib
@@ -510,7 +532,8 @@ def connectivity_dataset(
         for p, img in members:
             ent = _entities(p)
             prefix = _prefix(p)
-            ts_path = p.parent / f"{prefix}_atlas-{ATLAS_NAME}_timeseries.tsv"
+            folder = out_dir / p.parent.relative_to(deriv_dir)
+            ts_path = folder / f"{prefix}_atlas-{ATLAS_NAME}_timeseries.tsv"
             if not overwrite and _sidecar_matches(ts_path, ts_params):
                 ts = _read_ts_tsv(ts_path, regions)
             else:
@@ -525,7 +548,7 @@ def connectivity_dataset(
                 raise SpineprintError(f"{p}: {exc}") from None
             if ts.shape[0] < 6:
                 raise SpineprintError(f"{p}: {ts.shape[0]} volumes are too few to split in halves")
-            fc_paths = {h: p.parent / f"{prefix}_{stem}_desc-{h}_connectivity.tsv" for h in HALVES}
+            fc_paths = {h: folder / f"{prefix}_{stem}_desc-{h}_connectivity.tsv" for h in HALVES}
             records.append({"path": p, "ent": ent, "ts": ts, "fc_paths": fc_paths})
 
     # ---- FC: full, half1, half2
@@ -554,6 +577,14 @@ def connectivity_dataset(
                 "NumberOfVolumes": int(rec["ts"].shape[0] if h == "full" else rec["ts"].shape[0] // 2),
             })
 
+    if not (out_dir / "dataset_description.json").is_file():
+        from . import __version__
+
+        atomic_write_json(out_dir / "dataset_description.json", {
+            "Name": "spineprint connectivity", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+            "GeneratedBy": [{"Name": "spineprint", "Version": __version__,
+                             "Description": "PAM50 horn x segment time series and functional connectivity"}],
+        })
     group_path = group_dir / f"{stem}_connectomes.npz"
     atomic_save_npz(
         group_path,
@@ -703,6 +734,7 @@ def _run_cli(args) -> int:
         participants=args.participant_label,
         pattern=args.pattern,
         fisher_z=args.fisher_z,
+        output_dir=args.output_dir,
     )
     print(path)
     return 0
@@ -725,5 +757,6 @@ def register_cli(subparsers) -> None:
     p.add_argument("--participant-label", nargs="+", default=None, help="only these participants")
     p.add_argument("--pattern", default=_DEFAULT_PATTERN, help="glob of the runs relative to DERIV_DIR")
     p.add_argument("--fisher-z", action="store_true", help="store arctanh(r)")
+    p.add_argument("--output-dir", default=None, help="write outputs here instead of DERIV_DIR")
     p.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
     p.set_defaults(func=_run_cli)

@@ -350,3 +350,21 @@ def test_cli(dataset, capsys):
     assert rc == 0
     assert "atlas-PAM50horns_connectomes.npz" in capsys.readouterr().out
     assert cli.main(["connectivity", str(root / "nope"), "--source", "phantom"]) == 1
+
+
+def test_raw_bids_is_only_read(tmp_path):
+    raw = tmp_path / "raw"
+    _, table, _, truth = _make_dataset(raw, n_sub=2, t=20)
+    for p in truth:  # rename to raw BOLD names
+        p.rename(p.with_name(p.name.replace("_desc-preproc_bold", "_bold")))
+    (raw / "dataset_description.json").write_text(json.dumps({"Name": "x", "BIDSVersion": "1.9.0"}))
+    pattern = "sub-*/ses-*/func/*_bold.nii.gz"
+    with pytest.raises(SpineprintError, match="raw BIDS dataset"):
+        conn.connectivity_dataset(raw, source="phantom", segments=SEGS, pattern=pattern)
+    out = tmp_path / "out"
+    path = conn.connectivity_dataset(raw, source="phantom", segments=SEGS, pattern=pattern, output_dir=out)
+    assert path == out / "group" / "atlas-PAM50horns_connectomes.npz"
+    assert (out / "sub-01" / "ses-01" / "func" / "sub-01_ses-01_task-rest_run-1_atlas-PAM50horns_timeseries.tsv").is_file()
+    assert json.loads((out / "dataset_description.json").read_text())["DatasetType"] == "derivative"
+    assert not list(raw.rglob("*atlas-PAM50horns*")) and not (raw / "group").exists()
+    assert len(conn.load_connectomes(path)["subjects"]) == 2
