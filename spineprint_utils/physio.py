@@ -461,6 +461,7 @@ def scan_onsets(rec: PhysioRecording, n_volumes: int, tr: float, *, use_trigger:
 
 # ---------------------------------------------------------------- cardiac
 def _bandpass(x, fs, low, high, order=2):
+    """Zero-phase Butterworth band-pass (low-pass if ``low`` is None) of the demeaned trace."""
     from scipy.signal import butter, sosfiltfilt
 
     nyq = fs / 2.0
@@ -485,10 +486,11 @@ def detect_cardiac_peaks(
     """Detect heart beats in an ECG or pulse-oximeter trace, with quality flags.
 
     The trace is band-passed (0.5-15 Hz, zero-phase Butterworth) and peaks are
-    found with :func:`scipy.signal.find_peaks` (minimum distance 0.5 x 60 /
-    ``max_hr`` s; prominence at least 30 % of the 1-99 % amplitude range). A
-    peak closer than half the median inter-beat interval (IBI) to the previous
-    one is dropped (the lower of the two), which removes T waves and dicrotic
+    found with :func:`scipy.signal.find_peaks` (minimum distance 0.5 x the beat
+    period, estimated as the first main autocorrelation peak between 0.2 and
+    3 s of the positive part low-passed at 3 Hz; prominence at least 30 % of the 1-99 % amplitude range). A
+    peak closer than half the local median inter-beat interval (IBI, running
+    median over +-5 beats) to the previous one is dropped (the lower of the two), which removes T waves and dicrotic
     notches.
 
     Parameters
@@ -509,9 +511,9 @@ def detect_cardiac_peaks(
         ``n_peaks``; ``mean_hr_bpm`` (60 / mean IBI), ``median_hr_bpm``,
         ``min_hr_bpm`` and ``max_hr_bpm`` (instantaneous 60 / IBI);
         ``implausible_rate`` (median rate outside [min_hr, max_hr] or fewer than
-        3 beats); ``n_missing_beats`` (IBIs longer than 1.5 x the median IBI:
-        a beat was probably missed); ``n_extra_beats`` (IBIs shorter than 0.5 x
-        median, should be 0 after the clean-up); ``ok`` (plausible rate and at
+        3 beats); ``n_missing_beats`` (IBIs longer than 1.5 x the local median
+        IBI: a beat was probably missed); ``n_extra_beats`` (IBIs shorter than
+        0.5 x the local median, should be 0 after the clean-up); ``ok`` (plausible rate and at
         most ``max_irregular_fraction`` irregular IBIs).
     """
     from scipy.signal import find_peaks
@@ -524,15 +526,18 @@ def detect_cardiac_peaks(
         raise SpineprintError("cardiac trace contains NaN or infinite values")
     filt = _bandpass(x, fs, 0.5, 15.0)
     lo, hi = np.percentile(filt, [1, 99])
-    distance = max(1, int(round(0.5 * 60.0 / max_hr * fs)))
+    # period from the autocorrelation of a smooth envelope (robust to heart-rate variability)
+    envelope = _bandpass(np.clip(filt, 0.0, None), fs, None, 3.0)
+    period = _dominant_period(envelope, fs)
+    distance = max(1, int(round(0.5 * period * fs)))
     peaks, props = find_peaks(filt, distance=distance, prominence=max(0.3 * (hi - lo), 1e-12))
     peaks = np.asarray(peaks, dtype=int)
     if len(peaks) >= 3:
-        # drop peaks that follow the previous kept one by < 0.5 median IBI (keep the higher)
-        half = 0.5 * np.median(np.diff(peaks))
+        # drop peaks that follow the previous kept one by < 0.5 local median IBI (keep the higher)
+        half = 0.5 * _local_median(np.diff(peaks).astype(float))
         kept = [int(peaks[0])]
-        for p in peaks[1:]:
-            if p - kept[-1] < half:
+        for i, p in enumerate(peaks[1:]):
+            if p - kept[-1] < half[i]:
                 if filt[p] > filt[kept[-1]]:
                     kept[-1] = int(p)
             else:
@@ -540,6 +545,38 @@ def detect_cardiac_peaks(
         peaks = np.asarray(kept, dtype=int)
     quality = _beat_quality(peaks / fs, min_hr, max_hr, max_irregular_fraction)
     return peaks, quality
+
+
+def _dominant_period(x, fs, shortest=0.2, longest=3.0) -> float:
+    """Beat period (s): the shortest autocorrelation peak in [shortest, longest] s reaching
+    80 % of the highest one (avoids multiples of the period and T-wave/dicrotic lags)."""
+    from scipy.signal import find_peaks
+
+    n = len(x)
+    spec = np.fft.rfft(x - x.mean(), 2 * n)
+    ac = np.fft.irfft(np.abs(spec) ** 2)[:n]
+    if not ac[0] > 0:
+        return shortest
+    ac = ac / ac[0]
+    lo, hi = int(shortest * fs), min(n - 1, int(np.ceil(longest * fs)))
+    if hi <= lo + 2:
+        return shortest
+    cand, _ = find_peaks(ac[lo : hi + 1])
+    if cand.size == 0:
+        return shortest
+    vals = ac[lo + cand]
+    best = cand[np.flatnonzero(vals >= 0.8 * vals.max())[0]]
+    return (lo + best) / fs
+
+
+def _local_median(ibi, half_width: int = 5) -> np.ndarray:
+    """Running median of the inter-beat intervals over +-``half_width`` beats (edge-padded)."""
+    ibi = np.asarray(ibi, dtype=float)
+    if ibi.size == 0:
+        return ibi
+    w = min(half_width, ibi.size)
+    padded = np.pad(ibi, w, mode="edge")
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * w + 1), axis=1)[: ibi.size]
 
 
 def _beat_quality(peak_times, min_hr, max_hr, max_irregular_fraction=0.05) -> dict:
@@ -558,8 +595,9 @@ def _beat_quality(peak_times, min_hr, max_hr, max_irregular_fraction=0.05) -> di
         )
         return q
     med = float(np.median(ibi))
-    n_missing = int(np.count_nonzero(ibi > 1.5 * med))
-    n_extra = int(np.count_nonzero(ibi < 0.5 * med))
+    local = _local_median(ibi)
+    n_missing = int(np.count_nonzero(ibi > 1.5 * local))
+    n_extra = int(np.count_nonzero(ibi < 0.5 * local))
     median_hr = 60.0 / med
     implausible = bool(not (min_hr <= median_hr <= max_hr))
     q.update(
@@ -929,10 +967,11 @@ def heart_rate(peak_times, t, window: float = 6.0) -> np.ndarray:
     return 60.0 / mean_ibi
 
 
-def respiration_volume_per_time(resp, fs: float, t, *, max_rate_hz: float = 1.0, smooth_hz: float = 1.0):
+def respiration_volume_per_time(resp, fs: float, t, *, max_rate_hz: float = 1.0, smooth_hz: float = 1.5):
     """Respiration volume per time (RVT) of Birn et al. 2006, at times *t*.
 
-    Breath maxima are peaks of the low-passed belt trace (at least
+    Breath maxima are peaks of the belt trace low-passed at ``smooth_hz``
+    (zero-phase 4th-order Butterworth, flat up to ~1 Hz; at least
     ``1 / max_rate_hz`` s apart, prominence >= 20 % of the 1-99 % range); for
     the breath starting at maximum :math:`i`,
 
@@ -950,7 +989,7 @@ def respiration_volume_per_time(resp, fs: float, t, *, max_rate_hz: float = 1.0,
 
     r = np.asarray(resp, dtype=float)
     fs = float(fs)
-    smooth = _bandpass(r, fs, None, smooth_hz) if fs > 2.2 * smooth_hz else r - r.mean()
+    smooth = _bandpass(r, fs, None, smooth_hz, order=4) if fs > 2.2 * smooth_hz else r - r.mean()
     lo, hi = np.percentile(smooth, [1, 99])
     peaks, _ = find_peaks(smooth, distance=max(1, int(fs / max_rate_hz)), prominence=max(0.2 * (hi - lo), 1e-12))
     if len(peaks) < 2:
@@ -965,8 +1004,9 @@ def _convolve_at(signal_fn, kernel_fn, onsets, tr, kernel_length, dt):
     """Convolve a demeaned signal (sampled on a fine grid) with a kernel; sample at onsets."""
     onsets = np.asarray(onsets, dtype=float)
     history = min(kernel_length, max(0.0, onsets[0]))
-    start = onsets[0] - np.floor(history / dt) * dt
-    grid = np.arange(start, onsets[-1] + dt / 2, dt)
+    n_before = int(np.floor(history / dt + 1e-9))
+    n_after = int(np.ceil((onsets[-1] - onsets[0]) / dt - 1e-9))
+    grid = onsets[0] + dt * np.arange(-n_before, n_after + 1)
     x = signal_fn(grid)
     x = x - x.mean()
     kernel = kernel_fn(np.arange(0.0, kernel_length, dt)) * dt
