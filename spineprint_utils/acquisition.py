@@ -41,6 +41,7 @@ __all__ = [
     "protocol",
     "protocol_table",
     "issues_table",
+    "issues_admonition",
     "slice_timing_figure",
     "example_sidecars",
     "load_datasets",
@@ -620,7 +621,8 @@ def protocol(meta: BidsMetadata) -> dict:
         "te_s": _float(m("EchoTime")),
         "flip_angle_deg": _float(m("FlipAngle")),
         "n_slices": n_slices,
-        "slice_thickness_mm": _float(m("SliceThickness")),
+        "slice_thickness_mm": _float(m("SliceThickness")) if m("SliceThickness") is not None else (
+            float(_mode(round(zz[2], 3) for zz in zooms)) if zooms and all(len(zz) > 2 for zz in zooms) else None),
         "inplane_resolution_mm": (f"{inplane[0]:g} x {inplane[1]:g}" if inplane else None),
         "n_volumes": int(n_vols) if n_vols is not None else None,
         "slice_order": info["order"] if info else None,
@@ -722,19 +724,20 @@ def issues_table(datasets: dict) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ figure
-def slice_timing_figure(datasets: dict, ax=None):
+def slice_timing_figure(datasets: dict, ncols: int = 2):
     """Slice index versus acquisition time within the TR, one panel per dataset.
 
     Slices excited simultaneously (multiband) share a time and are joined by a
-    vertical line; the colour gives the band (position within the simultaneous
-    group).
+    grey line; the colour gives the band (position of the slice within its
+    simultaneous group: band ``b`` holds slices ``b * n_slices / MB`` to
+    ``(b + 1) * n_slices / MB - 1``).
 
     Parameters
     ----------
     datasets : dict
-        ``{title: BidsMetadata}``.
-    ax : sequence of matplotlib Axes, optional
-        One per dataset; created if omitted.
+        ``{title: BidsMetadata}``; datasets without ``SliceTiming`` are skipped.
+    ncols : int
+        Panels per row.
 
     Returns
     -------
@@ -743,28 +746,30 @@ def slice_timing_figure(datasets: dict, ax=None):
     import matplotlib.pyplot as plt
 
     items = [(name, meta) for name, meta in datasets.items() if _mode(r.meta.get("SliceTiming") for r in meta.runs)]
-    if ax is None:
-        fig, ax = plt.subplots(1, max(1, len(items)), figsize=(4.2 * max(1, len(items)), 4), squeeze=False)
-        ax = ax[0]
-    else:
-        fig = ax[0].figure
-    for a, (name, meta) in zip(ax, items):
+    n = max(1, len(items))
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    colors = plt.get_cmap("tab10").colors
+    for a, (name, meta) in zip(axes.ravel(), items):
         p = protocol(meta)
         st = _mode(r.meta.get("SliceTiming") for r in meta.runs)
         tab = slice_timing_table(st, p["tr_s"])
         for _, grp in tab.groupby("excitation"):
             if len(grp) > 1:
-                a.plot(grp["time_s"], grp["slice"], color="0.7", lw=0.8, zorder=1)
-        sc = a.scatter(tab["time_s"], tab["slice"], c=tab["band"], cmap="viridis", s=14, zorder=2,
-                       vmin=0, vmax=max(1, tab["band"].max()))
+                a.plot(grp["time_s"], grp["slice"], color="0.75", lw=0.8, zorder=1)
+        for b, grp in tab.groupby("band"):
+            a.scatter(grp["time_s"], grp["slice"], s=12, color=colors[int(b) % 10], zorder=2,
+                      label=f"band {int(b) + 1}")
         a.axvline(p["tr_s"], color="k", ls=":", lw=1)
-        a.set_xlim(-0.05 * p["tr_s"], 1.05 * p["tr_s"])
-        a.set_xlabel("acquisition time within TR (s)")
-        a.set_ylabel("slice index (inferior to superior)")
-        mb = p["multiband"]
-        a.set_title(f"{name}\n{p['n_slices']} slices, {p['slice_order']}, MB {mb}", fontsize=9)
+        a.set_xlim(-0.05 * p["tr_s"], 1.08 * p["tr_s"])
+        a.set_xlabel("acquisition time within the TR (s)")
+        a.set_ylabel("slice index (0-based)")
+        a.set_title(f"{name}: {p['n_slices']} slices, MB {p['multiband']}\n{p['slice_order']}", fontsize=9)
         if tab["band"].max() > 0:
-            fig.colorbar(sc, ax=a, label="band (simultaneous slice)", ticks=range(int(tab["band"].max()) + 1))
+            a.legend(fontsize=7, loc="lower right", title="simultaneous", title_fontsize=7)
+    for a in axes.ravel()[len(items):]:
+        a.set_visible(False)
     fig.tight_layout()
     return fig
 
@@ -863,8 +868,42 @@ def load_datasets(dataset_ids, fallback: bool = True) -> tuple[dict, dict]:
         except SpineprintError as exc:
             if not fallback or "unknown OpenNeuro dataset" in str(exc):
                 raise
-            warnings.warn(f"{ds} unavailable, using generated example sidecars: {exc}", MetadataWarning, stacklevel=2)
+            reason = str(exc).split(". Without network access")[0]
+            warnings.warn(
+                f"{ds} unavailable, using generated example sidecars ({reason}); to use the real "
+                "metadata offline set SPINEPRINT_DATA_DIR to a local copy",
+                MetadataWarning, stacklevel=2,
+            )
             if "example" not in paths:
                 paths["example"] = example_sidecars()
-                sources["example"] = "GENERATED CoSpine-like example sidecars (real data unavailable: " + str(exc)[:200] + ")"
+                sources["example"] = (
+                    "GENERATED CoSpine-like example sidecars: the real metadata could not be "
+                    "downloaded and SPINEPRINT_DATA_DIR is not set"
+                )
     return paths, sources
+
+
+def issues_admonition(issues: pd.DataFrame, title: str = "Upstream metadata defects") -> str:
+    """HTML for a warning box (Jupyter Book admonition style) listing metadata issues.
+
+    Parameters
+    ----------
+    issues : DataFrame
+        From :func:`issues_table`.
+    title : str
+        Box title; the number of issues is appended.
+
+    Returns
+    -------
+    str
+        ``<div class="admonition warning">`` with an escaped HTML table, or a short
+        "no issues" note (class ``admonition note``) when *issues* is empty.
+    """
+    import html
+
+    if issues.empty:
+        return f'<div class="admonition note"><p class="admonition-title">{html.escape(title)}</p><p>No issues found.</p></div>'
+    n_warn = int((issues["severity"] == "warning").sum())
+    head = f"{title}: {n_warn} warning(s), {len(issues) - n_warn} note(s)"
+    table = issues.to_html(index=False, escape=True, border=0, classes="table")
+    return f'<div class="admonition warning"><p class="admonition-title">{html.escape(head)}</p>{table}</div>'

@@ -214,9 +214,18 @@ def test_slice_timing_figure(real):
 
     matplotlib.use("Agg")
     fig = acq.slice_timing_figure(real)
-    axes = [a for a in fig.axes if a.get_label() != "<colorbar>"]
-    assert len(axes) >= 3
-    assert "MB 2" in axes[0].get_title()
+    axes = [a for a in fig.axes if a.get_visible()]
+    assert len(axes) == 3
+    assert "MB 2" in axes[0].get_title() and "MB 1" in axes[2].get_title()
+    # the plotted points are the sidecar's SliceTiming: 70 points in two bands of 35
+    offsets = np.vstack([c.get_offsets() for c in axes[0].collections])
+    from collections import Counter
+
+    st = Counter(tuple(r.meta["SliceTiming"]) for r in real["ds005884"].runs).most_common(1)[0][0]
+    assert sorted(map(tuple, offsets.tolist())) == sorted((float(t), float(i)) for i, t in enumerate(st))
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
 
 
 # ------------------------------------------------------------------ synthetic datasets
@@ -237,6 +246,7 @@ def test_inplane_resolution_and_volumes_from_header(tmp_path):
     p = acq.protocol(_meta_quiet(root))
     assert p["inplane_resolution_mm"] == "1.5 x 1.5"
     assert p["n_volumes"] == 7 and p["n_slices"] == 4
+    assert p["slice_thickness_mm"] == 4.0  # no SliceThickness field: from the header
 
 
 def test_slice_count_mismatch_with_header_names_file(tmp_path):
