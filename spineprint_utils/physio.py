@@ -286,15 +286,36 @@ def load_physio(physio_path) -> PhysioRecording:
 
     if not path.is_file():
         raise SpineprintError(f"{path}: physio file not found")
+    compression = "gzip" if path.name.endswith(".gz") else None
+    try:
+        values = pd.read_csv(
+            path, sep="\t", header=None, compression=compression, na_values=["n/a"], dtype=float
+        ).to_numpy(dtype=float)
+    except (ValueError, TypeError, pd.errors.ParserError, pd.errors.EmptyDataError, OSError, EOFError, zlib.error):
+        values = _diagnose_table(path, compression, columns, sidecar)  # raises a clear error, or parses
+    if values.ndim != 2 or values.shape[0] == 0:
+        raise SpineprintError(f"{path}: physio file has no samples")
+    if values.shape[1] != len(columns):
+        raise SpineprintError(
+            f"{path}: {values.shape[1]} column(s) but the sidecar {sidecar.name} names {len(columns)} ({columns})"
+        )
+    signals = {}
+    for j, name in enumerate(canon):
+        column = np.ascontiguousarray(values[:, j])
+        if name in COLUMN_ALIASES and not np.all(np.isfinite(column)):
+            n_bad = int(np.size(column) - np.count_nonzero(np.isfinite(column)))
+            raise SpineprintError(f"{path}: {n_bad} missing or non-finite value(s) in column {columns[j]!r}")
+        signals[name] = column
+    return PhysioRecording(signals=signals, sampling_frequency=fs, start_time=start, path=path, columns=list(columns))
+
+
+def _diagnose_table(path: Path, compression, columns, sidecar) -> np.ndarray:
+    """Slow path of :func:`load_physio`: read as text to report what is wrong."""
+    import pandas as pd
+
     try:
         table = pd.read_csv(
-            path,
-            sep="\t",
-            header=None,
-            compression="gzip" if path.name.endswith(".gz") else None,
-            na_values=["n/a"],
-            dtype=str,
-            keep_default_na=True,
+            path, sep="\t", header=None, compression=compression, na_values=["n/a"], dtype=str
         )
     except pd.errors.EmptyDataError:
         raise SpineprintError(f"{path}: physio file is empty") from None
@@ -318,16 +339,10 @@ def load_physio(physio_path) -> PhysioRecording:
                 f"(column names go in {sidecar.name} 'Columns')"
             )
         raise SpineprintError(
-            f"{path}: non-numeric value {table.iat[row, col]!r} in column {columns[col]!r}, row {row + 1}"
+            f"{path}: non-numeric value {table.iat[row, col]!r} in column {columns[min(col, len(columns) - 1)]!r}, "
+            f"row {row + 1}"
         )
-    signals = {}
-    for j, name in enumerate(canon):
-        column = np.ascontiguousarray(values[:, j])
-        if name in COLUMN_ALIASES and not np.all(np.isfinite(column)):
-            n_bad = int(np.size(column) - np.count_nonzero(np.isfinite(column)))
-            raise SpineprintError(f"{path}: {n_bad} missing or non-finite value(s) in column {columns[j]!r}")
-        signals[name] = column
-    return PhysioRecording(signals=signals, sampling_frequency=fs, start_time=start, path=path, columns=list(columns))
+    return values
 
 
 # ---------------------------------------------------------------- alignment
@@ -1131,7 +1146,7 @@ def physio_summary(rec: PhysioRecording, n_volumes: int | None = None, tr: float
     if n_volumes is not None and tr is not None:
         onsets = scan_onsets(rec, n_volumes, tr)
         a = int(np.floor(onsets[0] * fs))
-        b = min(rec.n_samples, int(np.ceil((onsets[-1] + tr) * fs)) + 1)
+        b = min(rec.n_samples, int(np.ceil((onsets[-1] + tr) * fs - 1e-9)))
     out = {
         "file": rec.name,
         "sampling_frequency_hz": float(fs),

@@ -564,3 +564,46 @@ def test_physio_summary(tmp_path):
     window = P.physio_summary(rec, n_volumes=20, tr=2.0)
     assert window["duration_s"] == pytest.approx(40.0, abs=0.02)
     assert window["heart_rate_bpm"] == pytest.approx(66.0, rel=0.01)
+
+
+# ---------------------------------------------------------------- simulated default study
+def test_phases_match_simulated_ground_truth(tmp_path):
+    """On a small simulated study (pulse-oximeter with dicrotic wave, breathing with varying
+    depth and rate, HR variability), the phases computed from its BIDS physio file match the
+    generator's true phases of every slice and volume."""
+    simulate = pytest.importorskip("spineprint_utils.simulate")
+    root = simulate.simulate_dataset(
+        tmp_path / "sim", n_subjects=1, n_sessions=1, n_volumes=30, anatomy="phantom", segments=("C5", "C6")
+    )
+    gt = simulate.load_ground_truth(root)
+    prefix = gt["runs"]["run"].iloc[0]
+    bold = next(root.rglob(f"{prefix}_bold.nii.gz"))
+    meta = json.loads(bold.with_name(f"{prefix}_bold.json").read_text())
+    tr, st = float(meta["RepetitionTime"]), np.asarray(meta["SliceTiming"], dtype=float)
+    true_c, true_r = gt["cardiac_phase"][prefix], gt["respiratory_phase"][prefix]  # (T, Z)
+    n_vol = true_c.shape[0]
+    rec = P.load_physio(P.find_physio(bold))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", P.PhysioWarning)  # trigger and StartTime must agree
+        onsets = P.scan_onsets(rec, n_vol, tr)
+    np.testing.assert_allclose(onsets, P.scan_onsets(rec, n_vol, tr, use_trigger=False), atol=0.5 / rec.sampling_frequency)
+    times = onsets[:, None] + st[None, :]
+    np.testing.assert_allclose(times - onsets[0], gt["acquisition_time"][prefix], atol=1e-6)
+    fs = rec.sampling_frequency
+    peaks, q = P.detect_cardiac_peaks(rec.cardiac, fs)
+    assert q["ok"]
+    err_c = np.angle(np.exp(1j * (P.cardiac_phase(peaks / fs, times) - true_c)))
+    assert np.median(np.abs(err_c)) < 0.05 and np.abs(err_c).max() < 0.2
+    pr = P.respiratory_phase(rec.respiratory, fs, times, hist_window=(onsets[0], onsets[-1] + tr))
+    err_r = np.angle(np.exp(1j * (pr - true_r)))
+    assert np.median(np.abs(err_r)) < 0.25 and np.mean(np.cos(err_r)) > 0.9
+    # the slice regressors are the Fourier expansion of exactly these phases
+    regs, names = P.slice_regressors(rec, n_vol, tr, st, onsets=onsets)
+    assert regs.shape == (len(st), n_vol, 32)
+    np.testing.assert_allclose(regs[:, :, names.index("card_cos1")], np.cos(P.cardiac_phase(peaks / fs, times)).T, atol=1e-12)
+    summary = P.physio_summary(rec, n_vol, tr)
+    true_hr = float(gt["runs"]["heart_rate_bpm"].iloc[0])
+    true_rr = float(gt["runs"]["respiratory_rate_bpm"].iloc[0])
+    assert summary["heart_rate_bpm"] == pytest.approx(true_hr, rel=0.06)
+    assert summary["respiratory_rate_bpm"] == pytest.approx(true_rr, rel=0.15)
+    assert summary["duration_s"] == pytest.approx(n_vol * tr)
