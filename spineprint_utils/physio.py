@@ -57,6 +57,8 @@ __all__ = [
     "load_physio",
     "trigger_onsets",
     "scan_onsets",
+    "combine_recordings",
+    "load_run_physio",
     "detect_cardiac_peaks",
     "cardiac_phase",
     "respiratory_phase",
@@ -263,7 +265,9 @@ def load_physio(physio_path) -> PhysioRecording:
     try:
         fs = float(meta["SamplingFrequency"])
     except (TypeError, ValueError):
-        raise SpineprintError(f"{sidecar}: SamplingFrequency must be a number, found {meta['SamplingFrequency']!r}") from None
+        raise SpineprintError(
+            f"{sidecar}: SamplingFrequency must be a number, found {meta['SamplingFrequency']!r}"
+        ) from None
     if not math.isfinite(fs) or fs <= 0:
         raise SpineprintError(f"{sidecar}: SamplingFrequency must be positive, found {fs}")
     try:
@@ -472,6 +476,73 @@ def scan_onsets(rec: PhysioRecording, n_volumes: int, tr: float, *, use_trigger:
             "of the recording"
         )
     return onsets
+
+
+def combine_recordings(recordings, n_volumes: int, tr: float) -> PhysioRecording:
+    """Merge recordings of one run made by different devices onto one clock.
+
+    Some datasets (e.g. CoSpine, ds005883/ds005884) store the pulse and the
+    respiratory belt in separate ``_recording-<label>_physio.tsv.gz`` files that
+    start at different times. Each recording is placed relative to the first
+    volume with :func:`scan_onsets` (its trigger column, else its
+    ``StartTime``); the merged recording covers the span common to all of them,
+    is sampled at the highest sampling frequency (linear interpolation;
+    ``trigger`` by nearest sample) and has a ``StartTime`` relative to the first
+    volume. A signal present in several recordings is taken from the first.
+
+    Parameters
+    ----------
+    recordings : sequence of PhysioRecording
+    n_volumes : int
+    tr : float
+
+    Returns
+    -------
+    PhysioRecording
+        ``path`` is the first recording's path; ``columns`` lists the merged
+        signals.
+    """
+    recs = list(recordings)
+    if not recs:
+        raise SpineprintError("no physio recordings to combine")
+    if len(recs) == 1:
+        return recs[0]
+    first_vol = [float(scan_onsets(r, n_volumes, tr)[0]) for r in recs]
+    lo = max(-f for f in first_vol)  # span common to all, relative to the first volume (s)
+    hi = min(r.duration - f for r, f in zip(recs, first_vol))
+    fs = max(r.sampling_frequency for r in recs)
+    n = int(np.floor((hi - lo) * fs + 1e-9))
+    if n < 2:
+        raise SpineprintError(f"{recs[0].name}: the physio recordings of this run do not overlap in time")
+    tau = lo + np.arange(n) / fs
+    signals = {}
+    for rec, f in zip(recs, first_vol):
+        t_local = tau + f  # times on this recording's own clock
+        for key, values in rec.signals.items():
+            if key in signals:
+                continue
+            if key == "trigger":
+                idx = np.clip(np.rint(t_local * rec.sampling_frequency).astype(int), 0, rec.n_samples - 1)
+                signals[key] = values[idx]
+            else:
+                signals[key] = np.interp(t_local, np.arange(rec.n_samples) / rec.sampling_frequency, values)
+    return PhysioRecording(signals=signals, sampling_frequency=fs, start_time=float(lo), path=recs[0].path,
+                           columns=list(signals))
+
+
+def load_run_physio(bold_path, n_volumes: int, tr: float) -> PhysioRecording | None:
+    """Find, load and (if stored per device) combine the physio recordings of a BOLD run.
+
+    :func:`find_physio_files` + :func:`load_physio` + :func:`combine_recordings`.
+    Returns None when the run has no physio file.
+    """
+    files = find_physio_files(bold_path)
+    if not files:
+        return None
+    plain = [p for p in files if "_recording-" not in p.name]
+    if plain:
+        return load_physio(plain[0])
+    return combine_recordings([load_physio(p) for p in files], n_volumes, tr)
 
 
 # ---------------------------------------------------------------- cardiac

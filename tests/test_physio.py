@@ -586,7 +586,8 @@ def test_phases_match_simulated_ground_truth(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", P.PhysioWarning)  # trigger and StartTime must agree
         onsets = P.scan_onsets(rec, n_vol, tr)
-    np.testing.assert_allclose(onsets, P.scan_onsets(rec, n_vol, tr, use_trigger=False), atol=0.5 / rec.sampling_frequency)
+    by_start = P.scan_onsets(rec, n_vol, tr, use_trigger=False)
+    np.testing.assert_allclose(onsets, by_start, atol=0.5 / rec.sampling_frequency)
     times = onsets[:, None] + st[None, :]
     np.testing.assert_allclose(times - onsets[0], gt["acquisition_time"][prefix], atol=1e-6)
     fs = rec.sampling_frequency
@@ -600,10 +601,38 @@ def test_phases_match_simulated_ground_truth(tmp_path):
     # the slice regressors are the Fourier expansion of exactly these phases
     regs, names = P.slice_regressors(rec, n_vol, tr, st, onsets=onsets)
     assert regs.shape == (len(st), n_vol, 32)
-    np.testing.assert_allclose(regs[:, :, names.index("card_cos1")], np.cos(P.cardiac_phase(peaks / fs, times)).T, atol=1e-12)
+    card_cos1 = np.cos(P.cardiac_phase(peaks / fs, times)).T  # (Z, T)
+    np.testing.assert_allclose(regs[:, :, names.index("card_cos1")], card_cos1, atol=1e-12)
     summary = P.physio_summary(rec, n_vol, tr)
     true_hr = float(gt["runs"]["heart_rate_bpm"].iloc[0])
     true_rr = float(gt["runs"]["respiratory_rate_bpm"].iloc[0])
     assert summary["heart_rate_bpm"] == pytest.approx(true_hr, rel=0.06)
     assert summary["respiratory_rate_bpm"] == pytest.approx(true_rr, rel=0.15)
     assert summary["duration_s"] == pytest.approx(n_vol * tr)
+
+
+def test_combine_recordings_per_device(tmp_path):
+    """CoSpine-like run: pulse and belt in two files that start at different (clock) times;
+    combined, they give the same regressors as a single recording of both signals."""
+    n_vol, tr = 20, 2.0
+    rec, onsets, _ = consistent_recording(n_vol=n_vol, tr=tr, lead=8.0, tail=6.0)
+    st = np.linspace(0, 1.8, 6)
+    expected, names = P.slice_regressors(rec, n_vol, tr, st)
+    lead_p, lead_r = int(3.0 * FS), int(6.5 * FS)  # pulse starts 3 s, belt 6.5 s before the scan
+    start_p, start_r = int(8.0 * FS) - lead_p, int(8.0 * FS) - lead_r
+    pulse = np.column_stack([rec.cardiac, rec.trigger])[start_p : start_p + int(50 * FS)]
+    belt = np.column_stack([rec.respiratory, rec.trigger])[start_r:]
+    stem = "sub-04_task-motorR"
+    extra = {"Duration": 1}
+    write_physio(tmp_path, f"{stem}_recording-pulse", pulse, ["PULS", "Trigger"], start=47751420, extra=extra)
+    write_physio(tmp_path, f"{stem}_recording-respiratory", belt, ["RESP", "Trigger"], start=47727980, extra=extra)
+    combined = P.load_run_physio(tmp_path / f"{stem}_bold.nii.gz", n_vol, tr)
+    assert set(combined.signals) == {"cardiac", "trigger", "respiratory"}
+    assert combined.start_time == pytest.approx(-3.0)  # common span starts with the later (pulse) file
+    assert combined.duration == pytest.approx(min(50.0, (len(belt) - (lead_r - lead_p)) / FS))
+    np.testing.assert_allclose(P.scan_onsets(combined, n_vol, tr), 3.0 + tr * np.arange(n_vol), atol=0.5 / FS)
+    got, got_names = P.slice_regressors(combined, n_vol, tr, st)
+    assert got_names == names
+    # identical: integer-sample offsets, the belt histogram spans the run in both cases
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+    assert P.load_run_physio(tmp_path / "sub-05_task-motorR_bold.nii.gz", n_vol, tr) is None
