@@ -571,7 +571,9 @@ def detect_cardiac_peaks(
 ) -> tuple[np.ndarray, dict]:
     """Detect heart beats in an ECG or pulse-oximeter trace, with quality flags.
 
-    The trace is band-passed (0.5-15 Hz, zero-phase Butterworth) and peaks are
+    The trace is band-passed (0.5-15 Hz, zero-phase Butterworth) and flipped
+    if its skewness is below -0.5 (beats pointing down, e.g. an inverted ECG
+    lead; reported as ``quality["inverted"]``). Peaks are
     found with :func:`scipy.signal.find_peaks` (minimum distance 0.5 x the beat
     period, estimated as the first main autocorrelation peak between 0.2 and
     3 s of the positive part low-passed at 3 Hz; prominence at least 30 % of the 1-99 % amplitude range). A
@@ -600,7 +602,7 @@ def detect_cardiac_peaks(
         3 beats); ``n_missing_beats`` (IBIs longer than 1.5 x the local median
         IBI: a beat was probably missed); ``n_extra_beats`` (IBIs shorter than
         0.5 x the local median, should be 0 after the clean-up); ``ok`` (plausible rate and at
-        most ``max_irregular_fraction`` irregular IBIs).
+        most ``max_irregular_fraction`` irregular IBIs); ``inverted``.
     """
     from scipy.signal import find_peaks
 
@@ -611,6 +613,11 @@ def detect_cardiac_peaks(
     if not np.all(np.isfinite(x)):
         raise SpineprintError("cardiac trace contains NaN or infinite values")
     filt = _bandpass(x, fs, 0.5, 15.0)
+    centred = filt - filt.mean()
+    skewness = float(np.mean(centred**3) / max(np.mean(centred**2), 1e-300) ** 1.5)
+    inverted = skewness < -0.5  # R waves / pulse peaks point down (e.g. an inverted ECG lead)
+    if inverted:
+        filt = -filt
     lo, hi = np.percentile(filt, [1, 99])
     # period from the autocorrelation of a smooth envelope (robust to heart-rate variability)
     envelope = _bandpass(np.clip(filt, 0.0, None), fs, None, 3.0)
@@ -630,6 +637,7 @@ def detect_cardiac_peaks(
                 kept.append(int(p))
         peaks = np.asarray(kept, dtype=int)
     quality = _beat_quality(peaks / fs, min_hr, max_hr, max_irregular_fraction)
+    quality["inverted"] = bool(inverted)
     return peaks, quality
 
 

@@ -327,7 +327,10 @@ def test_peaks_recover_planted_beats_ecg_with_t_waves():
     assert np.max(np.abs(peaks - beats)) <= 1  # within one sample (10 ms)
     expected_mean_hr = 60.0 / np.mean(np.diff(beats) / FS)
     assert q["mean_hr_bpm"] == pytest.approx(expected_mean_hr, rel=1e-3)
-    assert q["ok"] and not q["implausible_rate"] and q["n_missing_beats"] == 0
+    assert q["ok"] and not q["implausible_rate"] and q["n_missing_beats"] == 0 and not q["inverted"]
+    # an inverted lead gives the same beats
+    peaks_inv, q_inv = P.detect_cardiac_peaks(-x, FS)
+    assert q_inv["inverted"] and np.max(np.abs(peaks_inv - beats)) <= 1
 
 
 def test_peaks_pulse_oximeter_waveform():
