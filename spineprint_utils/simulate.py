@@ -1,0 +1,1254 @@
+"""The embedded default study: a simulated cervical spinal cord resting-state BIDS dataset.
+
+:func:`simulate_dataset` writes a valid BIDS dataset (N subjects x S sessions x R
+runs of resting-state BOLD with physiological recordings) that carries a *known*
+spine-print, and a ground truth under ``derivatives/groundtruth/`` so that every
+step of the book can be checked. :func:`default_dataset` caches one under
+:func:`spineprint_utils._io.cache_dir` so that the book, the tests and Binder
+sessions reuse it.
+
+Generative model (per run, every step seeded and byte-reproducible)
+--------------------------------------------------------------------
+Space and anatomy
+    The images are on an axial EPI grid **in PAM50 template space**
+    (De Leener et al. 2018): :func:`spineprint_utils.atlas.pam50_epi_grid` gives
+    the grid, :func:`~spineprint_utils.atlas.tissue_maps` the cord, gray/white
+    matter, four horns, CSF and spinal-level maps (the real PAM50 resampled to the
+    grid when available, an analytic phantom with the same labels otherwise), and
+    :func:`~spineprint_utils.atlas.region_labels` the horn x segment regions in which
+    the neural signals are planted. Because the data are already in template
+    space, the atlas step of the pipeline applies without registration; only the
+    simulated motion has to be undone.
+Baseline image
+    T2*-weighted contrast ``S0 * (0.85 WM + 1.0 GM + 1.5 CSF + 0.45 other)`` with a
+    subject-specific smooth bias field, tissue texture and slice-wise intensity
+    (z-shim) factors.
+Neural signal with a planted fingerprint
+    For region pair (i, j) the group correlation is
+    ``G_ij = A[h_i, h_j] * rho ** |s_i - s_j|`` (horn coupling ``A``: strong
+    left-right ventral-ventral and dorsal-dorsal coupling, weaker dorsal-ventral,
+    Barry et al. 2014; Kinany et al. 2020; decaying across segments, Kowalczyk et
+    al. 2024). Subject *n*, session *e* gets
+    ``C_ne = (G + f W_n + g W_ne) / (1 + f + g)`` with random low-rank correlation
+    matrices ``W`` (subject deviation, strength ``f = fingerprint_strength``;
+    session deviation, strength ``g = session_strength``). ``C`` is a correlation
+    matrix (convex combination of correlation matrices). Region time series are
+    ``L @ (h * e)`` with ``L L^T = C``, ``e`` white noise on a grid of
+    ``TR / n_shots`` and ``h`` the canonical double-gamma HRF (Glover 1999), so each
+    slice samples the signal at its own acquisition time. Voxel signal =
+    region signal x spatial weight (horn probability) x ``neural_amplitude`` % of
+    the local baseline.
+Physiological noise (RETROICOR model, Glover et al. 2000)
+    Cardiac (pulse-oximeter) and respiratory (belt) traces with subject-specific
+    heart rate (with variability and respiratory sinus arrhythmia), breathing rate
+    and depth are generated at ``physio_sampling_frequency`` and written as BIDS
+    physio files with a scanner ``trigger`` column. Their phases, sampled at each
+    slice's acquisition time (``SliceTiming``), drive a 2nd-order Fourier series
+    ``sum_m a_m(v) cos(m phi) + b_m(v) sin(m phi)``: cardiac with spatial maps
+    strongest in CSF and ventral cord (Brooks et al. 2008; Piche et al. 2009),
+    respiration as slice-wise global intensity changes plus a slice-wise B0 shift
+    along the phase-encoding axis that grows caudally (towards the lungs). The
+    spatial maps are a mix ``group + physio_subject_specificity x subject``: at 1
+    physiological noise alone is participant-specific and can fake a fingerprint
+    (Kaptan et al. 2023).
+Motion
+    Slice-wise in-plane translations (smooth drift, a z-gradient, slice jitter and
+    occasional spikes), applied to the images by bilinear interpolation (the
+    anatomy moves; thermal noise does not).
+Thermal noise
+    Gaussian, spatially uniform, with standard deviation chosen per run so that the
+    **cord tSNR of the raw data** - the median over cord voxels (cord probability
+    >= 0.5) of temporal mean / temporal standard deviation of the written BOLD
+    image, motion and physiological noise included - equals ``tsnr``
+    (:func:`measure_tsnr`).
+
+References
+----------
+Barry RL, Smith SA, Dula AN, Gore JC (2014). Resting state functional connectivity
+in the human spinal cord. eLife 3:e02812.
+Brooks JCW, Beckmann CF, Miller KL, et al. (2008). Physiological noise modelling
+for spinal functional magnetic resonance imaging studies. NeuroImage 39:680-692.
+De Leener B, Fonov VS, Collins DL, et al. (2018). PAM50: unbiased multimodal
+template of the brainstem and spinal cord aligned with the ICBM152 space.
+NeuroImage 165:170-179.
+Glover GH (1999). Deconvolution of impulse response in event-related BOLD fMRI.
+NeuroImage 9:416-429.
+Glover GH, Li TQ, Ress D (2000). Image-based method for retrospective correction
+of physiological motion effects in fMRI: RETROICOR. Magn Reson Med 44:162-167.
+Kaptan M, Horn U, Vannesjo SJ, et al. (2023). Reliability of resting-state
+functional connectivity in the human spinal cord. NeuroImage 275:120152.
+Kinany N, Pirondini E, Micera S, Van De Ville D (2020). Dynamic functional
+connectivity of resting-state spinal cord fMRI reveals fine-grained intrinsic
+architecture. Neuron 108:424-435.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from ._io import (
+    SpineprintError,
+    atomic_save_nifti,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_tsv_gz,
+    cache_dir,
+    read_json,
+)
+
+__all__ = [
+    "DEFAULTS",
+    "HORNS",
+    "slice_timing",
+    "canonical_hrf",
+    "horn_coupling",
+    "group_fc_pattern",
+    "random_correlation",
+    "planted_correlations",
+    "neural_timeseries",
+    "physio_traces",
+    "retroicor_basis",
+    "slicewise_motion",
+    "shift_slices",
+    "measure_tsnr",
+    "thermal_sigma_for_tsnr",
+    "simulate_dataset",
+    "default_dataset",
+    "load_ground_truth",
+    "params_hash",
+    "register_cli",
+]
+
+#: Version of the generative model; part of the cache key (bump on any change of output).
+SIMULATOR_VERSION = "1"
+
+HORNS = ("LV", "RV", "LD", "RD")
+
+#: Default parameters of :func:`simulate_dataset` (units in its docstring).
+DEFAULTS = {
+    "n_subjects": 10,
+    "n_sessions": 2,
+    "n_runs": 1,
+    "n_volumes": 150,
+    "tr": 2.0,
+    "slice_order": "interleaved",
+    "multiband": 1,
+    "segments": ("C3", "C4", "C5", "C6", "C7", "C8"),
+    "voxel_size": (1.0, 1.0, 5.0),
+    "fov_mm": (32.0, 24.0),
+    "n_slices": None,
+    "fingerprint_strength": 0.5,
+    "session_strength": 0.5,
+    "neural_amplitude": 3.0,
+    "physio_amplitude": 1.0,
+    "physio_subject_specificity": 0.5,
+    "motion_amplitude": 0.2,
+    "tsnr": 15.0,
+    "physio_sampling_frequency": 100.0,
+    "seed": 0,
+    "anatomy": "auto",
+}
+
+_MARKER = ".spineprint-simulation.json"
+_SLICE_ORDERS = ("sequential", "descending", "interleaved")
+_ANATOMY = ("auto", "pam50", "phantom")
+_PHYSIO_LEAD_S = 5.0  # physio recording starts this long before the first volume
+_PHYSIO_TAIL_S = 2.0
+_BASELINE_S0 = 700.0  # scanner units; cord ~600-700, CSF ~1050
+_RHO_SEGMENT = 0.5  # correlation decay factor per segment of distance
+_W_RANK = 3  # rank of the random deviation matrices
+
+# stream tags for np.random.SeedSequence (never reorder: they fix the bytes)
+_T_GROUP, _T_SUBJ_FC, _T_SESS_FC, _T_NEURAL, _T_PHYS_SUBJ, _T_PHYS_RUN, _T_MOTION, _T_NOISE, _T_ANAT, _T_PART = range(10)
+
+
+def _rng(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *[int(k) for k in keys]]))
+
+
+# =========================================================================== timing
+def slice_timing(n_slices: int, tr: float, order: str = "interleaved", multiband: int = 1) -> np.ndarray:
+    """Acquisition time of each slice relative to the start of the volume.
+
+    Parameters
+    ----------
+    n_slices : int
+        Number of slices (along the third voxel axis, index 0 = first slice).
+    tr : float
+        Repetition time (s).
+    order : {"sequential", "descending", "interleaved"}
+        ``sequential``: 0, 1, 2, ...; ``descending``: n-1, ..., 0; ``interleaved``:
+        even-indexed slices first, then odd (0, 2, 4, ..., 1, 3, ...).
+    multiband : int
+        Simultaneous-multislice factor *m*; ``n_slices`` must be divisible by it.
+        The slice stack is split into *m* packages of ``n_slices / m`` slices
+        excited together, slice ``k`` and ``k + n_slices/m`` sharing a time.
+
+    Returns
+    -------
+    ndarray, shape (n_slices,)
+        Times in seconds in ``[0, tr)``: shot *k* of the ``n_slices / m`` shots is
+        acquired at ``k * tr / n_shots`` (BIDS ``SliceTiming``).
+    """
+    n_slices, multiband = int(n_slices), int(multiband)
+    if multiband < 1 or n_slices % multiband:
+        raise SpineprintError(f"multiband factor {multiband} must be >= 1 and divide the number of slices ({n_slices})")
+    if not (np.isfinite(tr) and tr > 0):
+        raise SpineprintError(f"repetition time must be > 0 s, got {tr}")
+    n_shots = n_slices // multiband
+    base = np.arange(n_shots)
+    if order == "sequential":
+        acq = base
+    elif order == "descending":
+        acq = base[::-1]
+    elif order == "interleaved":
+        acq = np.concatenate([base[0::2], base[1::2]])
+    else:
+        raise SpineprintError(f"slice_order must be one of {', '.join(_SLICE_ORDERS)}, got {order!r}")
+    shot_of_slice = np.empty(n_shots, dtype=int)
+    shot_of_slice[acq] = np.arange(n_shots)  # acq[k] is the slice acquired at shot k
+    shots = np.tile(shot_of_slice, multiband)
+    return shots * (float(tr) / n_shots)
+
+
+# =========================================================================== neural signal
+def canonical_hrf(dt: float, length: float = 32.0) -> np.ndarray:
+    """Canonical double-gamma haemodynamic response sampled every *dt* seconds.
+
+    ``h(t) = t^5 e^{-t} / 5! - t^15 e^{-t} / (6 * 15!)`` (gamma densities of shape
+    6 and 16, undershoot ratio 1/6; Glover 1999, as in SPM), normalised to unit sum.
+    """
+    t = np.arange(0.0, length, dt)
+    h = t**5 * np.exp(-t) / math.factorial(5) - t**15 * np.exp(-t) / (6.0 * math.factorial(15))
+    return h / h.sum()
+
+
+def horn_coupling(vv: float = 0.6, dd: float = 0.6, same_side_dv: float = 0.25, cross_dv: float = 0.15) -> np.ndarray:
+    """Within-segment coupling between the four horns, order ``LV, RV, LD, RD``.
+
+    Left-right ventral-ventral (``vv``) and dorsal-dorsal (``dd``) coupling is
+    strong, dorsal-ventral coupling weaker on the same side than across
+    (Barry et al. 2014; Kinany et al. 2020). Returns a (4, 4) correlation matrix.
+    """
+    a = np.array([
+        [1.0, vv, same_side_dv, cross_dv],
+        [vv, 1.0, cross_dv, same_side_dv],
+        [same_side_dv, cross_dv, 1.0, dd],
+        [cross_dv, same_side_dv, dd, 1.0],
+    ])
+    if np.linalg.eigvalsh(a).min() <= 0:
+        raise SpineprintError("horn coupling values do not form a positive definite correlation matrix")
+    return a
+
+
+def group_fc_pattern(segments, horns, rho: float = _RHO_SEGMENT, coupling: np.ndarray | None = None) -> np.ndarray:
+    """The planted group connectivity ``G_ij = A[h_i, h_j] * rho ** |s_i - s_j|``.
+
+    Parameters
+    ----------
+    segments : sequence of str
+        Segment of each region (e.g. ``"C5"``); the distance ``|s_i - s_j|`` is the
+        difference of segment numbers (C1..C8 = 1..8, T1.. = 9..).
+    horns : sequence of str
+        Horn of each region, one of ``LV, RV, LD, RD``.
+    rho : float
+        Correlation decay per segment of distance, ``0 <= rho < 1``.
+    coupling : ndarray (4, 4), optional
+        Horn coupling ``A``; default :func:`horn_coupling`.
+
+    Returns
+    -------
+    ndarray, shape (R, R)
+        A positive definite correlation matrix (principal submatrix of the
+        Kronecker product of two positive definite matrices: the AR(1) matrix
+        ``rho ** |i - j|`` and ``A``).
+    """
+    a = horn_coupling() if coupling is None else np.asarray(coupling, float)
+    try:
+        h = np.array([HORNS.index(x) for x in horns])
+    except ValueError:
+        raise SpineprintError(f"horns must be among {HORNS}, got {sorted(set(horns))}") from None
+    s = np.array([_segment_number(x) for x in segments], dtype=float)
+    return a[np.ix_(h, h)] * rho ** np.abs(s[:, None] - s[None, :])
+
+
+def _segment_number(name: str) -> int:
+    levels = [f"C{i}" for i in range(1, 9)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)] + [f"S{i}" for i in range(1, 6)]
+    try:
+        return levels.index(str(name)) + 1
+    except ValueError:
+        raise SpineprintError(f"unknown spinal segment {name!r} (expected C1..C8, T1..T12, L1..L5, S1..S5)") from None
+
+
+def random_correlation(rng: np.random.Generator, n: int, rank: int = _W_RANK) -> np.ndarray:
+    """A random low-rank correlation matrix ``D^-1/2 X X^T D^-1/2``, ``X ~ N(0, 1)^(n x rank)``.
+
+    Low rank gives large, structured deviations (off-diagonal standard deviation
+    about 0.5 for rank 3) rather than small independent ones.
+    """
+    x = rng.standard_normal((n, rank))
+    c = x @ x.T
+    d = np.sqrt(np.diag(c))
+    return c / np.outer(d, d)
+
+
+def planted_correlations(group: np.ndarray, n_subjects: int, n_sessions: int, fingerprint_strength: float,
+                         session_strength: float, seed: int = 0) -> np.ndarray:
+    """Subject- and session-specific correlation matrices with a planted fingerprint.
+
+    ``C_ne = (G + f W_n + g W_ne) / (1 + f + g)`` where ``W_n`` (one per subject)
+    and ``W_ne`` (one per subject and session) are independent
+    :func:`random_correlation` matrices. With ``f = 0`` subjects differ only by
+    session deviations (no fingerprint); with ``g = 0`` the sessions of a subject
+    share the same covariance.
+
+    Returns
+    -------
+    ndarray, shape (n_subjects, n_sessions, R, R)
+    """
+    f, g = float(fingerprint_strength), float(session_strength)
+    r = group.shape[0]
+    out = np.empty((n_subjects, n_sessions, r, r))
+    for n in range(n_subjects):
+        w_n = random_correlation(_rng(seed, _T_SUBJ_FC, n), r)
+        for e in range(n_sessions):
+            w_ne = random_correlation(_rng(seed, _T_SESS_FC, n, e), r)
+            out[n, e] = (group + f * w_n + g * w_ne) / (1.0 + f + g)
+    return out
+
+
+def neural_timeseries(corr: np.ndarray, n_volumes: int, tr: float, n_shots: int, rng: np.random.Generator) -> np.ndarray:
+    """Region time series with correlation *corr* on the fine grid ``dt = tr / n_shots``.
+
+    ``x = L (h * e)``, ``L`` the Cholesky factor of *corr*, ``e`` white Gaussian
+    noise, ``h`` the :func:`canonical_hrf`; every region is filtered by the same
+    ``h``, so the expected correlation of ``x`` is *corr*. A 32 s burn-in removes
+    the convolution edge. Each region is standardised (mean 0, variance 1).
+
+    Returns
+    -------
+    ndarray, shape (n_volumes * n_shots, R)
+        Sample ``t * n_shots + k`` is the signal at time ``t * tr + k * tr / n_shots``.
+    """
+    dt = tr / n_shots
+    h = canonical_hrf(dt)
+    n_fine = n_volumes * n_shots
+    e = rng.standard_normal((corr.shape[0], n_fine + h.size))
+    n_fft = 1 << int(math.ceil(math.log2(e.shape[1] + h.size)))
+    y = np.fft.irfft(np.fft.rfft(e, n_fft, axis=1) * np.fft.rfft(h, n_fft)[None, :], n_fft, axis=1)
+    y = y[:, h.size : h.size + n_fine]  # linear convolution after the burn-in
+    x = np.linalg.cholesky(corr) @ y
+    x -= x.mean(axis=1, keepdims=True)
+    x /= x.std(axis=1, keepdims=True)
+    return x.T
+
+
+# =========================================================================== physiology
+def physio_traces(duration: float, fs: float, heart_rate: float, resp_rate: float, resp_depth: float,
+                  rng: np.random.Generator, start: float = -_PHYSIO_LEAD_S) -> dict:
+    """Simulated pulse-oximeter and respiratory-belt recordings with their true phases.
+
+    Parameters
+    ----------
+    duration : float
+        Recording length (s) from *start*.
+    fs : float
+        Sampling frequency (Hz).
+    heart_rate, resp_rate : float
+        Mean rates (beats / breaths per minute).
+    resp_depth : float
+        Mean breathing depth (belt amplitude, arbitrary units).
+    rng : numpy Generator
+    start : float
+        Time of the first sample relative to the first volume (s), BIDS ``StartTime``.
+
+    Returns
+    -------
+    dict
+        ``time`` (s), ``cardiac`` and ``respiratory`` traces, ``cardiac_phase``
+        (unwrapped, rad; a pulse peak at every multiple of 2 pi) and
+        ``respiratory_phase`` (unwrapped, rad; end-expiration at multiples of
+        2 pi, so wrapping to (-pi, pi] gives the Glover et al. 2000 respiratory phase
+        for a sinusoidal breath), ``depth`` (breathing envelope). Heart rate varies
+        slowly (about 4 %) and with respiration (sinus arrhythmia, 2 %).
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    n = int(round(duration * fs))
+    t = start + np.arange(n) / fs
+
+    # slow unit-variance noise smoothed over sd_s seconds: drawn on a 2 Hz grid, interpolated
+    n_low = int(math.ceil(duration * 2.0)) + 2
+    t_low = start + np.arange(n_low) / 2.0
+
+    def slow(sd_s):
+        z = gaussian_filter1d(rng.standard_normal(n_low), sd_s * 2.0, mode="reflect")
+        z = np.interp(t, t_low, z)
+        return (z - z.mean()) / (z.std() + 1e-12)
+
+    f_r = resp_rate / 60.0 * (1.0 + 0.08 * slow(10.0))
+    phi_r = 2 * np.pi * np.cumsum(f_r) / fs
+    f_c = heart_rate / 60.0 * (1.0 + 0.04 * slow(15.0) + 0.02 * np.sin(phi_r))
+    phi_c = 2 * np.pi * np.cumsum(f_c) / fs
+    depth = resp_depth * (1.0 + 0.15 * slow(20.0))
+    # pulse wave: systolic peak at phase 0 and a dicrotic wave at ~0.4 of the cycle
+    w = np.angle(np.exp(1j * phi_c))
+    pulse = np.exp(-0.5 * (w / 0.35) ** 2) + 0.35 * np.exp(-0.5 * ((np.angle(np.exp(1j * (phi_c - 2.6)))) / 0.5) ** 2)
+    cardiac = pulse + 0.15 * slow(8.0) + 0.02 * rng.standard_normal(n)
+    belt = depth * (-np.cos(phi_r))
+    respiratory = belt + 0.05 * resp_depth * slow(30.0) + 0.01 * rng.standard_normal(n)
+    return {"time": t, "cardiac": cardiac, "respiratory": respiratory, "cardiac_phase": phi_c,
+            "respiratory_phase": phi_r, "depth": depth, "belt": belt}
+
+
+def retroicor_basis(phase: np.ndarray, order: int = 2) -> np.ndarray:
+    """RETROICOR Fourier basis ``[cos(phi), sin(phi), cos(2 phi), sin(2 phi), ...]``.
+
+    Glover et al. (2000), eq. 1: ``y_delta(t) = sum_m a_m cos(m phi(t)) + b_m sin(m phi(t))``.
+
+    Returns
+    -------
+    ndarray, shape ``phase.shape + (2 * order,)``
+    """
+    m = np.arange(1, order + 1)
+    arg = np.asarray(phase)[..., None] * m
+    out = np.empty(arg.shape[:-1] + (2 * order,))
+    out[..., 0::2] = np.cos(arg)
+    out[..., 1::2] = np.sin(arg)
+    return out
+
+
+# =========================================================================== motion
+def slicewise_motion(n_volumes: int, n_slices: int, amplitude: float, rng: np.random.Generator,
+                     spike_rate: float = 0.01) -> np.ndarray:
+    """True slice-wise in-plane translations (mm).
+
+    Smooth drift (Gaussian-smoothed random walk, standard deviation *amplitude*)
+    common to all slices, a smooth linear gradient along z (half the amplitude
+    from bottom to top slice), independent slice jitter (0.15 x amplitude) and
+    spikes (a Poisson number, rate *spike_rate* per volume, of single-volume jumps
+    of 4 x amplitude).
+
+    Returns
+    -------
+    ndarray, shape (n_volumes, n_slices, 2)
+        Displacement of the anatomy along the first and second voxel axes (mm);
+        positive = towards larger voxel index.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    out = np.zeros((n_volumes, n_slices, 2))
+    if amplitude == 0:
+        return out
+    zc = np.linspace(-0.5, 0.5, n_slices) if n_slices > 1 else np.zeros(1)
+    for ax in range(2):
+        walk = gaussian_filter1d(np.cumsum(rng.standard_normal(n_volumes)), 3.0, mode="nearest")
+        walk -= walk[0]
+        walk *= amplitude / (walk.std() + 1e-12)
+        grad = gaussian_filter1d(rng.standard_normal(n_volumes), 5.0, mode="nearest")
+        grad *= 0.5 * amplitude / (grad.std() + 1e-12)
+        out[:, :, ax] = walk[:, None] + grad[:, None] * zc[None, :]
+    out += 0.15 * amplitude * rng.standard_normal(out.shape)
+    n_spikes = rng.poisson(spike_rate * n_volumes)
+    for _ in range(n_spikes):
+        t0 = rng.integers(1, n_volumes) if n_volumes > 1 else 0
+        direction = rng.standard_normal(2)
+        out[t0] += 4.0 * amplitude * direction / np.linalg.norm(direction)
+    return out
+
+
+def shift_slices(data: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Translate every slice of every volume in-plane by bilinear interpolation.
+
+    ``out[x, y, z, t] = data[x - dx[t, z], y - dy[t, z], z, t]`` with edge values
+    repeated outside the field of view.
+
+    Parameters
+    ----------
+    data : ndarray, shape (X, Y, Z, T)
+    shift : ndarray, shape (T, Z, 2)
+        Shifts in voxels along the first two axes.
+
+    Returns
+    -------
+    ndarray, shape (X, Y, Z, T), dtype of *data*
+    """
+    out = data
+    for ax in (0, 1):
+        d = shift[:, :, ax].T  # (Z, T)
+        n = data.shape[ax]
+        src = np.arange(n)[:, None, None] - d[None]  # (n, Z, T) source coordinate
+        i0 = np.floor(src)
+        frac = (src - i0).astype(data.dtype)
+        i0 = i0.astype(np.intp)
+        i1 = np.clip(i0 + 1, 0, n - 1)
+        i0 = np.clip(i0, 0, n - 1)
+        if ax == 0:
+            idx0, idx1, fr = i0[:, None], i1[:, None], frac[:, None]
+        else:
+            idx0, idx1, fr = i0[None], i1[None], frac[None]
+        a = np.take_along_axis(out, np.broadcast_to(idx0, out.shape[:ax] + (n,) + out.shape[ax + 1:]), axis=ax)
+        b = np.take_along_axis(out, np.broadcast_to(idx1, out.shape[:ax] + (n,) + out.shape[ax + 1:]), axis=ax)
+        out = a + fr * (b - a)
+    return out
+
+
+# =========================================================================== tSNR
+def measure_tsnr(data: np.ndarray, mask: np.ndarray) -> float:
+    """Cord tSNR: median over mask voxels of temporal mean / temporal standard deviation.
+
+    Parameters
+    ----------
+    data : ndarray, shape (X, Y, Z, T)
+    mask : ndarray of bool, shape (X, Y, Z)
+        E.g. cord probability >= 0.5.
+
+    Returns
+    -------
+    float
+        ``median_v( mean_t(y_v) / std_t(y_v) )`` (population standard deviation).
+    """
+    ts = np.asarray(data, dtype=np.float64)[np.asarray(mask, bool)]
+    if ts.shape[0] == 0:
+        raise SpineprintError("tSNR mask is empty")
+    sd = ts.std(axis=1)
+    return float(np.median(ts.mean(axis=1) / np.where(sd > 0, sd, np.inf)))
+
+
+def thermal_sigma_for_tsnr(mean: np.ndarray, var: np.ndarray, tsnr: float) -> float:
+    """Standard deviation of added white noise that brings the median tSNR to *tsnr*.
+
+    Solves ``median_v( mean_v / sqrt(var_v + sigma^2) ) = tsnr`` for ``sigma >= 0``
+    by bisection (the left side decreases monotonically with sigma). *mean* and
+    *var* are the temporal mean and variance of the noise-free signal in each
+    mask voxel.
+    """
+    mean = np.asarray(mean, float)
+    var = np.asarray(var, float)
+
+    def g(s):
+        return float(np.median(mean / np.sqrt(var + s * s + 1e-12)))
+
+    if g(0.0) <= tsnr:
+        raise SpineprintError(
+            f"requested cord tSNR {tsnr:g} is not reachable: neural, physiological and motion fluctuations alone "
+            f"already give a tSNR of {g(0.0):.1f}; lower tsnr or the neural/physio/motion amplitudes")
+    lo, hi = 0.0, float(np.max(mean)) + 1.0
+    while g(hi) > tsnr:
+        hi *= 2
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if g(mid) > tsnr:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+# =========================================================================== parameters
+def _validate(params: dict) -> dict:
+    p = dict(DEFAULTS)
+    unknown = sorted(set(params) - set(DEFAULTS))
+    if unknown:
+        raise SpineprintError(f"unknown simulation parameter(s): {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
+    p.update(params)
+
+    def integer(name, lo):
+        v = p[name]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise SpineprintError(f"{name} must be an integer >= {lo}, got {v!r}")
+        p[name] = int(v)
+
+    def number(name, lo, strict=False, hi=None):
+        v = p[name]
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            raise SpineprintError(f"{name} must be a number, got {p[name]!r}") from None
+        if not np.isfinite(v) or v < lo or (strict and v == lo) or (hi is not None and v > hi):
+            rng = f"{'>' if strict else '>='} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
+            raise SpineprintError(f"{name} must be {rng}, got {p[name]!r}")
+        p[name] = v
+
+    integer("n_subjects", 1)
+    integer("n_sessions", 1)
+    integer("n_runs", 1)
+    integer("n_volumes", 10)
+    integer("multiband", 1)
+    integer("seed", 0)
+    number("tr", 0.0, strict=True)
+    number("fingerprint_strength", 0.0)
+    number("session_strength", 0.0)
+    number("neural_amplitude", 0.0)
+    number("physio_amplitude", 0.0)
+    number("physio_subject_specificity", 0.0, hi=1.0)
+    number("motion_amplitude", 0.0)
+    number("tsnr", 0.0, strict=True)
+    number("physio_sampling_frequency", 0.0, strict=True)
+    if p["n_slices"] is not None:
+        integer("n_slices", 1)
+    if p["slice_order"] not in _SLICE_ORDERS:
+        raise SpineprintError(f"slice_order must be one of {', '.join(_SLICE_ORDERS)}, got {p['slice_order']!r}")
+    if p["anatomy"] not in _ANATOMY:
+        raise SpineprintError(f"anatomy must be one of {', '.join(_ANATOMY)}, got {p['anatomy']!r}")
+    segs = p["segments"]
+    if isinstance(segs, str):
+        segs = [s for s in segs.replace(",", " ").split() if s]
+    segs = tuple(str(s) for s in segs)
+    if not segs:
+        raise SpineprintError("segments must name at least one spinal segment")
+    for s in segs:
+        _segment_number(s)
+    p["segments"] = segs
+    for name, n in (("voxel_size", 3), ("fov_mm", 2)):
+        try:
+            v = tuple(float(x) for x in p[name])
+        except (TypeError, ValueError):
+            raise SpineprintError(f"{name} must be {n} positive numbers (mm), got {p[name]!r}") from None
+        if len(v) != n or not all(np.isfinite(x) and x > 0 for x in v):
+            raise SpineprintError(f"{name} must be {n} positive numbers (mm), got {p[name]!r}")
+        p[name] = v
+    return p
+
+
+def _resolve_anatomy(anatomy: str) -> str:
+    """``auto`` -> ``pam50`` if a local or cached PAM50 copy exists, else ``phantom``
+    (:func:`spineprint_utils.atlas.pam50_source`; never downloads for ``auto``)."""
+    if anatomy != "auto":
+        return anatomy
+    from . import atlas
+
+    return atlas.pam50_source(anatomy)[0]
+
+
+def params_hash(params: dict) -> str:
+    """Short SHA-256 of the normalised parameters, package and simulator versions (cache key)."""
+    p = _validate(params)
+    p["anatomy"] = _resolve_anatomy(p["anatomy"])
+    blob = json.dumps({"params": p, "package": __version__, "simulator": SIMULATOR_VERSION}, sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# =========================================================================== anatomy
+def _anatomy(p: dict):
+    """Grid, tissue maps and regions from :mod:`spineprint_utils.atlas`."""
+    import nibabel as nib
+
+    from . import atlas
+
+    source = p["anatomy"]
+    affine, shape = atlas.pam50_epi_grid(segments=p["segments"], voxel_size=p["voxel_size"], fov_mm=p["fov_mm"], source=source)
+    shape = tuple(int(s) for s in shape)[:3]
+    affine = np.asarray(affine, float)
+    if p["n_slices"] is not None:
+        if p["n_slices"] > shape[2]:
+            raise SpineprintError(
+                f"n_slices={p['n_slices']} but segments {p['segments'][0]}-{p['segments'][-1]} are covered by only "
+                f"{shape[2]} slices of {p['voxel_size'][2]:g} mm; use fewer slices or more segments")
+        k0 = (shape[2] - p["n_slices"]) // 2
+        affine = affine.copy()
+        affine[:3, 3] = affine[:3, :3] @ np.array([0.0, 0.0, k0]) + affine[:3, 3]
+        shape = shape[:2] + (p["n_slices"],)
+    tissues = atlas.tissue_maps(affine, shape, source=source)
+    ref = nib.Nifti1Image(np.zeros(shape, np.float32), affine)
+    labels_img, regions = atlas.region_labels(ref, segments=p["segments"], source=source)
+    labels = np.asarray(labels_img.dataobj).astype(np.int32)
+    if labels.shape != shape:
+        raise SpineprintError(f"atlas.region_labels returned shape {labels.shape}, expected {shape}")
+    regions = regions.sort_values("label").reset_index(drop=True)
+    if len(regions) == 0:
+        raise SpineprintError(f"no gray-matter region of segments {', '.join(p['segments'])} lies in the {shape[2]}-slice grid")
+    return affine, shape, {k: np.asarray(v) for k, v in tissues.items()}, labels, regions
+
+
+def _baseline(tissues, affine, shape, rng) -> np.ndarray:
+    """Subject baseline image (scanner units)."""
+    from scipy.ndimage import gaussian_filter
+
+    cord = np.clip(tissues["cord"], 0, 1)
+    gm = np.clip(tissues["gm"], 0, 1)
+    wm = np.clip(cord - gm, 0, 1)
+    csf = np.clip(tissues["csf"], 0, 1)
+    other = np.clip(1.0 - wm - gm - csf, 0, 1)
+    texture = gaussian_filter(rng.standard_normal(shape), (2.0, 2.0, 0.7), mode="reflect")
+    texture /= texture.std() + 1e-12
+    contrast = 0.85 * wm + 1.0 * gm + 1.5 * csf + 0.45 * other * (1.0 + 0.15 * texture)
+    ijk = np.indices(shape, dtype=float)
+    centred = [(ijk[a] - (shape[a] - 1) / 2) / max(shape[a], 1) for a in range(3)]
+    bias = 1.0 + sum(0.15 * rng.standard_normal() * c for c in centred)
+    zshim = 1.0 + 0.07 * rng.standard_normal(shape[2])
+    return (_BASELINE_S0 * contrast * bias * zshim[None, None, :]).astype(np.float32)
+
+
+def _smooth_field(rng, coords, scale: float) -> np.ndarray:
+    """Random quadratic polynomial of normalised coordinates (x, y, z), std ~ *scale*."""
+    x, y, z = coords
+    terms = [x, y, z, x * x, y * y, z * z, x * y, x * z, y * z]
+    c = rng.standard_normal(len(terms)) * scale / math.sqrt(len(terms) / 3)
+    return sum(ci * ti for ci, ti in zip(c, terms))
+
+
+def _physio_maps(tissues, affine, shape, s: float, amp: float, seed: int, subject: int):
+    """Cardiac voxel coefficients (X,Y,Z,4) and respiratory slice coefficients (Z,4), in fraction of baseline,
+    plus the B0 shift gain per slice (mm per unit belt)."""
+    ijk = np.indices(shape, dtype=float)
+    coords = [(ijk[a] - (shape[a] - 1) / 2) / max((shape[a] - 1) / 2, 1) for a in range(3)]
+    g = _rng(seed, _T_PHYS_SUBJ, 10**6)  # group maps: same for everyone
+    u = _rng(seed, _T_PHYS_SUBJ, subject)
+    cord, csf = np.clip(tissues["cord"], 0, 1), np.clip(tissues["csf"], 0, 1)
+    ventral = np.clip(tissues["LV"], 0, 1) + np.clip(tissues["RV"], 0, 1)
+    # anterior = +y in PAM50 (RAS-like) space: ventral half of the cord
+    world_y = (affine[1, :3] @ ijk.reshape(3, -1)).reshape(shape) + affine[1, 3]
+    yc = world_y - np.average(world_y, weights=cord + 1e-9)
+    ant = 1.0 / (1.0 + np.exp(-yc / 1.5))
+    a_group = 0.04 * csf + cord * (0.006 + 0.010 * ant) + 0.008 * ventral + 0.003
+    a_map = amp * a_group * np.exp(s * _smooth_field(u, coords, 0.4))
+    theta_g = 0.8 * coords[1] + 0.5 * coords[2] + _smooth_field(g, coords, 0.5)
+    theta = theta_g + s * _smooth_field(u, coords, 1.2)
+    coef = np.empty(shape + (4,), np.float32)
+    for m, rel in ((1, 1.0), (2, 0.4)):
+        coef[..., 2 * (m - 1)] = a_map * rel * np.cos(m * theta)
+        coef[..., 2 * (m - 1) + 1] = a_map * rel * np.sin(m * theta)
+    # respiration: slice-wise, growing caudally (z index 0 = most caudal in PAM50 space)
+    zz = coords[2][0, 0, :]
+    caudal = 0.5 + 0.5 * (1.0 - zz) / 2.0
+    r_theta = g.uniform(-np.pi, np.pi, 2)[None, :] + s * u.normal(0.0, 1.0, (shape[2], 2))
+    r_amp = amp * 0.008 * caudal[:, None] * np.array([1.0, 0.3])[None, :] * np.exp(s * 0.3 * u.standard_normal((1, 2)))
+    rcoef = np.empty((shape[2], 4))
+    rcoef[:, 0::2] = r_amp * np.cos(r_theta)
+    rcoef[:, 1::2] = r_amp * np.sin(r_theta)
+    b0_gain = amp * 0.25 * caudal * (1.0 + s * 0.3 * u.standard_normal())
+    return coef, rcoef, b0_gain
+
+
+# =========================================================================== one run
+def _subject_physiology(seed: int, subject: int):
+    r = _rng(seed, _T_PART, subject)
+    return {
+        "heart_rate": float(np.clip(r.normal(66.0, 9.0), 45.0, 100.0)),
+        "resp_rate": float(np.clip(r.normal(15.0, 3.0), 8.0, 24.0)),
+        "resp_depth": float(np.clip(r.normal(1.0, 0.25), 0.4, 1.8)),
+        "motion_scale": float(np.exp(r.normal(0.0, 0.35))),
+        "age": int(r.integers(20, 46)),
+        "sex": "F" if r.random() < 0.5 else "M",
+    }
+
+
+def _simulate_run(p, anat, corr, subj, ses, run, phys_maps, base):
+    """Generate one run in memory. Returns a dict of arrays."""
+    affine, shape, tissues, labels, regions = anat
+    seed, n_vol, tr = p["seed"], p["n_volumes"], p["tr"]
+    nz = shape[2]
+    st = slice_timing(nz, tr, p["slice_order"], p["multiband"])
+    n_shots = nz // p["multiband"]
+    shot = np.rint(st / (tr / n_shots)).astype(int)
+    phys = _subject_physiology(seed, subj)
+    rr = _rng(seed, _T_PHYS_RUN, subj, ses, run)
+    hr = phys["heart_rate"] + rr.normal(0.0, 3.0)
+    resp = phys["resp_rate"] * np.exp(rr.normal(0.0, 0.08))
+    depth = phys["resp_depth"] * np.exp(rr.normal(0.0, 0.1))
+    fs = p["physio_sampling_frequency"]
+    duration = _PHYSIO_LEAD_S + n_vol * tr + _PHYSIO_TAIL_S
+    tr_phys = physio_traces(duration, fs, hr, resp, depth, rr)
+    # acquisition time of every (volume, slice)
+    acq = np.arange(n_vol)[:, None] * tr + st[None, :]  # (T, Z)
+    phi_c = np.interp(acq, tr_phys["time"], tr_phys["cardiac_phase"])
+    phi_r = np.interp(acq, tr_phys["time"], tr_phys["respiratory_phase"])
+    belt = np.interp(acq, tr_phys["time"], tr_phys["belt"])
+    # neural signal
+    x = neural_timeseries(corr, n_vol, tr, n_shots, _rng(seed, _T_NEURAL, subj, ses, run))  # (T*n_shots, R)
+    coef, rcoef, b0_gain = phys_maps
+    # signal change (fraction of baseline), (X, Y, Z, T)
+    frac = np.einsum("xyzk,tzk->xyzt", coef, retroicor_basis(phi_c, 2).astype(np.float32), optimize=True)
+    frac += np.einsum("zk,tzk->zt", rcoef, retroicor_basis(phi_r, 2)).astype(np.float32)[None, None]
+    lab_idx = labels - 1  # -1 outside
+    in_roi = lab_idx >= 0
+    if p["neural_amplitude"] > 0 and in_roi.any():
+        horn_prob = np.zeros(shape, np.float32)
+        for h in HORNS:
+            rows = regions["horn"].to_numpy() == h
+            sel = in_roi & np.isin(lab_idx, np.flatnonzero(rows))
+            horn_prob[sel] = np.clip(tissues[h][sel], 0, 1)
+        weight = horn_prob / max(float(horn_prob[in_roi].max()), 1e-6)
+        vx, vy, vz = np.nonzero(in_roi)
+        fine_idx = np.arange(n_vol)[None, :] * n_shots + shot[vz][:, None]  # (V, T)
+        sig = x[fine_idx, lab_idx[vx, vy, vz][:, None]]  # (V, T)
+        frac[vx, vy, vz, :] += (p["neural_amplitude"] / 100.0) * weight[vx, vy, vz][:, None] * sig.astype(np.float32)
+    obj = base[..., None] * (1.0 + frac)
+    del frac
+    # motion + respiratory B0 shift along the phase-encoding (second) axis
+    scale = phys["motion_scale"]
+    motion = slicewise_motion(n_vol, nz, p["motion_amplitude"] * scale, _rng(seed, _T_MOTION, subj, ses, run))
+    b0 = b0_gain[None, :] * belt  # (T, Z) mm
+    shift_mm = motion.copy()
+    shift_mm[:, :, 1] += b0
+    vox = np.asarray(p["voxel_size"][:2])
+    if np.any(shift_mm):
+        obj = shift_slices(obj, shift_mm / vox)
+    # thermal noise to reach the requested cord tSNR on the raw data
+    cord_mask = np.asarray(tissues["cord"]) >= 0.5
+    ts = obj[cord_mask].astype(np.float64)
+    sigma = thermal_sigma_for_tsnr(ts.mean(axis=1), ts.var(axis=1), p["tsnr"])
+    noise_rng = _rng(seed, _T_NOISE, subj, ses, run)
+    obj += (sigma * noise_rng.standard_normal(obj.shape, dtype=np.float32))
+    bold = np.clip(np.rint(obj), 0, 32767).astype(np.int16)
+    del obj
+    trig = np.zeros(tr_phys["time"].size, np.int8)
+    onsets = np.rint((np.arange(n_vol) * tr - tr_phys["time"][0]) * fs).astype(int)
+    trig[onsets[(onsets >= 0) & (onsets < trig.size)]] = 1
+    neural_vol = x[np.arange(n_vol) * n_shots]  # (T, R) at the start of each volume
+    return {
+        "bold": bold, "slice_timing": st, "physio": tr_phys, "trigger": trig, "acq": acq,
+        "cardiac_phase": np.mod(phi_c, 2 * np.pi), "respiratory_phase": np.angle(np.exp(1j * phi_r)),
+        "b0_shift": b0, "motion": motion, "neural": neural_vol, "sigma": sigma,
+        "tsnr": measure_tsnr(bold, cord_mask), "heart_rate": hr, "resp_rate": resp, "resp_depth": depth,
+        "motion_scale": scale,
+    }
+
+
+# =========================================================================== writing
+def _fmt_table(columns, arrays, fmts) -> str:
+    """Tab-separated text with a header; *arrays* are equal-length 1-D columns."""
+    import io
+
+    buf = io.StringIO()
+    mat = np.column_stack([np.asarray(a) for a in arrays]) if arrays else np.zeros((0, 0))
+    buf.write("\t".join(columns) + "\n")
+    np.savetxt(buf, mat, fmt=fmts, delimiter="\t")
+    return buf.getvalue()
+
+
+def _matrix_tsv(names, mat) -> str:
+    return _fmt_table(list(names), list(np.asarray(mat).T), "%.6f")
+
+
+def _labels(n: int) -> list[str]:
+    width = max(2, len(str(n)))
+    return [str(i + 1).zfill(width) for i in range(n)]
+
+
+def _write_nifti(data, affine, path, dtype, zooms=None, tr=None):
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    hdr = img.header
+    hdr.set_data_dtype(dtype)
+    if tr is not None:
+        hdr.set_zooms(tuple(np.sqrt((affine[:3, :3] ** 2).sum(0))) + (float(tr),))
+        hdr.set_xyzt_units("mm", "sec")
+        hdr.set_dim_info(freq=0, phase=1, slice=2)
+    else:
+        hdr.set_xyzt_units("mm")
+    if str(path).endswith(".gz"):
+        # level 1: noisy int16 compresses only ~5 % better at level 6 but 5-8x slower
+        with atomic_write(path, "wb") as fh:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=1) as gz:
+                gz.write(img.to_bytes())
+    else:
+        atomic_save_nifti(img, path)
+
+
+def _write_dataset(root: Path, p: dict, phash: str, progress: bool = False) -> dict:
+    """Write the whole dataset into *root* (an empty folder). Returns a summary."""
+    t0 = time.perf_counter()
+    anat = _anatomy(p)
+    affine, shape, tissues, labels, regions = anat
+    names = regions["name"].tolist()
+    group = group_fc_pattern(regions["segment"].tolist(), regions["horn"].tolist())
+    corrs = planted_correlations(group, p["n_subjects"], p["n_sessions"], p["fingerprint_strength"],
+                                 p["session_strength"], p["seed"])
+    subs, sess = _labels(p["n_subjects"]), _labels(p["n_sessions"])
+    gt = root / "derivatives" / "groundtruth"
+
+    # ---- dataset-level raw files
+    atomic_write_json(root / "dataset_description.json", {
+        "Name": "spineprint simulated resting-state cervical spinal cord fMRI study",
+        "BIDSVersion": "1.8.0",
+        "DatasetType": "raw",
+        "License": "CC0",
+        "Authors": ["spineprint_utils.simulate", "The spineprint developers"],
+        "HowToAcknowledge": "Generated by spineprint_utils.simulate; cite the spineprint book.",
+        "GeneratedBy": [{"Name": "spineprint simulate", "Version": __version__,
+                         "Description": f"simulator {SIMULATOR_VERSION}, parameter hash {phash}"}],
+    })
+    atomic_write_text(root / "README", _readme(p, shape, len(names)))
+    atomic_write_text(root / "CHANGES", f"1.0.0 2026-01-01\n  - Simulated by spineprint {__version__} (parameter hash {phash}).\n")
+    atomic_write_text(root / ".bidsignore", "")
+    prows = [_subject_physiology(p["seed"], i) for i in range(p["n_subjects"])]
+    atomic_write_text(root / "participants.tsv", "participant_id\tage\tsex\n" + "".join(
+        f"sub-{s}\t{r['age']}\t{r['sex']}\n" for s, r in zip(subs, prows)))
+    atomic_write_json(root / "participants.json", {
+        "age": {"Description": "age of the simulated participant", "Units": "year"},
+        "sex": {"Description": "sex of the simulated participant", "Levels": {"F": "female", "M": "male"}},
+    })
+    atomic_write_json(root / "task-rest_bold.json", {"TaskName": "rest",
+                                                       "TaskDescription": "Simulated resting state, eyes open."})
+
+    # ---- ground-truth dataset-level files
+    atomic_write_json(gt / "dataset_description.json", {
+        "Name": "spineprint simulation ground truth",
+        "BIDSVersion": "1.8.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "spineprint simulate", "Version": __version__,
+                         "Description": f"simulator {SIMULATOR_VERSION}, parameter hash {phash}"}],
+    })
+    reg_out = regions[["label", "name", "segment", "horn", "n_voxels"]]
+    atomic_write_text(gt / "regions.tsv", reg_out.to_csv(sep="\t", index=False, lineterminator="\n"))
+    atomic_write_text(gt / "group_desc-model_connectivity.tsv", _matrix_tsv(names, group))
+    for key in ("cord", "gm", "wm", "csf", *HORNS):
+        _write_nifti(np.asarray(tissues[key], np.float32), affine, gt / f"space-PAM50_label-{key}_probseg.nii.gz", np.float32)
+    _write_nifti(np.asarray(tissues["spinal_level"], np.int16), affine, gt / "space-PAM50_desc-spinallevels_dseg.nii.gz", np.int16)
+    _write_nifti(labels.astype(np.int16), affine, gt / "space-PAM50_atlas-PAM50horns_dseg.nii.gz", np.int16)
+
+    run_rows = []
+    n_total = p["n_subjects"] * p["n_sessions"] * p["n_runs"]
+    it = [(i, e, r) for i in range(p["n_subjects"]) for e in range(p["n_sessions"]) for r in range(p["n_runs"])]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_total, desc="simulate", leave=False)
+    current = None
+    for i, e, r in it:
+        if current != i:
+            base = _baseline(tissues, affine, shape, _rng(p["seed"], _T_ANAT, i))
+            maps = _physio_maps(tissues, affine, shape, p["physio_subject_specificity"], p["physio_amplitude"], p["seed"], i)
+            current = i
+        sub, ses, run = subs[i], sess[e], str(r + 1)
+        out = _simulate_run(p, anat, corrs[i, e], i, e, r, maps, base)
+        prefix = f"sub-{sub}_ses-{ses}_task-rest_run-{run}"
+        func = root / f"sub-{sub}" / f"ses-{ses}" / "func"
+        _write_nifti(out["bold"], affine, func / f"{prefix}_bold.nii.gz", np.int16, tr=p["tr"])
+        sidecar = {
+            "TaskName": "rest",
+            "RepetitionTime": p["tr"],
+            "SliceTiming": [round(float(v), 6) for v in out["slice_timing"]],
+            "SliceEncodingDirection": "k",
+            "EchoTime": 0.03,
+            "FlipAngle": 80,
+            "PhaseEncodingDirection": "j-",
+            "TotalReadoutTime": 0.03,
+            "MagneticFieldStrength": 3,
+            "Manufacturer": "spineprint simulator",
+            "ManufacturersModelName": f"spineprint_utils.simulate {SIMULATOR_VERSION}",
+            "SoftwareVersions": __version__,
+        }
+        if p["multiband"] > 1:
+            sidecar["MultibandAccelerationFactor"] = p["multiband"]
+        atomic_write_json(func / f"{prefix}_bold.json", sidecar)
+        ph = out["physio"]
+        atomic_write_tsv_gz(func / f"{prefix}_physio.tsv.gz", _physio_text(ph["cardiac"], ph["respiratory"], out["trigger"]))
+        atomic_write_json(func / f"{prefix}_physio.json", {
+            "SamplingFrequency": p["physio_sampling_frequency"],
+            "StartTime": round(float(ph["time"][0]), 6),
+            "Columns": ["cardiac", "respiratory", "trigger"],
+            "cardiac": {"Description": "simulated pulse-oximeter signal", "Units": "a.u."},
+            "respiratory": {"Description": "simulated respiratory belt signal", "Units": "a.u."},
+            "trigger": {"Description": "scanner volume trigger (1 at the start of each volume)"},
+        })
+        # ground truth of the run
+        gfunc = gt / f"sub-{sub}" / f"ses-{ses}" / "func"
+        atomic_write_text(gfunc / f"{prefix}_desc-neural_timeseries.tsv",
+                          _fmt_table(names, list(out["neural"].T), "%.6f"))
+        atomic_write_text(gfunc / f"{prefix}_desc-neural_connectivity.tsv",
+                          _matrix_tsv(names, np.corrcoef(out["neural"].T)))
+        nz = shape[2]
+        mcols = [f"x_slice{z:02d}" for z in range(nz)] + [f"y_slice{z:02d}" for z in range(nz)]
+        atomic_write_text(gfunc / f"{prefix}_desc-motion_timeseries.tsv",
+                          _fmt_table(mcols, list(out["motion"][:, :, 0].T) + list(out["motion"][:, :, 1].T), "%.5f"))
+        pcols = ([f"acqtime_slice{z:02d}" for z in range(nz)] + [f"cardiacphase_slice{z:02d}" for z in range(nz)]
+                 + [f"respphase_slice{z:02d}" for z in range(nz)] + [f"b0shift_slice{z:02d}" for z in range(nz)])
+        atomic_write_text(gfunc / f"{prefix}_desc-physio_timeseries.tsv", _fmt_table(
+            pcols, list(out["acq"].T) + list(out["cardiac_phase"].T) + list(out["respiratory_phase"].T)
+            + list(out["b0_shift"].T), "%.5f"))
+        if r == 0:
+            atomic_write_text(gt / f"sub-{sub}" / f"ses-{ses}" / f"sub-{sub}_ses-{ses}_desc-model_connectivity.tsv",
+                              _matrix_tsv(names, corrs[i, e]))
+        run_rows.append((prefix, f"sub-{sub}", f"ses-{ses}", run, out["heart_rate"], out["resp_rate"], out["resp_depth"],
+                         out["motion_scale"], out["sigma"], p["tsnr"], out["tsnr"]))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    cols = ["run", "participant_id", "session", "run_index", "heart_rate_bpm", "respiratory_rate_bpm",
+            "respiratory_depth", "motion_scale", "thermal_sigma", "tsnr_target", "tsnr_measured"]
+    lines = ["\t".join(cols)] + ["\t".join([a, b, c, d] + [f"{v:.4f}" for v in rest]) for a, b, c, d, *rest in run_rows]
+    atomic_write_text(gt / "runs.tsv", "\n".join(lines) + "\n")
+    info = {"params": p, "hash": phash, "package_version": __version__, "simulator_version": SIMULATOR_VERSION,
+            "grid_shape": list(shape), "affine": np.asarray(affine).tolist(), "n_regions": len(names),
+            "space": "PAM50"}
+    atomic_write_json(gt / "params.json", info)
+    return {"seconds": time.perf_counter() - t0, **info}
+
+
+def _physio_text(cardiac, respiratory, trigger) -> str:
+    """Headerless BIDS physio TSV (columns given in the JSON sidecar)."""
+    import io
+
+    buf = io.StringIO()
+    np.savetxt(buf, np.column_stack([cardiac, respiratory, trigger]), fmt=("%.4f", "%.4f", "%d"), delimiter="\t")
+    return buf.getvalue()
+
+
+def _readme(p: dict, shape, n_regions: int) -> str:
+    return (
+        "# spineprint simulated study\n\n"
+        "A synthetic resting-state cervical spinal cord fMRI dataset generated by "
+        "`spineprint_utils.simulate` (the default study of the spineprint book). "
+        "The images are axial EPI slices in PAM50 template space (De Leener et al. 2018) "
+        f"covering segments {p['segments'][0]}-{p['segments'][-1]} on a {shape[0]}x{shape[1]}x{shape[2]} grid of "
+        f"{p['voxel_size'][0]:g}x{p['voxel_size'][1]:g}x{p['voxel_size'][2]:g} mm.\n\n"
+        f"Design: {p['n_subjects']} subjects x {p['n_sessions']} sessions x {p['n_runs']} runs, "
+        f"{p['n_volumes']} volumes, TR {p['tr']:g} s, {p['slice_order']} slice order, multiband {p['multiband']}.\n\n"
+        f"Neural signals are planted in {n_regions} gray-matter horn x segment regions with a subject-specific "
+        "connectivity fingerprint; cardiac and respiratory noise (RETROICOR model), slice-wise motion and "
+        "thermal noise are added. The ground truth is in derivatives/groundtruth/.\n"
+    )
+
+
+# =========================================================================== public API
+def simulate_dataset(out_dir, *, overwrite: bool = False, progress: bool = False, **params) -> Path:
+    """Write the simulated BIDS study to *out_dir* and return its path.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Destination folder. It is generated in a temporary folder next to it and
+        renamed at the end (atomic: no partial dataset is ever visible). If it
+        already holds a complete dataset generated with the same parameters it is
+        reused as is; any other non-empty folder is an error unless *overwrite*.
+    n_subjects, n_sessions, n_runs : int
+        Design (default 10 x 2 x 1).
+    n_volumes : int
+        Volumes per run (default 150 = 5 min at TR 2 s, at least 10).
+    tr : float
+        Repetition time in seconds (default 2.0).
+    slice_order : {"interleaved", "sequential", "descending"}
+        Slice acquisition order, see :func:`slice_timing`.
+    multiband : int
+        Simultaneous-multislice factor (must divide the number of slices).
+    segments : sequence of str
+        Spinal segments covered (default C3..C8).
+    voxel_size : 3 floats
+        EPI voxel size in mm (default 1 x 1 x 5).
+    fov_mm : 2 floats
+        In-plane field of view in mm, x (left-right) then y (antero-posterior, the
+        phase-encoding axis). Default 32 x 24: the PAM50 CSF sac spans about
+        24 x 18 mm, so this keeps a 3-4 mm margin with a reduced phase-encoding FOV
+        as in spinal cord protocols, and keeps the default dataset small.
+    n_slices : int, optional
+        Keep only this many central slices (default: all slices covering *segments*);
+        more slices than the anatomy covers is an error.
+    fingerprint_strength : float >= 0
+        Weight ``f`` of the subject-specific deviation (default 0.5; 0 = no fingerprint).
+    session_strength : float >= 0
+        Weight ``g`` of the subject-and-session-specific deviation (default 0.5).
+    neural_amplitude : float >= 0
+        Standard deviation of the neural BOLD signal in percent of the local baseline
+        at full horn probability (default 3).
+    physio_amplitude : float >= 0
+        Scale of cardiac and respiratory noise (1 = about 4 % in CSF, 1-2 % in the
+        ventral cord, 0.25 mm caudal B0 shift per unit of breathing depth).
+    physio_subject_specificity : float in [0, 1]
+        Mix of subject-specific physiological noise maps (0 = the same maps for everyone).
+    motion_amplitude : float >= 0
+        Standard deviation of the slow in-plane drift in mm (default 0.2; subjects
+        scale it by a log-normal factor).
+    tsnr : float > 0
+        Target cord tSNR of the raw data (realistic 5-30, default 15), see :func:`measure_tsnr`.
+    physio_sampling_frequency : float
+        Physiological recordings sampling rate in Hz (default 100).
+    seed : int
+        Random seed; the same parameters and seed give byte-identical files.
+    anatomy : {"auto", "pam50", "phantom"}
+        Real PAM50 template/atlas (``auto`` when available) or the analytic phantom.
+    overwrite : bool
+        Replace an existing different dataset in *out_dir*.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    pathlib.Path
+        *out_dir*.
+    """
+    p = _validate(params)
+    p["anatomy"] = _resolve_anatomy(p["anatomy"])
+    phash = params_hash(p)
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists():
+        if not out.is_dir():
+            raise SpineprintError(f"{out}: exists and is not a folder")
+        if _complete(out) == phash:
+            return out
+        if any(out.iterdir()) and not overwrite:
+            raise SpineprintError(f"{out}: folder is not empty and does not hold this simulation; "
+                                  "choose another folder or pass overwrite=True (--overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        summary = _write_dataset(tmp, p, phash, progress=progress)
+        _make_readable(tmp)
+        atomic_write_json(tmp / _MARKER, {"hash": phash, "seconds": round(summary["seconds"], 3),
+                                          "package_version": __version__, "simulator_version": SIMULATOR_VERSION})
+        (tmp / _MARKER).chmod(0o644)
+        if out.exists():
+            if _complete(out) == phash:  # someone else finished the same dataset meanwhile
+                shutil.rmtree(tmp, ignore_errors=True)
+                return out
+            if any(out.iterdir()):
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+                os.replace(out, old / "x")
+                os.replace(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+                return out
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _make_readable(root: Path) -> None:
+    """Temporary files and folders are created private (0600/0700); open the dataset
+    for reading by everyone (0644/0755), as a shared raw dataset should be."""
+    root.chmod(0o755)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o755)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o644)
+
+
+def _complete(folder: Path) -> str | None:
+    marker = Path(folder) / _MARKER
+    if not marker.is_file():
+        return None
+    with contextlib.suppress(Exception):
+        return json.loads(marker.read_text())["hash"]
+    return None
+
+
+def default_dataset(progress: bool = False, **overrides) -> Path:
+    """The cached default study (generated on first use), with optional parameter overrides.
+
+    Lives in ``cache_dir("datasets") / "sim-<hash>"`` where the hash covers the
+    parameters, the package version and the simulator version; a complete dataset
+    (marker file written last) is reused.
+    """
+    phash = params_hash(overrides)
+    out = cache_dir("datasets") / f"sim-{phash}"
+    if _complete(out) == phash:
+        return out
+    return simulate_dataset(out, progress=progress, **overrides)
+
+
+def load_ground_truth(bids_dir) -> dict:
+    """Read the ground truth of a simulated dataset.
+
+    Returns
+    -------
+    dict
+        ``params`` (dict, with ``hash``, ``grid_shape``, ``affine``),
+        ``regions`` (DataFrame: label, name, segment, horn, n_voxels),
+        ``group_fc`` (R, R) planted group pattern,
+        ``runs`` (DataFrame, one row per run: physiology, thermal sigma, target and measured tSNR),
+        and dictionaries keyed by the run prefix ``sub-XX_ses-YY_task-rest_run-Z``:
+        ``neural`` (T, R) region signals at the start of each volume,
+        ``fc`` (R, R) their correlation, ``model_fc`` (R, R) the planted correlation
+        of that subject and session, ``motion`` (T, Z, 2) true translations (mm,
+        voxel axes 1 and 2), ``b0_shift`` (T, Z) respiratory shift along axis 2 (mm),
+        ``acquisition_time`` (T, Z) s, ``cardiac_phase`` (T, Z) in [0, 2 pi),
+        ``respiratory_phase`` (T, Z) in (-pi, pi];
+        ``tissues`` {name: Path} and ``labels`` (Path) of the images used.
+    """
+    import pandas as pd
+
+    root = Path(bids_dir)
+    gt = root / "derivatives" / "groundtruth"
+    info = read_json(gt / "params.json", required=("params", "grid_shape"))
+
+    def table(path):
+        if not path.is_file():
+            raise SpineprintError(f"{path}: ground-truth file not found")
+        return pd.read_csv(path, sep="\t")
+
+    regions = table(gt / "regions.tsv")
+    out = {"params": info, "regions": regions, "group_fc": table(gt / "group_desc-model_connectivity.tsv").to_numpy(),
+           "runs": table(gt / "runs.tsv"), "neural": {}, "fc": {}, "model_fc": {}, "motion": {}, "b0_shift": {},
+           "acquisition_time": {}, "cardiac_phase": {}, "respiratory_phase": {},
+           "tissues": {k: gt / f"space-PAM50_label-{k}_probseg.nii.gz" for k in ("cord", "gm", "wm", "csf", *HORNS)},
+           "labels": gt / "space-PAM50_atlas-PAM50horns_dseg.nii.gz",
+           "spinal_levels": gt / "space-PAM50_desc-spinallevels_dseg.nii.gz"}
+    nz = int(info["grid_shape"][2])
+    for prefix in out["runs"]["run"]:
+        sub, ses = prefix.split("_")[:2]
+        d = gt / sub / ses / "func"
+        out["neural"][prefix] = table(d / f"{prefix}_desc-neural_timeseries.tsv").to_numpy()
+        out["fc"][prefix] = table(d / f"{prefix}_desc-neural_connectivity.tsv").to_numpy()
+        out["model_fc"][prefix] = table(gt / sub / ses / f"{sub}_{ses}_desc-model_connectivity.tsv").to_numpy()
+        m = table(d / f"{prefix}_desc-motion_timeseries.tsv").to_numpy()
+        out["motion"][prefix] = np.stack([m[:, :nz], m[:, nz:]], axis=-1)
+        ph = table(d / f"{prefix}_desc-physio_timeseries.tsv").to_numpy()
+        out["acquisition_time"][prefix] = ph[:, :nz]
+        out["cardiac_phase"][prefix] = ph[:, nz:2 * nz]
+        out["respiratory_phase"][prefix] = ph[:, 2 * nz:3 * nz]
+        out["b0_shift"][prefix] = ph[:, 3 * nz:]
+    return out
+
+
+# =========================================================================== CLI
+def register_cli(subparsers) -> None:
+    """Add ``spineprint simulate OUT_DIR [options]``."""
+    sp = subparsers.add_parser("simulate", help="write the simulated BIDS study (default study of the book)",
+                               description="Write a simulated cervical spinal cord resting-state BIDS dataset with a "
+                                           "planted functional-connectivity fingerprint and its ground truth.")
+    sp.add_argument("out_dir", metavar="OUT_DIR")
+    d = DEFAULTS
+    sp.add_argument("--n-subjects", type=int, default=d["n_subjects"])
+    sp.add_argument("--n-sessions", type=int, default=d["n_sessions"])
+    sp.add_argument("--n-runs", type=int, default=d["n_runs"])
+    sp.add_argument("--n-volumes", type=int, default=d["n_volumes"])
+    sp.add_argument("--tr", type=float, default=d["tr"], help="repetition time (s)")
+    sp.add_argument("--slice-order", choices=_SLICE_ORDERS, default=d["slice_order"])
+    sp.add_argument("--multiband", type=int, default=d["multiband"])
+    sp.add_argument("--segments", nargs="+", default=list(d["segments"]))
+    sp.add_argument("--voxel-size", type=float, nargs=3, default=list(d["voxel_size"]), metavar=("X", "Y", "Z"))
+    sp.add_argument("--fov-mm", type=float, nargs=2, default=list(d["fov_mm"]), metavar=("X", "Y"))
+    sp.add_argument("--n-slices", type=int, default=None)
+    sp.add_argument("--fingerprint-strength", type=float, default=d["fingerprint_strength"])
+    sp.add_argument("--session-strength", type=float, default=d["session_strength"])
+    sp.add_argument("--neural-amplitude", type=float, default=d["neural_amplitude"], help="percent of baseline")
+    sp.add_argument("--physio-amplitude", type=float, default=d["physio_amplitude"])
+    sp.add_argument("--physio-subject-specificity", type=float, default=d["physio_subject_specificity"])
+    sp.add_argument("--motion-amplitude", type=float, default=d["motion_amplitude"], help="mm")
+    sp.add_argument("--tsnr", type=float, default=d["tsnr"])
+    sp.add_argument("--physio-sampling-frequency", type=float, default=d["physio_sampling_frequency"], help="Hz")
+    sp.add_argument("--seed", type=int, default=d["seed"])
+    sp.add_argument("--anatomy", choices=_ANATOMY, default=d["anatomy"])
+    sp.add_argument("--overwrite", action="store_true", help="replace a different dataset in OUT_DIR")
+    sp.set_defaults(func=_cli_main)
+
+
+def _cli_main(args) -> int:
+    params = {k: getattr(args, k) for k in DEFAULTS}
+    t0 = time.perf_counter()
+    out = simulate_dataset(args.out_dir, overwrite=args.overwrite, progress=True, **params)
+    print(f"simulated dataset in {out} ({time.perf_counter() - t0:.1f} s)")
+    return 0
