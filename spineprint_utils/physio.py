@@ -3,7 +3,7 @@
 The cardiac pulse and the breathing cycle move the spinal cord and the
 cerebrospinal fluid around it and modulate the magnetic field in the neck, so
 a large part of the spinal cord BOLD variance is physiological
-:cite:`brooks2008,kaptan2023`. This module turns a BIDS peripheral recording
+(Brooks et al. 2008; Kaptan et al. 2023). This module turns a BIDS peripheral recording
 (``*_physio.tsv.gz`` + JSON sidecar) into voxel-independent, **slice-specific**
 nuisance regressors:
 
@@ -14,15 +14,15 @@ nuisance regressors:
 3. :func:`detect_cardiac_peaks` finds heart beats and flags implausible rates
    and missing beats.
 4. :func:`cardiac_phase` and :func:`respiratory_phase` implement the phases of
-   RETROICOR :cite:`glover2000`.
+   RETROICOR (Glover et al. 2000).
 5. :func:`retroicor_regressors` expands the phases in a Fourier series with the
-   cardiac x respiratory interaction terms of :cite:`harvey2008` (the FSL PNM
+   cardiac x respiratory interaction terms of Harvey et al. (2008) (the FSL PNM
    default: 4 cardiac, 4 respiratory and 2 x 2 interaction orders = 32
    regressors); :func:`slice_regressors` samples them at each slice's
-   acquisition time (``SliceTiming``) as in :cite:`brooks2008` and PhysIO
-   :cite:`kasper2017`.
+   acquisition time (``SliceTiming``) as in Brooks et al. (2008) and PhysIO
+   (Kasper et al. 2017).
 6. :func:`hr_rvt_regressors` gives low-frequency heart-rate
-   :cite:`chang2009` and respiration-volume-per-time :cite:`birn2006,birn2008`
+   (Chang et al. 2009) and respiration-volume-per-time (Birn et al. 2006, 2008)
    regressors convolved with their response functions.
 
 Clock convention
@@ -32,6 +32,27 @@ sample ``k`` is at ``k / SamplingFrequency``. The BIDS ``StartTime`` is the
 time of the first sample relative to the first volume (negative when the
 recording started before the scan), so without a trigger the first volume is
 at ``-StartTime`` on the physio clock.
+
+References
+----------
+Glover GH, Li TQ, Ress D (2000) Image-based method for retrospective correction
+of physiological motion effects in fMRI: RETROICOR. Magn Reson Med 44:162-167.
+Harvey AK et al. (2008) Brainstem functional magnetic resonance imaging:
+disentangling signal from physiological noise. J Magn Reson Imaging 28:1337-1344.
+Brooks JCW et al. (2008) Physiological noise modelling for spinal functional
+magnetic resonance imaging studies. NeuroImage 39:680-692.
+Kasper L et al. (2017) The PhysIO toolbox for modeling physiological noise in
+fMRI data. J Neurosci Methods 276:56-72.
+Chang C, Cunningham JP, Glover GH (2009) Influence of heart rate on the BOLD
+signal: the cardiac response function. NeuroImage 44:857-869.
+Birn RM et al. (2006) Separating respiratory-variation-related fluctuations from
+neuronal-activity-related fluctuations in fMRI. NeuroImage 31:1536-1548.
+Birn RM et al. (2008) The respiration response function: the temporal dynamics of
+fMRI signal fluctuations related to changes in respiration. NeuroImage 40:644-654.
+Kaptan M et al. (2023) Reliability of resting-state functional connectivity in the
+human spinal cord: assessing the impact of distinct noise sources. NeuroImage, 120152.
+(BibTeX keys in book/references.bib: glover2000, harvey2008, brooks2008,
+kasper2017, chang2009, birn2006, birn2008, kaptan2023.)
 """
 
 from __future__ import annotations
@@ -708,12 +729,12 @@ def _beat_quality(peak_times, min_hr, max_hr, max_irregular_fraction=0.05) -> di
 
 
 def cardiac_phase(peak_times, t, *, outside: str = "extrapolate") -> np.ndarray:
-    """Cardiac phase of RETROICOR (Glover et al. 2000, eq. 2).
+    """Cardiac phase of RETROICOR (Glover et al. 2000).
 
     .. math:: \\varphi_c(t) = 2\\pi \\frac{t - t_1}{t_2 - t_1}
 
     where :math:`t_1` is the last R-peak at or before *t* and :math:`t_2` the
-    next one :cite:`glover2000`.
+    next one (Glover et al. 2000).
 
     Parameters
     ----------
@@ -752,7 +773,7 @@ def cardiac_phase(peak_times, t, *, outside: str = "extrapolate") -> np.ndarray:
 
 # ---------------------------------------------------------------- respiration
 def respiratory_phase(resp, fs: float, t, *, n_bins: int = 100, hist_window=None, smooth_hz: float = 1.0):
-    """Respiratory phase of RETROICOR by histogram equalisation (Glover et al. 2000, eq. 3).
+    """Respiratory phase of RETROICOR by histogram equalisation (Glover et al. 2000).
 
     .. math::
         \\varphi_r(t) = \\pi\\,\\frac{\\sum_{b=1}^{\\mathrm{rnd}(N R(t)/R_{max})} H(b)}
@@ -764,7 +785,7 @@ def respiratory_phase(resp, fs: float, t, *, n_bins: int = 100, hist_window=None
     ``min(floor(N R / R_max), N - 1) + 1``) and ``rnd`` rounding half to even.
     :math:`dR/dt` is the gradient of the belt trace low-passed at
     ``smooth_hz`` (zero-phase 2nd-order Butterworth); a zero derivative counts
-    as positive :cite:`glover2000`.
+    as positive (Glover et al. 2000).
 
     Parameters
     ----------
@@ -865,8 +886,8 @@ def retroicor_regressors(
 ) -> tuple[np.ndarray, list[str]]:
     """RETROICOR Fourier expansion with cardiac x respiratory interactions.
 
-    Columns (Glover et al. 2000 eq. 1; interaction terms of Harvey et al. 2008
-    as implemented in FSL PNM :cite:`glover2000,harvey2008,brooks2008`):
+    Columns (Fourier expansion of Glover et al. 2000; interaction terms of
+    Harvey et al. 2008 as implemented in FSL PNM, Brooks et al. 2008):
 
     - :math:`\\cos(m\\varphi_c), \\sin(m\\varphi_c)`, m = 1..``cardiac_order``
     - :math:`\\cos(m\\varphi_r), \\sin(m\\varphi_r)`, m = 1..``respiratory_order``
@@ -939,7 +960,7 @@ def slice_regressors(
     :func:`detect_cardiac_peaks` on the whole trace) and respiratory phase
     (:func:`respiratory_phase`, histogram over the span of the run) are sampled
     at those times and expanded by :func:`retroicor_regressors`
-    :cite:`glover2000,harvey2008,brooks2008,kasper2017`. A
+    (Glover et al. 2000; Harvey et al. 2008; Brooks et al. 2008; Kasper et al. 2017). A
     :class:`PhysioWarning` reports poor cardiac quality.
 
     Parameters
@@ -1001,12 +1022,12 @@ def slice_regressors(
 
 # ---------------------------------------------------------------- HR / RVT
 def cardiac_response_function(t) -> np.ndarray:
-    """Cardiac response function of Chang et al. 2009 (eq. 5).
+    """Cardiac response function of Chang et al. 2009.
 
     .. math:: CRF(t) = 0.6\\,t^{2.7} e^{-t/1.6} - \\frac{16}{\\sqrt{2\\pi \\cdot 9}}
               e^{-\\frac{(t-12)^2}{2 \\cdot 9}}
 
-    :cite:`chang2009`; ``t`` in seconds, zero for t < 0.
+    (Chang et al. 2009); ``t`` in seconds, zero for t < 0.
     """
     t = np.asarray(t, dtype=float)
     tp = np.clip(t, 0.0, None)
@@ -1019,7 +1040,7 @@ def respiration_response_function(t) -> np.ndarray:
 
     .. math:: RRF(t) = 0.6\\,t^{2.1} e^{-t/1.6} - 0.0023\\,t^{3.54} e^{-t/4.25}
 
-    :cite:`birn2008`; ``t`` in seconds, zero for t < 0.
+    (Birn et al. 2008); ``t`` in seconds, zero for t < 0.
     """
     t = np.asarray(t, dtype=float)
     tp = np.clip(t, 0.0, None)
@@ -1031,7 +1052,7 @@ def heart_rate(peak_times, t, window: float = 6.0) -> np.ndarray:
     """Heart rate (bpm) at times *t*, as in Chang et al. 2009.
 
     ``60 / mean(IBI)`` over the inter-beat intervals whose midpoint lies in a
-    ``window``-second window centred on each time :cite:`chang2009`; where the
+    ``window``-second window centred on each time (Chang et al. 2009); where the
     window holds no interval midpoint, the interval containing *t* (or the
     nearest one) is used.
 
@@ -1071,7 +1092,7 @@ def respiration_volume_per_time(resp, fs: float, t, *, max_rate_hz: float = 1.0,
 
     .. math:: RVT_i = \\frac{R(p_i) - \\min_{p_i \\le k \\le p_{i+1}} R(k)}{t_{p_{i+1}} - t_{p_i}}
 
-    (inspiration depth over breath period :cite:`birn2006`), placed at the
+    (inspiration depth over breath period; Birn et al. 2006), placed at the
     midpoint of the breath and linearly interpolated to *t* (constant beyond the
     first/last breath).
 
@@ -1125,11 +1146,11 @@ def hr_rvt_regressors(
 
     On a fine grid (``dt`` s) starting up to ``kernel_length`` s before the
     first volume (as far as the recording goes): heart rate
-    (:func:`heart_rate`, :cite:`chang2009`) is demeaned and convolved with the
+    (:func:`heart_rate`, Chang et al. 2009) is demeaned and convolved with the
     cardiac response function (:func:`cardiac_response_function`); RVT
-    (:func:`respiration_volume_per_time`, :cite:`birn2006`) with the
+    (:func:`respiration_volume_per_time`, Birn et al. 2006) with the
     respiration response function (:func:`respiration_response_function`,
-    :cite:`birn2008`). Both are then sampled at the volume onsets.
+    Birn et al. 2008). Both are then sampled at the volume onsets.
 
     Parameters
     ----------
