@@ -375,7 +375,9 @@ def trigger_onsets(trigger, fs: float) -> np.ndarray:
     """Rising edges of a scanner trigger trace (s, physio clock).
 
     The threshold is halfway between the minimum and maximum of the trace; a
-    trace that is already high at the first sample counts as an edge at 0.
+    trace that is already high at the first sample counts as an edge at 0. If
+    the trace is high more than half of the time the trigger is taken to be
+    active-low (pulses are dips) and falling edges are returned.
 
     Parameters
     ----------
@@ -395,6 +397,8 @@ def trigger_onsets(trigger, fs: float) -> np.ndarray:
     if not hi > lo:
         return np.zeros(0)
     high = trig > (lo + hi) / 2.0
+    if high.mean() > 0.5:  # active-low trigger: pulses are short dips
+        high = ~high
     edges = np.flatnonzero(high[1:] & ~high[:-1]) + 1
     if high[0]:
         edges = np.concatenate([[0], edges])
@@ -490,11 +494,15 @@ def scan_onsets(rec: PhysioRecording, n_volumes: int, tr: float, *, use_trigger:
     tol = 1.0 / rec.sampling_frequency
     run_end = onsets[-1] + tr
     if onsets[0] < -tol or run_end > rec.duration + tol:
+        hint = ""
+        if source == "StartTime" and abs(rec.start_time) > 1e4:
+            hint = (f"; StartTime {rec.start_time:g} looks like a clock time, not seconds relative to the first "
+                    "volume (a known converter defect): a trigger column is needed to align this recording")
         raise SpineprintError(
             f"{rec.name}: physio recording does not cover the run: it lasts {rec.duration:.2f} s "
             f"({rec.n_samples} samples at {rec.sampling_frequency:g} Hz), the run lasts {n_volumes * tr:.2f} s "
             f"({n_volumes} volumes x TR {tr:g} s) and, placed by {source}, spans {onsets[0]:.2f} to {run_end:.2f} s "
-            "of the recording"
+            f"of the recording{hint}"
         )
     return onsets
 
