@@ -92,6 +92,7 @@ __all__ = [
     "respiration_volume_per_time",
     "hr_rvt_regressors",
     "physio_summary",
+    "plot_physio",
 ]
 
 
@@ -1283,3 +1284,56 @@ def physio_summary(rec: PhysioRecording, n_volumes: int | None = None, tr: float
         f = _respiratory_rate_hz(rec.respiratory[a:b], fs)
         out.update(respiratory_rate_hz=f, respiratory_rate_bpm=60.0 * f)
     return out
+
+
+# ---------------------------------------------------------------- figure
+def plot_physio(rec: PhysioRecording, n_volumes: int | None = None, tr: float | None = None, *,
+                window: float = 30.0, min_hr: float = 40.0, max_hr: float = 180.0):
+    """Figure of a recording: traces, detected beats, volume onsets and RETROICOR phases.
+
+    Three panels over the first ``window`` seconds of the run (of the recording
+    if ``n_volumes``/``tr`` are not given): the cardiac trace with the beats of
+    :func:`detect_cardiac_peaks`, the respiratory trace, and the cardiac
+    (:func:`cardiac_phase`) and respiratory (:func:`respiratory_phase`) phases.
+    Volume onsets (:func:`scan_onsets`) are drawn as vertical lines. Times are
+    in seconds relative to the first volume.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    fs = rec.sampling_frequency
+    onsets = scan_onsets(rec, n_volumes, tr) if n_volumes is not None and tr is not None else None
+    t0 = float(onsets[0]) if onsets is not None else -rec.start_time
+    a = max(0, int(np.floor(t0 * fs)))
+    b = min(rec.n_samples, a + int(round(window * fs)))
+    t = np.arange(a, b) / fs
+    has_c, has_r = rec.cardiac is not None, rec.respiratory is not None
+    fig, axes = plt.subplots(3, 1, figsize=(8, 6), sharex=True, constrained_layout=True)
+    if has_c:
+        peaks, q = detect_cardiac_peaks(rec.cardiac, fs, min_hr, max_hr)
+        axes[0].plot(t - t0, rec.cardiac[a:b], lw=0.8, color="C3", label="cardiac")
+        shown = peaks[(peaks >= a) & (peaks < b)]
+        axes[0].plot(shown / fs - t0, rec.cardiac[shown], "o", ms=3, color="k",
+                     label=f"beats ({q['median_hr_bpm']:.0f} bpm)")
+        if len(peaks) >= 2:
+            axes[2].plot(t - t0, cardiac_phase(peaks / fs, t), lw=0.8, color="C3", label="cardiac phase")
+    if has_r:
+        axes[1].plot(t - t0, rec.respiratory[a:b], lw=0.8, color="C0", label="respiratory")
+        axes[2].plot(t - t0, respiratory_phase(rec.respiratory, fs, t), lw=0.8, color="C0", label="respiratory phase")
+    if onsets is not None:
+        for ax in axes:
+            for o in onsets[(onsets >= a / fs) & (onsets < b / fs)]:
+                ax.axvline(o - t0, color="0.7", lw=0.5, zorder=0)
+    axes[0].set_ylabel("cardiac (a.u.)")
+    axes[1].set_ylabel("belt (a.u.)")
+    axes[2].set_ylabel("phase (rad)")
+    axes[2].set_yticks([-np.pi, 0, np.pi, 2 * np.pi], ["-π", "0", "π", "2π"])
+    axes[2].set_xlabel("time from the first volume (s)")
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper right", fontsize=7)
+    fig.suptitle(Path(rec.name).name, fontsize=9)
+    return fig

@@ -712,3 +712,19 @@ def test_retroicor_count_property(mc, mr, inter):
     regs, names = P.retroicor_regressors(np.linspace(0, 6, 7), np.linspace(-3, 3, 7), mc, mr, (inter, inter))
     assert regs.shape == (7, 2 * mc + 2 * mr + 4 * inter * inter) and len(names) == regs.shape[1]
     assert np.all(np.abs(regs) <= 1.0)
+
+
+def test_plot_physio():
+    import matplotlib.pyplot as plt
+
+    rec, onsets, beats = consistent_recording(n_vol=20, tr=2.0)
+    fig = P.plot_physio(rec, 20, 2.0, window=10.0)
+    try:
+        axes = fig.axes
+        assert len(axes) == 3
+        markers = [ln for ln in axes[0].get_lines() if ln.get_marker() == "o"][0]
+        expected = beats[(beats >= onsets[0] * FS) & (beats < (onsets[0] + 10.0) * FS)] / FS - onsets[0]
+        np.testing.assert_allclose(markers.get_xdata(), expected, atol=1e-9)
+        assert len([ln for ln in axes[2].get_lines() if ln.get_marker() != "o"]) >= 2
+    finally:
+        plt.close(fig)
