@@ -430,17 +430,20 @@ def _onsets_from_trigger(rec: PhysioRecording, n_volumes: int, tr: float) -> np.
                 PhysioWarning,
                 stacklevel=3,
             )
-    # the pulse nearest each expected onset (also copes with one pulse per slice)
-    expected = first + tr * np.arange(n_volumes)
-    idx = np.clip(np.searchsorted(edges, expected), 1, len(edges) - 1)
-    left, right = edges[idx - 1], edges[idx]
-    nearest = np.where(np.abs(expected - left) <= np.abs(right - expected), left, right)
-    if len(edges) == 1:
-        nearest = np.full(n_volumes, edges[0])
-    drift = np.abs(nearest - expected)
-    if np.any(drift > tol) or np.any(np.diff(nearest) <= 0):
+    # follow the pulses volume by volume: the pulse nearest the previous onset + TR (copes with
+    # one pulse per slice and with a slow drift between the nominal and the actual TR)
+    nearest = np.empty(n_volumes)
+    nearest[0] = first
+    worst = 0.0
+    for j in range(1, n_volumes):
+        expected = nearest[j - 1] + tr
+        k = int(np.searchsorted(edges, expected))
+        cands = edges[max(k - 1, 0) : k + 1]
+        nearest[j] = cands[np.argmin(np.abs(cands - expected))]
+        worst = max(worst, abs(nearest[j] - expected))
+    if worst > tol or np.any(np.diff(nearest) <= 0):
         warnings.warn(
-            f"{rec.name}: trigger pulses do not follow TR = {tr} s (largest deviation {drift.max():.3f} s); "
+            f"{rec.name}: trigger pulses do not follow TR = {tr} s (largest deviation {worst:.3f} s); "
             "using StartTime instead",
             PhysioWarning,
             stacklevel=3,
@@ -455,7 +458,8 @@ def scan_onsets(rec: PhysioRecording, n_volumes: int, tr: float, *, use_trigger:
     With a trigger column (and ``use_trigger``) the onsets are its rising edges
     (:func:`trigger_onsets`): with more pulses than volumes, the pulse nearest
     ``-StartTime`` (if within TR/4) or else the first pulse marks the first
-    volume, and each volume takes the pulse nearest ``first + j * TR``. If
+    volume, and each next volume takes the pulse nearest the previous onset +
+    TR (within TR/4; copes with one pulse per slice and a slow TR drift). If
     there are too few pulses or they do not follow the TR, a
     :class:`PhysioWarning` is issued and ``StartTime`` is used:
     ``onset_j = -StartTime + j * TR``.

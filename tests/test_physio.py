@@ -295,6 +295,10 @@ def test_extra_and_per_slice_triggers():
     np.testing.assert_allclose(P.scan_onsets(rec, 30, 2.0), onsets, atol=0.5 / FS)
     rec, onsets, _ = consistent_recording(per_slice=5)
     np.testing.assert_allclose(P.scan_onsets(rec, 30, 2.0), onsets, atol=0.5 / FS)
+    # actual TR 2.01 s while the header says 2.0: the triggers carry the true timing
+    rec, _, _ = consistent_recording(n_vol=60, tr=2.01, per_slice=8, tail=8.0)
+    true = 4.3 + 2.01 * np.arange(60)
+    np.testing.assert_allclose(P.scan_onsets(rec, 60, 2.0), true, atol=0.5 / FS)
 
 
 def test_too_few_triggers_fall_back_to_starttime():
