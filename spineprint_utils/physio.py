@@ -81,6 +81,7 @@ __all__ = [
     "combine_recordings",
     "load_run_physio",
     "detect_cardiac_peaks",
+    "fill_missing_beats",
     "cardiac_phase",
     "respiratory_phase",
     "retroicor_names",
@@ -707,6 +708,36 @@ def _local_median(ibi, half_width: int = 5) -> np.ndarray:
     return np.median(np.lib.stride_tricks.sliding_window_view(padded, 2 * w + 1), axis=1)[: ibi.size]
 
 
+def fill_missing_beats(peak_times) -> np.ndarray:
+    """Insert beats in gaps left by missed detections.
+
+    An inter-beat interval longer than 1.5 x the local median IBI (running
+    median over +-5 beats) is split into ``round(IBI / local median)`` equal
+    intervals, so that the cardiac phase (:func:`cardiac_phase`) advances by
+    2 pi per heart beat across the gap instead of once over several beats.
+
+    Parameters
+    ----------
+    peak_times : ndarray, shape (n_peaks,)
+        Increasing beat times (s).
+
+    Returns
+    -------
+    ndarray, shape (n_peaks + n_inserted,)
+    """
+    p = np.asarray(peak_times, dtype=float)
+    if len(p) < 3:
+        return p
+    ibi = np.diff(p)
+    local = _local_median(ibi)
+    k = np.where(ibi > 1.5 * local, np.maximum(np.rint(ibi / local), 1), 1).astype(int)
+    if np.all(k == 1):
+        return p
+    pieces = [p[:-1, None] + ibi[:, None] * (np.arange(kk) / kk)[None, :] for kk in np.unique(k)]
+    out = np.concatenate([piece[k == kk].ravel() for piece, kk in zip(pieces, np.unique(k))] + [p[-1:]])
+    return np.sort(out)
+
+
 def _beat_quality(peak_times, min_hr, max_hr, max_irregular_fraction=0.05) -> dict:
     ibi = np.diff(np.asarray(peak_times, dtype=float))
     q = {"n_peaks": int(len(peak_times))}
@@ -969,8 +1000,9 @@ def slice_regressors(
     """Slice-specific RETROICOR regressors (Glover 2000; Harvey 2008; Brooks 2008).
 
     Each slice ``s`` of volume ``j`` is acquired at ``onset_j + SliceTiming[s]``
-    (physio clock); the cardiac phase (:func:`cardiac_phase` from
-    :func:`detect_cardiac_peaks` on the whole trace) and respiratory phase
+    (physio clock); the cardiac phase (:func:`cardiac_phase` from the beats of
+    :func:`detect_cardiac_peaks` on the whole trace, gaps filled by
+    :func:`fill_missing_beats`) and respiratory phase
     (:func:`respiratory_phase`, histogram over the span of the run) are sampled
     at those times and expanded by :func:`retroicor_regressors`
     (Glover et al. 2000; Harvey et al. 2008; Brooks et al. 2008; Kasper et al. 2017). A
@@ -1027,7 +1059,7 @@ def slice_regressors(
                 PhysioWarning,
                 stacklevel=2,
             )
-        card = cardiac_phase(peaks / fs, times)
+        card = cardiac_phase(fill_missing_beats(peaks / fs), times)
     if "respiratory" in need:
         resp = respiratory_phase(rec.respiratory, fs, times, hist_window=(onsets[0], onsets[-1] + tr))
     return retroicor_regressors(card, resp, mc, mr, (ic, ir))
@@ -1197,7 +1229,7 @@ def hr_rvt_regressors(
         peaks, _ = detect_cardiac_peaks(rec.cardiac, fs, min_hr, max_hr)
         if len(peaks) < 2:
             raise SpineprintError(f"{rec.name}: fewer than 2 heart beats detected in the cardiac trace")
-        pt = peaks / fs
+        pt = fill_missing_beats(peaks / fs)
         out["hr_bpm"] = heart_rate(pt, onsets, window)
         out["hr_crf"] = _convolve_at(
             lambda g: heart_rate(pt, g, window), cardiac_response_function, onsets, tr, kernel_length, dt

@@ -361,6 +361,20 @@ def test_missing_beat_flagged():
     assert q["n_missing_beats"] == 5 and not q["ok"]
 
 
+def test_fill_missing_beats():
+    beats = np.cumsum(np.full(40, 0.8)) + np.random.default_rng(0).uniform(-0.03, 0.03, 40)
+    dropped = np.delete(beats, [10, 25, 26])  # one and two consecutive beats missed
+    filled = P.fill_missing_beats(dropped)
+    assert len(filled) == len(beats)
+    np.testing.assert_allclose(filled, beats, atol=0.07)
+    np.testing.assert_array_equal(P.fill_missing_beats(beats), beats)  # nothing to fill
+    # the phase then advances once per beat across the gap
+    t = np.linspace(beats[9], beats[11], 50, endpoint=False)
+    np.testing.assert_allclose(
+        np.unwrap(P.cardiac_phase(filled, t))[-1] - np.unwrap(P.cardiac_phase(filled, t))[0], 2 * TWO_PI, atol=0.6
+    )
+
+
 @pytest.mark.parametrize("bpm", [30.0, 220.0])
 def test_implausible_rate_flagged(bpm):
     n = int(60 * FS)
