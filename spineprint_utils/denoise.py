@@ -89,8 +89,11 @@ def acompcor(data, csf_mask, n_components: int = 5, *, return_variance: bool = F
     Y = _detrend(Y)
     sd = Y.std(axis=0)
     Y = Y[:, sd > 0] / sd[sd > 0]
-    U, S, _ = np.linalg.svd(Y, full_matrices=False)
-    comps = U[:, :n_components]
+    # left singular vectors of Y = eigenvectors of the T x T matrix Y Y^T (cheaper when V >> T)
+    evals, evecs = np.linalg.eigh(Y @ Y.T)
+    order = np.argsort(evals)[::-1]
+    S = np.sqrt(np.clip(evals[order], 0, None))
+    comps = evecs[:, order[:n_components]]
     signs = np.sign(comps[np.argmax(np.abs(comps), axis=0), np.arange(n_components)])
     comps = comps * signs
     if return_variance:
@@ -216,14 +219,48 @@ def _check_design(slice_design, shared, Z, T):
     return slice_design, shared
 
 
-def _clean(Y, C, t_r, high_pass, low_pass):
-    from nilearn.signal import clean
+def _butterworth(x, t_r, high_pass, low_pass, order: int = 5):
+    """Zero-phase Butterworth filter along axis 0, as :func:`nilearn.signal.butterworth`.
 
-    filt = "butterworth" if (high_pass is not None or low_pass is not None) else False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return clean(Y, confounds=C, detrend=True, standardize=None, standardize_confounds=True, filter=filt,
-                     low_pass=low_pass, high_pass=high_pass, t_r=t_r if t_r else None)
+    Same design (order-5 ``scipy.signal.butter`` in second-order sections) and
+    the same :func:`scipy.signal.sosfiltfilt` call (odd padding, default length),
+    but vectorised over columns (nilearn loops over them one by one).
+    """
+    from scipy import signal as sp_signal
+
+    wn = [f for f in (high_pass, low_pass) if f is not None]
+    btype = "band" if len(wn) == 2 else ("high" if high_pass is not None else "low")
+    sos = sp_signal.butter(order, wn if len(wn) == 2 else wn[0], btype=btype, output="sos", fs=1.0 / t_r)
+    return sp_signal.sosfiltfilt(sos, x, axis=0, padtype="odd")
+
+
+def _clean(Y, C, t_r, high_pass, low_pass):
+    """The steps of :func:`nilearn.signal.clean` (0.14) with ``detrend=True``,
+    ``standardize=None``, ``standardize_confounds=True`` and the Butterworth filter:
+    linear detrending of signals and confounds, the same band-pass on both, z-scored
+    confounds projected out with a pivoted QR (columns with
+    ``|R_ii| <= 100 eps`` dropped). Re-implemented vectorised over voxels because
+    nilearn filters one column at a time; ``tests/test_denoise.py`` checks it
+    against :func:`nilearn.signal.clean`.
+    """
+    from scipy import linalg
+
+    Y = _detrend(np.asarray(Y, dtype=np.float64))
+    if C is not None:
+        C = _detrend(np.asarray(C, dtype=np.float64))
+    if high_pass is not None or low_pass is not None:
+        Y = _butterworth(Y, t_r, high_pass, low_pass)
+        if C is not None:
+            C = _butterworth(C, t_r, high_pass, low_pass)
+    if C is not None:
+        C = C - C.mean(axis=0)
+        sd = C.std(axis=0, ddof=1)
+        sd[sd < np.finfo(np.float64).eps] = 1.0
+        C = C / sd
+        Q, R, _ = linalg.qr(C, mode="economic", pivoting=True)
+        Q = Q[:, np.abs(np.diag(R)) > np.finfo(np.float64).eps * 100.0]
+        Y = Y - Q @ (Q.T @ Y)
+    return Y
 
 
 def slicewise_regression(data, slice_design=None, shared_confounds=None, mask=None, *, t_r=None, high_pass=None,

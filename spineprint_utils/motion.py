@@ -229,9 +229,10 @@ def estimate_translations(data, mask=None, reference="mean", *, smoothing=(2.0, 
             wgx, wgy = (w * gx)[..., None], (w * gy)[..., None]
             FMs = FM * G[..., None]
             for _ in range(max_iter):
-                phase = np.exp(2j * np.pi * (kx[..., None] * d[None, None, :, :, 0]
-                                             + ky[..., None] * d[None, None, :, :, 1]))
-                warped = np.fft.irfft2(FMs * phase, s=(nx, ny), axes=(0, 1))
+                # separable phase ramp exp(2 pi i (kx dx + ky dy)) = exp(2 pi i kx dx) exp(2 pi i ky dy)
+                px = np.exp(2j * np.pi * kx[:, 0, 0, None, None] * d[None, :, :, 0])  # (nx, Z, t)
+                py = np.exp(2j * np.pi * ky[0, :, 0, None, None] * d[None, :, :, 1])  # (nyr, Z, t)
+                warped = np.fft.irfft2(FMs * px[:, None] * py[None], s=(nx, ny), axes=(0, 1))
                 err = warped - Rs[..., None]
                 b = np.stack([(wgx * err).sum((0, 1)), (wgy * err).sum((0, 1))], -1)  # (Z, t, 2)
                 delta = -np.einsum("zij,ztj->zti", Hinv, b)
@@ -283,23 +284,52 @@ def regularize_translations(shifts, method: str = REGULARIZE_DEFAULT, *, weights
 
 
 # ---------------------------------------------------------------- application
-def apply_translations(data, shifts, order: int = 3, mode: str = "nearest") -> np.ndarray:
+def _bspline3_weights(f):
+    """Cubic B-spline weights of the 4 coefficients at offsets -1, 0, 1, 2 for fraction f in [0, 1)."""
+    f2, f3 = f * f, f * f * f
+    return ((1 - f) ** 3 / 6, (3 * f3 - 6 * f2 + 4) / 6, (-3 * f3 + 3 * f2 + 3 * f + 1) / 6, f3 / 6)
+
+
+def _shift_axis(coef, d, axis):
+    """Evaluate cubic B-spline coefficients *coef* (X, Y, Z, t) at ``x + d[z, t]`` along *axis* (0 or 1)."""
+    n = coef.shape[axis]
+    base = np.floor(d)
+    w = _bspline3_weights(d - base)
+    shape = [1, 1] + list(d.shape)
+    shape[axis] = n
+    idx0 = np.arange(n).reshape([-1, 1, 1, 1] if axis == 0 else [1, -1, 1, 1]) + base.astype(np.intp)[None, None]
+    out = np.zeros(coef.shape, dtype=np.float64)
+    for k, wk in zip((-1, 0, 1, 2), w):
+        idx = idx0 + k
+        idx = np.where(idx < 0, -idx, idx)  # mirror extension, as the prefilter assumes
+        idx = np.where(idx > n - 1, 2 * (n - 1) - idx, idx)
+        idx = np.clip(idx, 0, n - 1)  # shifts beyond the field of view repeat the edge
+        full = list(coef.shape)
+        out += wk[None, None] * np.take_along_axis(coef, np.broadcast_to(idx, full), axis=axis)
+    return out
+
+
+def apply_translations(data, shifts, order: int = 3, chunk_volumes: int = 32) -> np.ndarray:
     """Resample every slice so that it aligns with the reference.
 
     ``out[x, y, z, t] = I_t(x + dx[z, t], y + dy[z, t], z)`` with cubic B-spline
-    interpolation (:func:`scipy.ndimage.map_coordinates`, Unser 1999). The
-    3D spline is evaluated at integer z, where it reproduces the in-plane 2D
-    spline of each slice exactly (B-splines interpolate at the knots).
+    interpolation (Unser 1999): each slice is converted to B-spline coefficients
+    (:func:`scipy.ndimage.spline_filter1d` along x and y, mirror boundaries) and
+    the tensor-product spline is evaluated at the translated grid, separably along
+    x then y, vectorised over all slices and volumes (a translation uses the same
+    four weights for every voxel of a slice). Outside the field of view the image
+    is mirrored (as :func:`scipy.ndimage.shift` with ``mode='mirror'``). ``order=1`` gives bilinear interpolation through
+    :func:`scipy.ndimage.map_coordinates`.
 
     Parameters
     ----------
     data : ndarray, (X, Y, Z, T)
     shifts : ndarray, (Z, T, 2)
         Voxel translations from :func:`estimate_translations`.
-    order : int
-        Spline order (3 = cubic).
-    mode : str
-        Boundary mode of :func:`scipy.ndimage.map_coordinates`.
+    order : {3, 1}
+        Spline order.
+    chunk_volumes : int
+        Volumes processed at once (bounds memory).
 
     Returns
     -------
@@ -309,13 +339,24 @@ def apply_translations(data, shifts, order: int = 3, mode: str = "nearest") -> n
     shifts = np.asarray(shifts, dtype=float)
     if shifts.shape != (Z, T, 2):
         raise SpineprintError(f"shifts must have shape {(Z, T, 2)}, got {shifts.shape}")
+    if order not in (1, 3):
+        raise SpineprintError(f"interpolation order must be 3 (cubic) or 1 (linear), got {order}")
     out = np.empty((X, Y, Z, T), dtype=np.float32)
-    gx, gy, gz = np.meshgrid(np.arange(X, dtype=float), np.arange(Y, dtype=float), np.arange(Z, dtype=float),
-                             indexing="ij")
-    for t in range(T):
-        vol = np.asarray(data[..., t], dtype=np.float64)
-        coords = np.stack([gx + shifts[None, None, :, t, 0], gy + shifts[None, None, :, t, 1], gz])
-        out[..., t] = ndimage.map_coordinates(vol, coords, order=order, mode=mode)
+    for c0 in range(0, T, chunk_volumes):
+        c1 = min(c0 + chunk_volumes, T)
+        chunk = np.asarray(data[..., c0:c1], dtype=np.float64)
+        d = shifts[:, c0:c1]
+        if order == 3:
+            coef = ndimage.spline_filter1d(chunk, 3, axis=0, mode="mirror")
+            coef = ndimage.spline_filter1d(coef, 3, axis=1, mode="mirror")
+            tmp = _shift_axis(coef, d[..., 0], 0)
+            out[..., c0:c1] = _shift_axis(tmp, d[..., 1], 1)
+        else:
+            gx, gy = np.meshgrid(np.arange(X, dtype=float), np.arange(Y, dtype=float), indexing="ij")
+            for t in range(c1 - c0):
+                for z in range(Z):
+                    out[:, :, z, c0 + t] = ndimage.map_coordinates(
+                        chunk[:, :, z, t], [gx + d[z, t, 0], gy + d[z, t, 1]], order=1, mode="nearest")
     return out
 
 

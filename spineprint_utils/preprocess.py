@@ -189,8 +189,10 @@ def _tissue_maps_cached(affine_bytes: bytes, shape: tuple):
 
 
 def _is_pam50_space(bold_path: Path, meta: dict) -> bool:
-    """A run is in PAM50 space if its name carries ``space-PAM50`` or its sidecar /
-    dataset says so (``SpatialReference`` or ``Space`` mentioning PAM50)."""
+    """A run is in PAM50 space if its name carries ``space-PAM50``, its sidecar or
+    ``dataset_description.json`` says so (``SpatialReference``/``Space`` mentioning
+    PAM50), or it is a spineprint simulation (``derivatives/groundtruth/params.json``
+    with ``"space": "PAM50"``)."""
     if "space-PAM50" in bold_path.name:
         return True
     for key in ("SpatialReference", "Space", "space"):
@@ -205,6 +207,12 @@ def _is_pam50_space(bold_path: Path, meta: dict) -> bool:
         for key in ("SpatialReference", "Space"):
             if "pam50" in str(desc.get(key, "")).lower():
                 return True
+    # the simulated default study records its space in its ground truth
+    if root is not None and (root / "derivatives" / "groundtruth" / "params.json").is_file():
+        try:
+            return str(read_json(root / "derivatives" / "groundtruth" / "params.json").get("space", "")) == "PAM50"
+        except SpineprintError:
+            return False
     return False
 
 
