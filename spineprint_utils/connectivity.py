@@ -27,9 +27,15 @@ Kinany N, Pirondini E, Micera S, Van De Ville D (2020). Dynamic functional
 connectivity of resting-state spinal cord fMRI reveals fine-grained intrinsic
 architecture. Neuron 108:424-435. doi:10.1016/j.neuron.2020.07.024
 
-Kowalczyk OS, Medina S, Tsivaka D, et al. (2024). Spinal cord resting state activity in
-individuals with fibromyalgia who take opioids. Human Brain Mapping / test-retest
-of spinal resting-state networks.
+Kowalczyk OS, Medina S, Tsivaka D, et al. (2024). Spinal fMRI demonstrates segmental
+organisation of functionally connected networks in the cervical spinal cord: a
+test-retest reliability study. Human Brain Mapping 45:e26600. doi:10.1002/hbm.26600
+
+Smith SM, Miller KL, Salimi-Khorshidi G, et al. (2011). Network modelling methods for
+FMRI. NeuroImage 54:875-891. doi:10.1016/j.neuroimage.2010.08.063
+
+Fisher RA (1915). Frequency distribution of the values of the correlation coefficient
+in samples from an indefinitely large population. Biometrika 10:507-521.
 
 Varoquaux G, Baronnet F, Kleinschmidt A, Fillard P, Thirion B (2010). Detection of
 brain functional-connectivity difference in post-stroke patients using group-level
