@@ -42,6 +42,7 @@ __all__ = [
     "protocol_table",
     "issues_table",
     "issues_admonition",
+    "sources_admonition",
     "slice_timing_figure",
     "example_sidecars",
     "load_datasets",
@@ -626,6 +627,7 @@ def protocol(meta: BidsMetadata) -> dict:
         "inplane_resolution_mm": (f"{inplane[0]:g} x {inplane[1]:g}" if inplane else None),
         "n_volumes": int(n_vols) if n_vols is not None else None,
         "slice_order": info["order"] if info else None,
+        "excitation_interval_s": round(info["slice_gap"], 6) if info else None,
         "multiband": mb,
         "multiband_source": mb_source,
         "inplane_acceleration": _float(m("ParallelReductionFactorInPlane")),
@@ -664,6 +666,7 @@ PROTOCOL_ROWS = {
     "inplane_resolution_mm": "In-plane resolution (mm)",
     "n_volumes": "Volumes per run",
     "slice_order": "Slice order",
+    "excitation_interval_s": "Time between excitations (s)",
     "multiband": "Multiband factor",
     "multiband_source": "Multiband factor from",
     "inplane_acceleration": "In-plane acceleration (GRAPPA)",
@@ -907,3 +910,27 @@ def issues_admonition(issues: pd.DataFrame, title: str = "Upstream metadata defe
     head = f"{title}: {n_warn} warning(s), {len(issues) - n_warn} note(s)"
     table = issues.to_html(index=False, escape=True, border=0, classes="table")
     return f'<div class="admonition warning"><p class="admonition-title">{html.escape(head)}</p>{table}</div>'
+
+
+def sources_admonition(sources: dict) -> str:
+    """HTML box saying where each dataset's metadata came from.
+
+    A warning box (``admonition warning``) when any source is generated example
+    data (see :func:`load_datasets`), else a note box.
+
+    Parameters
+    ----------
+    sources : dict
+        ``{dataset name: source description}`` from :func:`load_datasets`.
+
+    Returns
+    -------
+    str
+    """
+    import html
+
+    generated = any("GENERATED" in str(v) for v in sources.values())
+    kind, title = ("warning", "Example data: the real metadata are not available here") if generated else (
+        "note", "Data sources")
+    items = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>" for k, v in sources.items())
+    return f'<div class="admonition {kind}"><p class="admonition-title">{html.escape(title)}</p><ul>{items}</ul></div>'

@@ -145,6 +145,10 @@ def test_cospine_protocol_from_metadata(real, shared_data):
         assert p["fieldmaps"].startswith("reverse-PE")
         assert p["physio_sampling_hz"] == 400
         assert p["slice_order"] == "interleaved ascending (odd first)"
+        # 35 excitations spread over the TR: median step of the sorted distinct times
+        distinct = np.unique(np.round(real[ds].runs[0].meta["SliceTiming"], 3))
+        assert p["excitation_interval_s"] == pytest.approx(np.median(np.diff(distinct)), abs=2e-3)
+        assert p["excitation_interval_s"] == pytest.approx(2.68 / 35, abs=2e-3)
     # independent reading of one raw sidecar with json only
     raw = json.loads((shared_data / "openneuro/ds005884/sub-01/func/sub-01_task-motorL_bold.json").read_text())
     assert len(raw["SliceTiming"]) / _brute_distinct(raw["SliceTiming"]) == 2
@@ -365,3 +369,15 @@ def test_load_datasets_offline_falls_back(tmp_path, monkeypatch):
         acq.load_datasets(["ds005884"], fallback=False)
     with pytest.raises(SpineprintError, match="unknown OpenNeuro dataset"):
         acq.load_datasets(["ds000001"])
+
+
+def test_admonitions_escape_and_flag():
+    box = acq.sources_admonition({"ds1": "pinned <v1>"})
+    assert 'class="admonition note"' in box and "&lt;v1&gt;" in box
+    box = acq.sources_admonition({"example": "GENERATED CoSpine-like example sidecars"})
+    assert 'class="admonition warning"' in box
+    issues = pd.DataFrame([{"dataset": "d", "severity": "warning", "file": "a<b>.json", "problem": "x"},
+                           {"dataset": "d", "severity": "info", "file": ".", "problem": "y"}])
+    box = acq.issues_admonition(issues)
+    assert "1 warning(s), 1 note(s)" in box and "a&lt;b&gt;.json" in box
+    assert "No issues" in acq.issues_admonition(issues.iloc[:0])
