@@ -1058,7 +1058,12 @@ def _select(df, name, **where):
         mask &= (df[col] == _strip(val, col)).to_numpy()
     sel = df[mask]
     if sel.empty:
-        raise SpineprintError(f"records: no run matches {name} ({where})")
+        avail = "; ".join(
+            f"{col}s: {', '.join(sorted(map(str, df[col].dropna().unique())))}"
+            for col, val in where.items()
+            if val is not None and col in df.columns
+        )
+        raise SpineprintError(f"records: no run matches {name} (available {avail})")
     dup = sel["subject"][sel["subject"].duplicated()].unique()
     if len(dup):
         raise SpineprintError(

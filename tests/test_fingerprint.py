@@ -433,6 +433,8 @@ def test_pair_sessions_and_runs():
     np.testing.assert_array_equal(ib, [1, 2, 5])
     with pytest.raises(SpineprintError, match="03.*several runs"):
         fp.pair_sessions(records(), "1", "2")
+    with pytest.raises(SpineprintError, match="no run matches session 3 .*sessions: 1, 2"):
+        fp.pair_sessions(records(), "1", "3", run=1)
     # only sub-03 has a run 2
     with pytest.raises(SpineprintError, match="01, 02 missing from run 2"):
         fp.pair_runs(records(), 1, 2, session="2")
