@@ -47,6 +47,7 @@ __all__ = [
     "example_sidecars",
     "load_datasets",
     "MetadataWarning",
+    "register_cli",
 ]
 
 #: Relative tolerance for grouping slice times into simultaneous (multiband) groups, in s.
@@ -934,3 +935,29 @@ def sources_admonition(sources: dict) -> str:
         "note", "Data sources")
     items = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>" for k, v in sources.items())
     return f'<div class="admonition {kind}"><p class="admonition-title">{html.escape(title)}</p><ul>{items}</ul></div>'
+
+
+# ------------------------------------------------------------------ command line
+def register_cli(subparsers) -> None:
+    """``spineprint protocol BIDS_DIR [BIDS_DIR ...] [--issues]``: print the protocol table."""
+    p = subparsers.add_parser(
+        "protocol",
+        help="print the acquisition protocol of BIDS datasets (from their JSON sidecars)",
+        description="Read the metadata of one or more BIDS datasets and print their acquisition "
+        "protocols side by side, and optionally the upstream metadata issues found.",
+    )
+    p.add_argument("bids_dirs", nargs="+", help="BIDS dataset folder(s)")
+    p.add_argument("--issues", action="store_true", help="also list metadata issues")
+    p.set_defaults(func=_cli_protocol)
+
+
+def _cli_protocol(args) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetadataWarning)
+        metas = {Path(d).name: read_bids_metadata(d) for d in args.bids_dirs}
+    with pd.option_context("display.max_colwidth", 70, "display.width", 200):
+        print(protocol_table(metas).to_string())
+        if args.issues:
+            print()
+            print(issues_table(metas).to_string(index=False))
+    return 0

@@ -38,6 +38,12 @@ __all__ = [
     "fetch_pam50",
     "sha256",
     "verify_files",
+    "OPENNEURO_URL",
+    "known_openneuro",
+    "openneuro_registry",
+    "make_openneuro_registry",
+    "fetch_openneuro",
+    "register_cli",
 ]
 
 # --------------------------------------------------------------------- PAM50
@@ -433,3 +439,26 @@ def fetch_openneuro(dataset_id: str, version: str | None = None, data_dir=None) 
 
 def _cached_ok(path: Path, expected: str) -> bool:
     return path.is_file() and sha256(path) == expected
+
+
+# ------------------------------------------------------------------ command line
+def register_cli(subparsers) -> None:
+    """``spineprint fetch {pam50,<dataset id>} [--data-dir DIR]``: download/verify, print the folder."""
+    p = subparsers.add_parser(
+        "fetch",
+        help="download (or verify a local copy of) the PAM50 template or an OpenNeuro dataset's metadata",
+        description="Download the pinned PAM50 release or the text files of a pinned OpenNeuro snapshot "
+        "into the cache (or verify a local copy given by --data-dir / $SPINEPRINT_DATA_DIR) and print its folder.",
+    )
+    p.add_argument("what", help="'pam50' or an OpenNeuro accession: " + ", ".join(known_openneuro()))
+    p.add_argument("--data-dir", default=None, help="local copy to verify instead of downloading")
+    p.set_defaults(func=_cli_fetch)
+
+
+def _cli_fetch(args) -> int:
+    if args.what.lower() == "pam50":
+        path = fetch_pam50(args.data_dir)
+    else:
+        path = fetch_openneuro(args.what, data_dir=args.data_dir)
+    print(path)
+    return 0

@@ -381,3 +381,28 @@ def test_admonitions_escape_and_flag():
     box = acq.issues_admonition(issues)
     assert "1 warning(s), 1 note(s)" in box and "a&lt;b&gt;.json" in box
     assert "No issues" in acq.issues_admonition(issues.iloc[:0])
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@settings(max_examples=60, deadline=None)
+@given(package=st.integers(3, 40), mb=st.integers(1, 4), tr=st.floats(0.5, 4.0),
+       order=st.sampled_from(["sequential ascending", "sequential descending",
+                              "interleaved ascending (even first)", "interleaved ascending (odd first)"]))
+def test_slice_timing_property(package, mb, tr, order):
+    n = package * mb
+    info = acq.slice_timing_info(_planted_slice_timing(n, mb, order, tr), tr, n_slices=n)
+    assert (info["multiband"], info["n_distinct"], info["order"]) == (mb, package, order)
+
+
+def test_cli_protocol(shared_data, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    acq.register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["protocol", str(shared_data / "openneuro" / "ds004386"), "--issues"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "2.312" in out and "sequential descending" in out and "no physiological recordings" in out

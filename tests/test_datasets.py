@@ -244,3 +244,35 @@ def test_fetch_openneuro_download_path(shared_data, tmp_path, monkeypatch):
     assert len(calls) - n_first == 152 - (n_first - 1)
     assert datasets.fetch_openneuro("ds004386") == root  # all cached now
     assert len(calls) - n_first == 152 - (n_first - 1)
+
+
+# ------------------------------------------------------------------ command line
+def _run_cli(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    datasets.register_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_fetch_prints_verified_folders(shared_data, capsys, no_network):
+    assert _run_cli(["fetch", "pam50"]) == 0
+    assert _run_cli(["fetch", "ds005884", "--data-dir", str(shared_data)]) == 0
+    out = capsys.readouterr().out.split()
+    assert out == [str((shared_data / "pam50").resolve()), str((shared_data / "openneuro" / "ds005884").resolve())]
+    with pytest.raises(SpineprintError, match="unknown OpenNeuro dataset"):
+        _run_cli(["fetch", "ds1"])
+
+
+def test_make_openneuro_registry_roundtrip(shared_data, tmp_path):
+    text = datasets.make_openneuro_registry(shared_data / "openneuro" / "ds004386", "ds004386", "1.1.2",
+                                            out=tmp_path / "reg.txt")
+    version, registry = datasets._parse_registry(tmp_path / "reg.txt")
+    assert version == "1.1.2"
+    assert (tmp_path / "reg.txt").read_text() == text
+    # identical to the committed registry: the pin is reproducible from the local copy
+    assert text == (Path(datasets.__file__).parent / "data" / "openneuro_ds004386.txt").read_text()
+    (tmp_path / "bad.txt").write_text("# OpenNeuro dsX snapshot 1\nabc  file\n")
+    with pytest.raises(SpineprintError, match=r"bad\.txt:2: malformed"):
+        datasets._parse_registry(tmp_path / "bad.txt")
