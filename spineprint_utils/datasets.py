@@ -414,6 +414,19 @@ def fetch_openneuro(dataset_id: str, version: str | None = None, data_dir=None) 
 
     root = cache_dir("openneuro", dataset_id, pinned)
     todo = {rel: h for rel, h in registry.items() if not _cached_ok(root / rel, h)}
+    logger = pooch.get_logger()
+    level = logger.level
+    if todo:  # one line instead of pooch's one line per file (hundreds of sidecars)
+        logger.info("Fetching %d text files of %s from %s", len(todo), what, OPENNEURO_URL.format(dataset=dataset_id, path=""))
+    logger.setLevel("WARNING")
+    try:
+        _download_openneuro(dataset_id, root, todo, what)
+    finally:
+        logger.setLevel(level)
+    return verify_files(root, registry, what + " (downloaded)")
+
+
+def _download_openneuro(dataset_id: str, root: Path, todo: dict, what: str) -> None:
     for rel, expected in todo.items():
         url = OPENNEURO_URL.format(dataset=dataset_id, path=rel)
         dest = root / rel
@@ -434,7 +447,6 @@ def fetch_openneuro(dataset_id: str, version: str | None = None, data_dir=None) 
                 f"{what} not available: no local copy and the download of {url} failed "
                 f"({type(exc).__name__}: {exc}). Without network access, " + _HOW_TO_OVERRIDE
             ) from None
-    return verify_files(root, registry, what + " (downloaded)")
 
 
 def _cached_ok(path: Path, expected: str) -> bool:
