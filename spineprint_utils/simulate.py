@@ -152,7 +152,7 @@ DEFAULTS = {
     "n_slices": None,
     "fingerprint_strength": 0.5,
     "session_strength": 0.5,
-    "neural_amplitude": 3.0,
+    "neural_amplitude": 4.0,
     "physio_amplitude": 1.0,
     "physio_subject_specificity": 0.5,
     "motion_amplitude": 0.2,
@@ -757,7 +757,7 @@ def _simulate_run(p, anat, corr, subj, ses, run, phys_maps, base):
     shot = np.rint(st / (tr / n_shots)).astype(int)
     phys = _subject_physiology(seed, subj)
     rr = _rng(seed, _T_PHYS_RUN, subj, ses, run)
-    hr = phys["heart_rate"] + rr.normal(0.0, 3.0)
+    hr = float(np.clip(phys["heart_rate"] * np.exp(rr.normal(0.0, 0.05)), 40.0, 110.0))
     resp = phys["resp_rate"] * np.exp(rr.normal(0.0, 0.08))
     depth = phys["resp_depth"] * np.exp(rr.normal(0.0, 0.1))
     fs = p["physio_sampling_frequency"]
@@ -1060,7 +1060,7 @@ def simulate_dataset(out_dir, *, overwrite: bool = False, progress: bool = False
         Weight ``g`` of the subject-and-session-specific deviation (default 0.5).
     neural_amplitude : float >= 0
         Standard deviation of the neural BOLD signal in percent of the local baseline
-        at full horn probability (default 3).
+        at full horn probability (default 4).
     physio_amplitude : float >= 0
         Scale of cardiac and respiratory noise (1 = about 4 % in CSF, 1-2 % in the
         ventral cord, 0.25 mm caudal B0 shift per unit of breathing depth).
@@ -1102,10 +1102,11 @@ def simulate_dataset(out_dir, *, overwrite: bool = False, progress: bool = False
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        summary = _write_dataset(tmp, p, phash, progress=progress)
+        _write_dataset(tmp, p, phash, progress=progress)
         _make_readable(tmp)
-        atomic_write_json(tmp / _MARKER, {"hash": phash, "seconds": round(summary["seconds"], 3),
-                                          "package_version": __version__, "simulator_version": SIMULATOR_VERSION})
+        # marker written last; no timing in it, so that every file is byte-reproducible
+        atomic_write_json(tmp / _MARKER, {"hash": phash, "package_version": __version__,
+                                          "simulator_version": SIMULATOR_VERSION})
         (tmp / _MARKER).chmod(0o644)
         if out.exists():
             if _complete(out) == phash:  # someone else finished the same dataset meanwhile
