@@ -15,6 +15,8 @@ from ._io import SpineprintError
 
 #: modules that contribute a sub-command, in pipeline order
 COMMAND_MODULES = (
+    "datasets",
+    "acquisition",
     "simulate",
     "preprocess",
     "connectivity",
