@@ -497,3 +497,18 @@ def test_bad_input_other_functions():
         fp.pca_reconstruction(np.ones_like(a), b)
     with pytest.raises(SpineprintError, match="permutations"):
         fp.permutation_test(np.eye(3), permutations=[[0, 0, 1]])
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(2, 6), n_edges=st.integers(3, 30), seed=st.integers(0, 2**16))
+def test_property_permutation_invariance_pca_and_icc(n, n_edges, seed):
+    """Relabelling subjects in both sessions changes neither the PCA curve nor the edgewise ICC."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, n_edges))
+    b = a + rng.standard_normal((n, n_edges))
+    perm = rng.permutation(n)
+    r, rp = fp.pca_reconstruction(a, b), fp.pca_reconstruction(a[perm], b[perm])
+    np.testing.assert_allclose(rp.idiff, r.idiff, atol=1e-8, equal_nan=True)
+    np.testing.assert_allclose(rp.fc_a_opt, r.fc_a_opt[perm], atol=1e-8)
+    for kind in fp.ICC_KINDS:
+        np.testing.assert_allclose(fp.edgewise_icc(a[perm], b[perm], kind), fp.edgewise_icc(a, b, kind), atol=1e-12)
