@@ -496,6 +496,8 @@ def pca_reconstruction(fc_a, fc_b, components=None, *, method: str = "auto") -> 
     and decomposed into principal components :math:`X = U S V^T`. The reconstruction
     with *m* components is :math:`\hat Y_m = U_m S_m V_m^T + \mathbf{1}\mu^T` (column means
     added back), and Idiff is computed on its identifiability matrix; ``m*`` maximises it.
+    This is what the authors' MATLAB code does with ``pca(orig_matrix)`` (``orig_matrix``
+    edges x 2n; MATLAB's ``pca`` centres the columns) and ``recon + mean(orig_matrix)``.
 
     Fast sweep: since every centred column is orthogonal to :math:`\mathbf{1}`, so is every
     left singular vector with a non-zero singular value, hence each reconstructed column has
