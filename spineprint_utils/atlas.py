@@ -38,13 +38,14 @@ sources. NeuroImage 275:120152. doi:10.1016/j.neuroimage.2023.120152
 from __future__ import annotations
 
 import functools
+import hashlib
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ._io import SpineprintError, cache_dir, data_dir, load_nifti
+from ._io import SpineprintError, atomic_save_npz, cache_dir, data_dir, load_nifti
 
 __all__ = [
     "SEGMENTS",
@@ -169,15 +170,61 @@ def pam50_source(source: str = "auto"):
     return "phantom", None
 
 
+_CROP_VERSION = 1
+
+
+def _pam50_cache_file() -> Path | None:
+    """Disk cache of the cropped maps, keyed by the pinned SHA-256 of the source files.
+
+    Valid because :func:`pam50_source` only returns copies verified against
+    :data:`spineprint_utils.datasets.PAM50_REGISTRY`.
+    """
+    try:
+        from .datasets import PAM50_REGISTRY
+    except ImportError:  # pragma: no cover
+        return None
+    rels = sorted({*_PAM50_FILES.values(), _LEVELS_FILE, _CENTERLINE_FILE})
+    if any(r not in PAM50_REGISTRY for r in rels):
+        return None
+    key = hashlib.sha256(("|".join(PAM50_REGISTRY[r] for r in rels) + f"|crop-v{_CROP_VERSION}").encode()).hexdigest()
+    return cache_dir() / "pam50" / f"cropped-{key[:16]}.npz"
+
+
 @functools.lru_cache(maxsize=2)
 def _pam50_arrays(root: str):
     """Load the PAM50 maps once, cropped to the non-zero region (lossless: cval 0).
 
+    The cropped maps are also cached on disk (compressed ``.npz`` under
+    :func:`~spineprint_utils._io.cache_dir`), which makes later processes start fast.
+
     Returns (arrays dict, affine of the cropped grid, level z-bounds, centerline xy).
     """
+    cache_file = _pam50_cache_file()
+    if cache_file is not None and cache_file.is_file():
+        try:
+            with np.load(cache_file, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in ("spinal_level", *_PAM50_FILES)}
+                crop_affine, cl_world = z["crop_affine"], z["centerline"]
+                bounds = {int(lv): (float(a), float(b)) for lv, a, b in z["level_bounds"]}
+            for arr in arrays.values():
+                arr.setflags(write=False)
+            return arrays, crop_affine, bounds, cl_world
+        except Exception:  # noqa: BLE001 - a corrupt cache is rebuilt below
+            pass
+    out = _pam50_arrays_from_files(Path(root))
+    if cache_file is not None:
+        arrays, crop_affine, bounds, cl_world = out
+        level_bounds = np.array([(lv, a, b) for lv, (a, b) in sorted(bounds.items())], dtype=np.float64)
+        try:
+            atomic_save_npz(cache_file, crop_affine=crop_affine, centerline=cl_world, level_bounds=level_bounds, **arrays)
+        except OSError:  # read-only cache: work without it
+            pass
+    return out
+
+
+def _pam50_arrays_from_files(root: Path):
     import nibabel as nib
 
-    root = Path(root)
     img, levels = load_nifti(root / _LEVELS_FILE, ndim=3, dtype=np.int16)
     affine = img.affine
     _, csf = load_nifti(root / _PAM50_FILES["csf"], ndim=3)
@@ -326,7 +373,7 @@ def pam50_epi_grid(
     return affine, (nx, ny, nz)
 
 
-def tissue_maps(affine, shape, source: str = "auto") -> dict:
+def tissue_maps(affine, shape, source: str = "auto", _method: str = "auto") -> dict:
     """Partial-volume tissue, horn and spinal-level maps on an EPI grid in PAM50 space.
 
     Each EPI voxel is sampled on a regular sub-grid of ``ceil(voxel_size / 0.5 mm)``
@@ -358,6 +405,32 @@ def tissue_maps(affine, shape, source: str = "auto") -> dict:
     vox = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     nsub = np.maximum(1, np.ceil(vox / _PAM50_SPACING - 1e-6)).astype(int)
     offsets = [(np.arange(n) + 0.5) / n - 0.5 for n in nsub]
+    if kind == "pam50":
+        arrays, pam_affine, _, _ = _pam50_arrays(str(root))
+        to_pam = np.linalg.solve(pam_affine, affine)  # EPI voxel -> PAM50 crop voxel
+        if _method == "separable" or (_method == "auto" and _is_diagonal(to_pam)):
+            out = _separable_maps(arrays, to_pam, shape, offsets)
+            out["source"] = kind
+            return out
+    out = _pointwise_maps(kind, arrays if kind == "pam50" else None, to_pam if kind == "pam50" else None,
+                          affine, shape, offsets)
+    out["source"] = kind
+    return out
+
+
+def _is_diagonal(m) -> bool:
+    lin = np.asarray(m)[:3, :3]
+    return bool(np.allclose(lin - np.diag(np.diag(lin)), 0.0, atol=1e-9))
+
+
+def _majority_level(counts) -> np.ndarray:
+    """Most frequent non-zero level per voxel (lowest level on ties), 0 without cord."""
+    cord_counts = counts[..., 1:]
+    return np.where(cord_counts.sum(axis=-1) > 0, cord_counts.argmax(axis=-1) + 1, 0).astype(np.int16)
+
+
+def _pointwise_maps(kind, arrays, to_pam, affine, shape, offsets) -> dict:
+    """General grids: sample every sub-voxel point (trilinear / nearest), then average."""
     ijk = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape], indexing="ij"), -1).reshape(-1, 3)
     n_vox = ijk.shape[0]
     keys = _TISSUES + HORNS
@@ -367,9 +440,6 @@ def tissue_maps(affine, shape, source: str = "auto") -> dict:
     rows = np.arange(n_vox)
     if kind == "pam50":
         from scipy.ndimage import map_coordinates
-
-        arrays, pam_affine, _, _ = _pam50_arrays(str(root))
-        to_pam = np.linalg.solve(pam_affine, affine)  # EPI voxel -> PAM50 crop voxel
     for ox in offsets[0]:
         for oy in offsets[1]:
             for oz in offsets[2]:
@@ -377,8 +447,12 @@ def tissue_maps(affine, shape, source: str = "auto") -> dict:
                 if kind == "pam50":
                     coords = (pts @ to_pam[:3, :3].T + to_pam[:3, 3]).T
                     for k in keys:
-                        acc[k] += map_coordinates(arrays[k], coords, order=1, mode="constant", cval=0.0)
-                    lev = map_coordinates(arrays["spinal_level"], coords, order=0, mode="constant", cval=0)
+                        acc[k] += map_coordinates(arrays[k], coords, order=1, mode="grid-constant", cval=0.0)
+                    # nearest neighbour as floor(c + 0.5), the same rule as the separable path
+                    idx = np.floor(coords + 0.5).astype(np.int64)
+                    ok = np.all((idx >= 0) & (idx < np.array(arrays["spinal_level"].shape)[:, None]), axis=0)
+                    lev = np.zeros(n_vox, dtype=np.int64)
+                    lev[ok] = arrays["spinal_level"][idx[0, ok], idx[1, ok], idx[2, ok]]
                 else:
                     world = pts @ affine[:3, :3].T + affine[:3, 3]
                     vals = _phantom_values(world)
@@ -387,12 +461,60 @@ def tissue_maps(affine, shape, source: str = "auto") -> dict:
                     lev = vals["spinal_level"]
                 lev = np.clip(np.asarray(lev, dtype=np.int64), 0, n_levels - 1)
                 counts[rows, lev] += 1
-    n_total = int(np.prod(nsub))
+    n_total = int(np.prod([len(o) for o in offsets]))
     out = {k: np.clip(acc[k] / n_total, 0.0, 1.0).astype(np.float32).reshape(shape) for k in keys}
-    cord_counts = counts[:, 1:]
-    level = np.where(cord_counts.sum(axis=1) > 0, cord_counts.argmax(axis=1) + 1, 0)
-    out["spinal_level"] = level.astype(np.int16).reshape(shape)
-    out["source"] = kind
+    out["spinal_level"] = _majority_level(counts).reshape(shape)
+    return out
+
+
+def _axis_operator(n_epi, offsets, scale, shift, n_pam, order):
+    """(n_epi, n_pam) matrix averaging 1-D linear (order 1) or nearest (order 0)
+    interpolation over the sub-voxel offsets; zero outside the array (grid-constant)."""
+    c = (scale * (np.arange(n_epi)[:, None] + offsets[None, :]) + shift).ravel()
+    rows = np.repeat(np.arange(n_epi), len(offsets))
+    op = np.zeros((n_epi, n_pam))
+    if order == 1:
+        f = np.floor(c)
+        frac = c - f
+        f = f.astype(np.int64)
+        parts = ((f, 1.0 - frac), (f + 1, frac))
+    else:
+        parts = ((np.floor(c + 0.5).astype(np.int64), np.ones_like(c)),)
+    for idx, w in parts:
+        ok = (idx >= 0) & (idx < n_pam)
+        np.add.at(op, (rows[ok], idx[ok]), w[ok])
+    return op / len(offsets)
+
+
+def _apply_separable(vol, ops):
+    """``vol`` (Nx, Ny, Nz) -> (nx, ny, nz) with one operator per axis, on the support only."""
+    support = [np.nonzero(op.any(axis=0))[0] for op in ops]
+    if any(len(sup) == 0 for sup in support):
+        return np.zeros(tuple(op.shape[0] for op in ops))
+    sl = tuple(slice(int(sup[0]), int(sup[-1]) + 1) for sup in support)
+    t = np.asarray(vol[sl], dtype=np.float64)
+    t = np.tensordot(t, ops[2][:, sl[2]], axes=([2], [1]))  # (X, Y, nz)
+    t = np.tensordot(t, ops[1][:, sl[1]], axes=([1], [1]))  # (X, nz, ny)
+    t = np.tensordot(t, ops[0][:, sl[0]], axes=([0], [1]))  # (nz, ny, nx)
+    return t.transpose(2, 1, 0)
+
+
+def _separable_maps(arrays, to_pam, shape, offsets) -> dict:
+    """Axis-aligned grids: the sub-voxel average of trilinear interpolation is a product of
+    1-D operators (exactly the pointwise result, computed with three matrix products)."""
+    pam_shape = arrays["spinal_level"].shape
+    lin = [_axis_operator(shape[a], offsets[a], to_pam[a, a], to_pam[a, 3], pam_shape[a], 1) for a in range(3)]
+    out = {k: np.clip(_apply_separable(arrays[k], lin), 0.0, 1.0).astype(np.float32) for k in _TISSUES + HORNS}
+    near = [_axis_operator(shape[a], offsets[a], to_pam[a, a], to_pam[a, 3], pam_shape[a], 0) for a in range(3)]
+    lv = arrays["spinal_level"]
+    sl = tuple(slice(int(np.nonzero(op.any(axis=0))[0].min()), int(np.nonzero(op.any(axis=0))[0].max()) + 1)
+               if op.any() else slice(0, 0) for op in near)
+    present = [int(v) for v in np.unique(lv[sl]) if v > 0]
+    counts = np.zeros(tuple(shape) + (len(SEGMENTS) + 1,), dtype=np.float64)
+    n_total = int(np.prod([len(o) for o in offsets]))
+    for level in present:
+        counts[..., level] = np.rint(_apply_separable((lv == level), near) * n_total)
+    out["spinal_level"] = _majority_level(counts)
     return out
 
 

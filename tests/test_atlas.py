@@ -117,6 +117,21 @@ def test_tissue_maps_block_average_pam50(shared_data):
     np.testing.assert_array_equal(maps["spinal_level"], expected)
 
 
+def test_tissue_maps_separable_equals_pointwise(shared_data):
+    """The fast separable path equals direct sub-voxel sampling; a non-diagonal (axis-swapped)
+    grid goes through the pointwise path and gives the transposed maps."""
+    affine, shape = atlas.pam50_epi_grid(("C5",), voxel_size=(0.8, 1.1, 3.3), fov_mm=(16, 14), source="pam50")
+    affine[:3, 3] += [0.13, -0.07, 0.41]  # arbitrary sub-voxel shift
+    fast = atlas.tissue_maps(affine, shape, source="pam50")
+    slow = atlas.tissue_maps(affine, shape, source="pam50", _method="pointwise")
+    swap = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], float)
+    swapped = atlas.tissue_maps(affine @ swap, (shape[1], shape[0], shape[2]), source="pam50")
+    for key in ("cord", "gm", "wm", "csf", "LV", "RV", "LD", "RD", "spinal_level"):
+        np.testing.assert_allclose(fast[key], slow[key], atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(swapped[key], fast[key].transpose(1, 0, 2), atol=1e-5, err_msg=key)
+    assert fast["gm"].max() > 0.5 and set(np.unique(fast["spinal_level"])) >= {5}
+
+
 def test_tissue_maps_phantom_closed_form():
     """Phantom cord/CSF areas per slice match the ellipse areas (pi a b)."""
     affine = np.diag([0.5, 0.5, 2.0, 1.0])
@@ -285,3 +300,18 @@ def test_load_label_image(tmp_path):
     nib.save(nib.Nifti1Image(np.full((2, 2, 2), 0.5, np.float32), np.eye(4)), str(bad))
     with pytest.raises(SpineprintError, match="non-negative integers"):
         atlas.load_label_image(bad)
+
+
+def test_pam50_disk_cache_roundtrip(shared_data):
+    affine, shape = atlas.pam50_epi_grid(("C6",), source="pam50")
+    first = atlas.tissue_maps(affine, shape, source="pam50")
+    cache_file = atlas._pam50_cache_file()
+    assert cache_file is not None and cache_file.is_file()
+    atlas._pam50_arrays.cache_clear()  # next call reads the .npz cache, not the NIfTI files
+    again = atlas.tissue_maps(affine, shape, source="pam50")
+    assert atlas.pam50_epi_grid(("C6",), source="pam50")[1] == shape
+    for key in ("cord", "gm", "LV", "RD", "spinal_level"):
+        np.testing.assert_array_equal(first[key], again[key])
+    cache_file.write_bytes(b"corrupt")  # a corrupt cache is rebuilt from the files
+    atlas._pam50_arrays.cache_clear()
+    np.testing.assert_array_equal(atlas.tissue_maps(affine, shape, source="pam50")["gm"], first["gm"])
