@@ -133,7 +133,7 @@ __all__ = [
 ]
 
 #: Version of the generative model; part of the cache key (bump on any change of output).
-SIMULATOR_VERSION = "1"
+SIMULATOR_VERSION = "2"
 
 HORNS = ("LV", "RV", "LD", "RD")
 
@@ -738,7 +738,7 @@ def _physio_maps(tissues, affine, shape, s: float, amp: float, seed: int, subjec
 def _subject_physiology(seed: int, subject: int):
     r = _rng(seed, _T_PART, subject)
     return {
-        "heart_rate": float(np.clip(r.normal(66.0, 9.0), 45.0, 100.0)),
+        "heart_rate": float(np.clip(r.normal(68.0, 8.0), 50.0, 95.0)),
         "resp_rate": float(np.clip(r.normal(15.0, 3.0), 8.0, 24.0)),
         "resp_depth": float(np.clip(r.normal(1.0, 0.25), 0.4, 1.8)),
         "motion_scale": float(np.exp(r.normal(0.0, 0.35))),
@@ -757,7 +757,7 @@ def _simulate_run(p, anat, corr, subj, ses, run, phys_maps, base):
     shot = np.rint(st / (tr / n_shots)).astype(int)
     phys = _subject_physiology(seed, subj)
     rr = _rng(seed, _T_PHYS_RUN, subj, ses, run)
-    hr = float(np.clip(phys["heart_rate"] * np.exp(rr.normal(0.0, 0.05)), 40.0, 110.0))
+    hr = float(np.clip(phys["heart_rate"] * np.exp(rr.normal(0.0, 0.05)), 45.0, 110.0))
     resp = phys["resp_rate"] * np.exp(rr.normal(0.0, 0.08))
     depth = phys["resp_depth"] * np.exp(rr.normal(0.0, 0.1))
     fs = p["physio_sampling_frequency"]
