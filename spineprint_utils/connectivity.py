@@ -672,14 +672,15 @@ COUPLINGS = ("ventral-ventral", "dorsal-dorsal", "dorsal-ventral")
 SCOPES = ("within segment", "between segments")
 
 
-def coupling_summary(fc, regions) -> pd.DataFrame:
+def coupling_summary(fc, regions, split_sides: bool = False) -> pd.DataFrame:
     """Mean coupling between horn types within and between spinal segments.
 
-    Pairs of distinct regions are classified by horn type (ventral-ventral: left and
-    right ventral horns, dorsal-dorsal, dorsal-ventral: one of each, either side) and
-    by whether both lie in the same segment -- the organisation of spinal resting
-    state networks reported by Barry et al. (2014), Kinany et al. (2020) and
-    Kowalczyk et al. (2024).
+    Pairs of distinct regions are classified by horn type (ventral-ventral,
+    dorsal-dorsal, dorsal-ventral: one of each) and by whether both lie in the same
+    segment. Left-right ventral-ventral and dorsal-dorsal coupling is the resting-state
+    organisation reported by Barry et al. (2014); Kowalczyk et al. (2024) found
+    connectivity largely confined within segments, strongest between the dorsal and
+    ventral horns of the same side; see also Kinany et al. (2020).
 
     Parameters
     ----------
@@ -689,6 +690,9 @@ def coupling_summary(fc, regions) -> pd.DataFrame:
         prefer z-averaging.
     regions : list of str
         Region names ``<segment>_<horn>``.
+    split_sides : bool
+        Split dorsal-ventral pairs into ``dorsal-ventral same side`` (ipsilateral) and
+        ``dorsal-ventral opposite sides``.
 
     Returns
     -------
@@ -705,13 +709,20 @@ def coupling_summary(fc, regions) -> pd.DataFrame:
     segs, horns = _pair_classes(regions)
     iu, ju = np.triu_indices(n_regions, 1)
     ventral = np.array([h.endswith("V") for h in horns])
+    left = np.array([h.startswith("L") for h in horns])
     same_seg = segs[iu] == segs[ju]
+    same_side = left[iu] == left[ju]
     n_v = ventral[iu].astype(int) + ventral[ju].astype(int)
-    cls = np.where(n_v == 2, 0, np.where(n_v == 0, 1, 2))
+    classes = [("ventral-ventral", n_v == 2), ("dorsal-dorsal", n_v == 0)]
+    if split_sides:
+        classes += [("dorsal-ventral same side", (n_v == 1) & same_side),
+                    ("dorsal-ventral opposite sides", (n_v == 1) & ~same_side)]
+    else:
+        classes += [("dorsal-ventral", n_v == 1)]
     rows = []
-    for ci, cname in enumerate(COUPLINGS):
+    for cname, in_class in classes:
         for scope, in_scope in zip(SCOPES, (same_seg, ~same_seg)):
-            sel = (cls == ci) & in_scope
+            sel = in_class & in_scope
             if not sel.any():
                 continue
             vals = mats[:, iu[sel], ju[sel]]  # (n_mat, n_pairs)

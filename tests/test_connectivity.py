@@ -238,6 +238,14 @@ def test_coupling_summary_vs_loop():
     # within a segment: 1 VV pair, 1 DD pair, 4 DV pairs per segment
     assert df.loc[("ventral-ventral", "within segment"), "n_pairs"] == 3
     assert df.loc[("dorsal-ventral", "within segment"), "n_pairs"] == 12
+    # same-side / opposite-side split of dorsal-ventral pairs, brute force
+    split = conn.coupling_summary(mats, regions, split_sides=True).set_index(["coupling", "scope"])
+    for side, same in (("same side", True), ("opposite sides", False)):
+        vals = [mats[:, i, j] for i in range(12) for j in range(i + 1, 12)
+                if regions[i][:2] == regions[j][:2]
+                and {regions[i][-1], regions[j][-1]} == {"V", "D"} and (regions[i][-2] == regions[j][-2]) == same]
+        assert split.loc[(f"dorsal-ventral {side}", "within segment"), "n_pairs"] == len(vals) == 6
+        assert abs(split.loc[(f"dorsal-ventral {side}", "within segment"), "mean"] - np.mean(vals)) < 1e-12
     single = conn.coupling_summary(mats[0], regions)
     assert single["n_matrices"].eq(1).all() and single["sd"].isna().all()
     with pytest.raises(SpineprintError, match="not <segment>_<horn>"):
