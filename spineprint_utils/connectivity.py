@@ -557,6 +557,7 @@ def connectivity_dataset(
             fc_paths = {h: folder / f"{prefix}_{stem}_desc-{h}_connectivity.tsv" for h in HALVES}
             records.append({"path": p, "ent": ent, "ts": ts, "fc_paths": fc_paths})
 
+    records.sort(key=lambda r: str(r["path"]))  # dataset order: by file name, whatever the grids
     # ---- FC: full, half1, half2
     n = len(records)
     fc = np.zeros((n, 3, len(regions), len(regions)))
