@@ -103,9 +103,8 @@ def lesion_regions(regions, segments, horns=None) -> np.ndarray:
         raise SpineprintError("no lesioned segment given")
     missing = sorted(set(segments) - set(seg.tolist()))
     if missing:
-        raise SpineprintError(
-            f"lesion segment(s) {missing} not among the regions' segments {sorted(set(seg.tolist()), key=list(seg).index)}"
-        )
+        present = list(dict.fromkeys(seg.tolist()))
+        raise SpineprintError(f"lesion segment(s) {missing} not among the regions' segments {present}")
     inside = np.isin(seg, segments)
     if horns is not None:
         horns = [horns] if isinstance(horns, str) else [str(h) for h in horns]
@@ -501,7 +500,8 @@ def lesion_fingerprint(fc_test, fc_retest, regions, lesion_segments, lesioned, k
     """
     fc_test, fc_retest = np.asarray(fc_test, float), np.asarray(fc_retest, float)
     if fc_test.ndim != 3 or fc_test.shape[-1] != len(regions):
-        raise SpineprintError(f"fc_test: expected (n_subjects, {len(regions)}, {len(regions)}) matrices, found shape {fc_test.shape}")
+        r = len(regions)
+        raise SpineprintError(f"fc_test: expected (n_subjects, {r}, {r}) matrices, found shape {fc_test.shape}")
     n = fc_test.shape[0]
     lesioned = np.unique(np.asarray(lesioned, dtype=int).ravel())
     if lesioned.size and (lesioned.min() < 0 or lesioned.max() >= n):
