@@ -87,6 +87,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import json
 import math
 import os
@@ -100,11 +101,8 @@ import numpy as np
 from . import __version__
 from ._io import (
     SpineprintError,
-    atomic_save_nifti,
-    atomic_write,
+    _json_default,
     atomic_write_json,
-    atomic_write_text,
-    atomic_write_tsv_gz,
     cache_dir,
     read_json,
 )
@@ -133,7 +131,7 @@ __all__ = [
 ]
 
 #: Version of the generative model; part of the cache key (bump on any change of output).
-SIMULATOR_VERSION = "2"
+SIMULATOR_VERSION = "3"
 
 HORNS = ("LV", "RV", "LD", "RD")
 
@@ -822,7 +820,6 @@ def _simulate_run(p, anat, corr, subj, ses, run, phys_maps, base):
 # =========================================================================== writing
 def _fmt_table(columns, arrays, fmts) -> str:
     """Tab-separated text with a header; *arrays* are equal-length 1-D columns."""
-    import io
 
     buf = io.StringIO()
     mat = np.column_stack([np.asarray(a) for a in arrays]) if arrays else np.zeros((0, 0))
@@ -840,7 +837,31 @@ def _labels(n: int) -> list[str]:
     return [str(i + 1).zfill(width) for i in range(n)]
 
 
-def _write_nifti(data, affine, path, dtype, zooms=None, tr=None):
+def _put(path: Path, payload, gz: int | None = None) -> Path:
+    """Write *payload* (str or bytes) to *path*, gzip-compressed at level *gz* with mtime 0.
+
+    Only used inside the temporary dataset folder, which :func:`simulate_dataset`
+    renames into place when complete: the folder rename is the atomic step, so the
+    ~200 files are written without a per-file fsync/rename.
+    """
+    data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+    if gz is not None:
+        buf = io.BytesIO()
+        # level 1: noisy int16 and physio text compress only a few % better at 6-9 but 5-20x slower
+        with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=gz) as fh:
+            fh.write(data)
+        data = buf.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _put_json(path: Path, obj) -> Path:
+    """Indented, key-sorted JSON (same bytes as :func:`spineprint_utils._io.atomic_write_json`)."""
+    return _put(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _write_nifti(data, affine, path, dtype, tr=None):
     import nibabel as nib
 
     img = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
@@ -854,13 +875,7 @@ def _write_nifti(data, affine, path, dtype, zooms=None, tr=None):
         hdr.set_dim_info(freq=0, phase=1, slice=2)
     else:
         hdr.set_xyzt_units("mm")
-    if str(path).endswith(".gz"):
-        # level 1: noisy int16 compresses only ~5 % better at level 6 but 5-8x slower
-        with atomic_write(path, "wb") as fh:
-            with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=1) as gz:
-                gz.write(img.to_bytes())
-    else:
-        atomic_save_nifti(img, path)
+    _put(Path(path), img.to_bytes(), gz=1 if str(path).endswith(".gz") else None)
 
 
 def _write_dataset(root: Path, p: dict, phash: str, progress: bool = False) -> dict:
@@ -876,7 +891,7 @@ def _write_dataset(root: Path, p: dict, phash: str, progress: bool = False) -> d
     gt = root / "derivatives" / "groundtruth"
 
     # ---- dataset-level raw files
-    atomic_write_json(root / "dataset_description.json", {
+    _put_json(root / "dataset_description.json", {
         "Name": "spineprint simulated resting-state cervical spinal cord fMRI study",
         "BIDSVersion": "1.8.0",
         "DatasetType": "raw",
@@ -886,21 +901,21 @@ def _write_dataset(root: Path, p: dict, phash: str, progress: bool = False) -> d
         "GeneratedBy": [{"Name": "spineprint simulate", "Version": __version__,
                          "Description": f"simulator {SIMULATOR_VERSION}, parameter hash {phash}"}],
     })
-    atomic_write_text(root / "README", _readme(p, shape, len(names)))
-    atomic_write_text(root / "CHANGES", f"1.0.0 2026-01-01\n  - Simulated by spineprint {__version__} (parameter hash {phash}).\n")
-    atomic_write_text(root / ".bidsignore", "")
+    _put(root / "README", _readme(p, shape, len(names)))
+    _put(root / "CHANGES", f"1.0.0 2026-01-01\n  - Simulated by spineprint {__version__} (parameter hash {phash}).\n")
+    _put(root / ".bidsignore", "")
     prows = [_subject_physiology(p["seed"], i) for i in range(p["n_subjects"])]
-    atomic_write_text(root / "participants.tsv", "participant_id\tage\tsex\n" + "".join(
+    _put(root / "participants.tsv", "participant_id\tage\tsex\n" + "".join(
         f"sub-{s}\t{r['age']}\t{r['sex']}\n" for s, r in zip(subs, prows)))
-    atomic_write_json(root / "participants.json", {
+    _put_json(root / "participants.json", {
         "age": {"Description": "age of the simulated participant", "Units": "year"},
         "sex": {"Description": "sex of the simulated participant", "Levels": {"F": "female", "M": "male"}},
     })
-    atomic_write_json(root / "task-rest_bold.json", {"TaskName": "rest",
+    _put_json(root / "task-rest_bold.json", {"TaskName": "rest",
                                                        "TaskDescription": "Simulated resting state, eyes open."})
 
     # ---- ground-truth dataset-level files
-    atomic_write_json(gt / "dataset_description.json", {
+    _put_json(gt / "dataset_description.json", {
         "Name": "spineprint simulation ground truth",
         "BIDSVersion": "1.8.0",
         "DatasetType": "derivative",
@@ -908,8 +923,8 @@ def _write_dataset(root: Path, p: dict, phash: str, progress: bool = False) -> d
                          "Description": f"simulator {SIMULATOR_VERSION}, parameter hash {phash}"}],
     })
     reg_out = regions[["label", "name", "segment", "horn", "n_voxels"]]
-    atomic_write_text(gt / "regions.tsv", reg_out.to_csv(sep="\t", index=False, lineterminator="\n"))
-    atomic_write_text(gt / "group_desc-model_connectivity.tsv", _matrix_tsv(names, group))
+    _put(gt / "regions.tsv", reg_out.to_csv(sep="\t", index=False, lineterminator="\n"))
+    _put(gt / "group_desc-model_connectivity.tsv", _matrix_tsv(names, group))
     for key in ("cord", "gm", "wm", "csf", *HORNS):
         _write_nifti(np.asarray(tissues[key], np.float32), affine, gt / f"space-PAM50_label-{key}_probseg.nii.gz", np.float32)
     _write_nifti(np.asarray(tissues["spinal_level"], np.int16), affine, gt / "space-PAM50_desc-spinallevels_dseg.nii.gz", np.int16)
@@ -950,10 +965,10 @@ def _write_dataset(root: Path, p: dict, phash: str, progress: bool = False) -> d
         }
         if p["multiband"] > 1:
             sidecar["MultibandAccelerationFactor"] = p["multiband"]
-        atomic_write_json(func / f"{prefix}_bold.json", sidecar)
+        _put_json(func / f"{prefix}_bold.json", sidecar)
         ph = out["physio"]
-        atomic_write_tsv_gz(func / f"{prefix}_physio.tsv.gz", _physio_text(ph["cardiac"], ph["respiratory"], out["trigger"]))
-        atomic_write_json(func / f"{prefix}_physio.json", {
+        _put(func / f"{prefix}_physio.tsv.gz", _physio_text(ph["cardiac"], ph["respiratory"], out["trigger"]), gz=1)
+        _put_json(func / f"{prefix}_physio.json", {
             "SamplingFrequency": p["physio_sampling_frequency"],
             "StartTime": round(float(ph["time"][0]), 6),
             "Columns": ["cardiac", "respiratory", "trigger"],
@@ -963,21 +978,21 @@ def _write_dataset(root: Path, p: dict, phash: str, progress: bool = False) -> d
         })
         # ground truth of the run
         gfunc = gt / f"sub-{sub}" / f"ses-{ses}" / "func"
-        atomic_write_text(gfunc / f"{prefix}_desc-neural_timeseries.tsv",
+        _put(gfunc / f"{prefix}_desc-neural_timeseries.tsv",
                           _fmt_table(names, list(out["neural"].T), "%.6f"))
-        atomic_write_text(gfunc / f"{prefix}_desc-neural_connectivity.tsv",
+        _put(gfunc / f"{prefix}_desc-neural_connectivity.tsv",
                           _matrix_tsv(names, np.corrcoef(out["neural"].T)))
         nz = shape[2]
         mcols = [f"x_slice{z:02d}" for z in range(nz)] + [f"y_slice{z:02d}" for z in range(nz)]
-        atomic_write_text(gfunc / f"{prefix}_desc-motion_timeseries.tsv",
+        _put(gfunc / f"{prefix}_desc-motion_timeseries.tsv",
                           _fmt_table(mcols, list(out["motion"][:, :, 0].T) + list(out["motion"][:, :, 1].T), "%.5f"))
         pcols = ([f"acqtime_slice{z:02d}" for z in range(nz)] + [f"cardiacphase_slice{z:02d}" for z in range(nz)]
                  + [f"respphase_slice{z:02d}" for z in range(nz)] + [f"b0shift_slice{z:02d}" for z in range(nz)])
-        atomic_write_text(gfunc / f"{prefix}_desc-physio_timeseries.tsv", _fmt_table(
+        _put(gfunc / f"{prefix}_desc-physio_timeseries.tsv", _fmt_table(
             pcols, list(out["acq"].T) + list(out["cardiac_phase"].T) + list(out["respiratory_phase"].T)
             + list(out["b0_shift"].T), "%.5f"))
         if r == 0:
-            atomic_write_text(gt / f"sub-{sub}" / f"ses-{ses}" / f"sub-{sub}_ses-{ses}_desc-model_connectivity.tsv",
+            _put(gt / f"sub-{sub}" / f"ses-{ses}" / f"sub-{sub}_ses-{ses}_desc-model_connectivity.tsv",
                               _matrix_tsv(names, corrs[i, e]))
         run_rows.append((prefix, f"sub-{sub}", f"ses-{ses}", run, out["heart_rate"], out["resp_rate"], out["resp_depth"],
                          out["motion_scale"], out["sigma"], p["tsnr"], out["tsnr"]))
@@ -988,21 +1003,19 @@ def _write_dataset(root: Path, p: dict, phash: str, progress: bool = False) -> d
     cols = ["run", "participant_id", "session", "run_index", "heart_rate_bpm", "respiratory_rate_bpm",
             "respiratory_depth", "motion_scale", "thermal_sigma", "tsnr_target", "tsnr_measured"]
     lines = ["\t".join(cols)] + ["\t".join([a, b, c, d] + [f"{v:.4f}" for v in rest]) for a, b, c, d, *rest in run_rows]
-    atomic_write_text(gt / "runs.tsv", "\n".join(lines) + "\n")
+    _put(gt / "runs.tsv", "\n".join(lines) + "\n")
     info = {"params": p, "hash": phash, "package_version": __version__, "simulator_version": SIMULATOR_VERSION,
             "grid_shape": list(shape), "affine": np.asarray(affine).tolist(), "n_regions": len(names),
             "space": "PAM50"}
-    atomic_write_json(gt / "params.json", info)
+    _put_json(gt / "params.json", info)
     return {"seconds": time.perf_counter() - t0, **info}
 
 
 def _physio_text(cardiac, respiratory, trigger) -> str:
-    """Headerless BIDS physio TSV (columns given in the JSON sidecar)."""
-    import io
-
-    buf = io.StringIO()
-    np.savetxt(buf, np.column_stack([cardiac, respiratory, trigger]), fmt=("%.4f", "%.4f", "%d"), delimiter="\t")
-    return buf.getvalue()
+    """Headerless BIDS physio TSV (columns given in the JSON sidecar), 4 decimals."""
+    return "".join(f"{c:.4f}\t{r:.4f}\t{t}\n" for c, r, t in zip(np.asarray(cardiac).tolist(),
+                                                                np.asarray(respiratory).tolist(),
+                                                                np.asarray(trigger).astype(int).tolist()))
 
 
 def _readme(p: dict, shape, n_regions: int) -> str:
