@@ -131,7 +131,7 @@ __all__ = [
 ]
 
 #: Version of the generative model; part of the cache key (bump on any change of output).
-SIMULATOR_VERSION = "3"
+SIMULATOR_VERSION = "4"
 
 HORNS = ("LV", "RV", "LD", "RD")
 
@@ -153,7 +153,7 @@ DEFAULTS = {
     "neural_amplitude": 4.0,
     "physio_amplitude": 1.0,
     "physio_subject_specificity": 0.5,
-    "motion_amplitude": 0.2,
+    "motion_amplitude": 0.15,
     "tsnr": 15.0,
     "physio_sampling_frequency": 100.0,
     "seed": 0,
@@ -739,7 +739,7 @@ def _subject_physiology(seed: int, subject: int):
         "heart_rate": float(np.clip(r.normal(68.0, 8.0), 50.0, 95.0)),
         "resp_rate": float(np.clip(r.normal(15.0, 3.0), 8.0, 24.0)),
         "resp_depth": float(np.clip(r.normal(1.0, 0.25), 0.4, 1.8)),
-        "motion_scale": float(np.exp(r.normal(0.0, 0.35))),
+        "motion_scale": float(np.exp(r.normal(0.0, 0.25))),
         "age": int(r.integers(20, 46)),
         "sex": "F" if r.random() < 0.5 else "M",
     }
@@ -1080,7 +1080,7 @@ def simulate_dataset(out_dir, *, overwrite: bool = False, progress: bool = False
     physio_subject_specificity : float in [0, 1]
         Mix of subject-specific physiological noise maps (0 = the same maps for everyone).
     motion_amplitude : float >= 0
-        Standard deviation of the slow in-plane drift in mm (default 0.2; subjects
+        Standard deviation of the slow in-plane drift in mm (default 0.15; subjects
         scale it by a log-normal factor).
     tsnr : float > 0
         Target cord tSNR of the raw data (realistic 5-30, default 15), see :func:`measure_tsnr`.
