@@ -153,7 +153,8 @@ def _reference_image(data, reference):
 
 
 def estimate_translations(data, mask=None, reference="mean", *, smoothing=(2.0, 1.0, 0.0), max_iter: int = 15,
-                          tol: float = 1e-3, margin: int = 6, pad: int = 8, chunk_volumes: int = 64) -> np.ndarray:
+                          tol: float = 1e-3, margin: int = 6, pad: int = 8, chunk_volumes: int = 64,
+                          max_shift: float = 5.0) -> np.ndarray:
     """Per-slice, per-volume in-plane translations by masked Gauss-Newton registration.
 
     Solves ``min_d sum_x w(x) [I_{z,t}(x + d) - R_z(x)]^2`` for every slice *z*
@@ -177,6 +178,9 @@ def estimate_translations(data, mask=None, reference="mean", *, smoothing=(2.0, 
         Voxels added around the mask's bounding box, and mirror padding.
     chunk_volumes : int
         Volumes processed at once (bounds memory).
+    max_shift : float
+        Largest translation (voxels) considered; Gauss-Newton steps are also
+        limited to one voxel per iteration.
 
     Returns
     -------
@@ -237,7 +241,8 @@ def estimate_translations(data, mask=None, reference="mean", *, smoothing=(2.0, 
                 b = np.stack([(wgx * err).sum((0, 1)), (wgy * err).sum((0, 1))], -1)  # (Z, t, 2)
                 delta = -np.einsum("zij,ztj->zti", Hinv, b)
                 delta[~valid] = 0
-                d += delta
+                delta = np.clip(delta, -1.0, 1.0)  # damped steps: at most one voxel per iteration
+                d = np.clip(d + delta, -max_shift, max_shift)
                 if np.max(np.abs(delta)) < tol:
                     break
         shifts[:, c0:c1] = d

@@ -9,7 +9,9 @@ One run (:func:`preprocess_run`):
    is in PAM50 space, else masks from the mean image
    (:func:`spineprint_utils.motion.auto_cord_mask`: a 10 mm disk around the
    bright spinal canal; CSF = the brightest 25 % of the disk);
-3. slice-wise motion correction (:mod:`spineprint_utils.motion`);
+3. slice-wise motion correction (:mod:`spineprint_utils.motion`) estimated in the
+   cord + CSF mask dilated by 3 voxels in-plane (the cord and CSF edges carry the
+   registration signal; a cord-only mask lets Gauss-Newton drift);
 4. physiological noise model: slice-specific RETROICOR regressors
    (:mod:`spineprint_utils.physio`) when the run has a physio recording, else the
    run is processed without it and this is written in the confounds JSON
@@ -42,6 +44,7 @@ every file it wrote is removed: no partial derivative is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -51,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from . import __version__, denoise, motion
 from . import motion as motion_mod
@@ -84,13 +88,14 @@ RUN_DEFAULTS = {
     "motion_regressors": True,
     "high_pass": 0.01,
     "low_pass": 0.13,
+    "strategy": denoise.STRATEGY_DEFAULT,
 }
 
 QC_COLUMNS = [
     "run", "subject", "session", "n_volumes", "tr_s", "tsnr_pre_cord", "tsnr_post_cord", "mean_fd_mm", "max_fd_mm",
     "n_spikes", "heart_rate_bpm", "respiratory_rate_bpm", "physio_model_applied", "physio_model",
     "var_motion_pct", "var_physio_pct", "var_csf_pct", "var_spikes_pct", "var_filter_pct", "var_total_pct",
-    "mask_source", "runtime_s",
+    "n_regressors", "dof_remaining", "mask_source", "runtime_s",
 ]
 
 _BOLD_SUFFIX = "_bold.nii.gz"
@@ -181,39 +186,41 @@ def tsnr(data, axis=-1) -> np.ndarray:
 
 # ---------------------------------------------------------------- masks
 @functools.lru_cache(maxsize=8)
-def _tissue_maps_cached(affine_bytes: bytes, shape: tuple):
+def _tissue_maps_cached(affine_bytes: bytes, shape: tuple, source: str):
     from . import atlas
 
     affine = np.frombuffer(affine_bytes).reshape(4, 4)
-    return atlas.tissue_maps(affine, shape)
+    return atlas.tissue_maps(affine, shape, source=source)
 
 
-def _is_pam50_space(bold_path: Path, meta: dict) -> bool:
-    """A run is in PAM50 space if its name carries ``space-PAM50``, its sidecar or
+def _atlas_source(bold_path: Path, meta: dict) -> str | None:
+    """Anatomy source for :func:`spineprint_utils.atlas.tissue_maps` if the run is in
+    PAM50 space, else None.
+
+    A run is in PAM50 space if its name carries ``space-PAM50``, its sidecar or
     ``dataset_description.json`` says so (``SpatialReference``/``Space`` mentioning
-    PAM50), or it is a spineprint simulation (``derivatives/groundtruth/params.json``
-    with ``"space": "PAM50"``)."""
+    PAM50) -> ``"auto"``; or it is a spineprint simulation
+    (``derivatives/groundtruth/params.json`` with ``"space": "PAM50"``) -> the
+    anatomy it was simulated with (``"pam50"`` or ``"phantom"``).
+    """
+    root = _bids_root(bold_path)
+    if root is not None and (root / "derivatives" / "groundtruth" / "params.json").is_file():
+        with contextlib.suppress(SpineprintError):
+            info = read_json(root / "derivatives" / "groundtruth" / "params.json")
+            if str(info.get("space", "")) == "PAM50":
+                return str(info.get("params", {}).get("anatomy", "auto"))
     if "space-PAM50" in bold_path.name:
-        return True
+        return "auto"
     for key in ("SpatialReference", "Space", "space"):
         if "pam50" in str(meta.get(key, "")).lower():
-            return True
-    root = _bids_root(bold_path)
+            return "auto"
     if root is not None and (root / "dataset_description.json").is_file():
-        try:
+        with contextlib.suppress(SpineprintError):
             desc = read_json(root / "dataset_description.json")
-        except SpineprintError:
-            return False
-        for key in ("SpatialReference", "Space"):
-            if "pam50" in str(desc.get(key, "")).lower():
-                return True
-    # the simulated default study records its space in its ground truth
-    if root is not None and (root / "derivatives" / "groundtruth" / "params.json").is_file():
-        try:
-            return str(read_json(root / "derivatives" / "groundtruth" / "params.json").get("space", "")) == "PAM50"
-        except SpineprintError:
-            return False
-    return False
+            for key in ("SpatialReference", "Space"):
+                if "pam50" in str(desc.get(key, "")).lower():
+                    return "auto"
+    return None
 
 
 def _load_mask(path, shape, what):
@@ -230,11 +237,13 @@ def _masks(bold_path, meta, img, mean_img, mask_img, csf_mask_img, anatomy):
     csf = _load_mask(csf_mask_img, shape, "CSF") if csf_mask_img is not None else None
     source = "given"
     if cord is None or csf is None:
-        use_atlas = anatomy == "atlas" or (anatomy == "auto" and _is_pam50_space(bold_path, meta))
         if anatomy not in ("auto", "atlas", "image"):
             raise SpineprintError(f"anatomy must be 'auto', 'atlas' or 'image', got {anatomy!r}")
-        if use_atlas:
-            maps = _tissue_maps_cached(np.asarray(img.affine, dtype=np.float64).tobytes(), tuple(shape))
+        src = _atlas_source(bold_path, meta) if anatomy != "image" else None
+        if anatomy == "atlas" and src is None:
+            src = "auto"
+        if src is not None:
+            maps = _tissue_maps_cached(np.asarray(img.affine, dtype=np.float64).tobytes(), tuple(shape), src)
             cord = maps["cord"] >= 0.5 if cord is None else cord
             csf = maps["csf"] >= 0.5 if csf is None else csf
             source = f"atlas ({maps.get('source', 'pam50')})"
@@ -347,7 +356,7 @@ def _tsnr_figure(pre, post, cord, path, title):
 def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_regularize=None,
                    motion_reference="mean", cardiac_order=4, respiratory_order=4, interaction_order=(2, 2),
                    n_csf_components=5, spike_threshold=0.5, motion_regressors=True, high_pass=0.01, low_pass=0.13,
-                   mask_img=None, csf_mask_img=None, anatomy="auto", repetition_time=None, slice_timing=None,
+                   strategy=denoise.STRATEGY_DEFAULT, mask_img=None, csf_mask_img=None, anatomy="auto", repetition_time=None, slice_timing=None,
                    figures=True, overwrite=False) -> dict:
     """Preprocess one BOLD run into BIDS derivatives.
 
@@ -375,6 +384,9 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         Regress the slice-wise motion parameters.
     high_pass, low_pass : float or None
         Band-pass cut-offs (Hz).
+    strategy : {"sequential", "simultaneous"}
+        Regression then band-pass, or both at once (see
+        :func:`spineprint_utils.denoise.slicewise_regression`).
     mask_img, csf_mask_img : path-like, optional
         Cord and CSF masks on the BOLD grid.
     anatomy : {"auto", "atlas", "image"}
@@ -413,6 +425,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         "respiratory_order": int(respiratory_order), "interaction_order": [int(i) for i in interaction_order],
         "n_csf_components": int(n_csf_components), "spike_threshold": spike_threshold,
         "motion_regressors": bool(motion_regressors), "high_pass": high_pass, "low_pass": low_pass,
+        "strategy": strategy,
     }
     notes: list[str] = []
     # ---- validate every input before writing anything
@@ -439,7 +452,10 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     # ---- processing
     tsnr_pre = tsnr(data)
     if params["motion"]:
-        mres = motion_mod.motion_correct(data, cord, reference=motion_reference,
+        # estimation mask: cord + CSF dilated by 3 voxels in-plane, so that the cord/CSF and CSF/tissue
+        # edges drive the registration (SCT uses a cylinder around the cord)
+        est_mask = ndimage.binary_dilation(cord | csf, structure=np.ones((3, 3, 1), bool), iterations=3)
+        mres = motion_mod.motion_correct(data, est_mask, reference=motion_reference,
                                          regularize=params["motion_regularize"], voxel_size=vs)
         moco, shifts_mm, fd = mres.corrected, mres.shifts * np.asarray(vs, float), mres.fd
     else:
@@ -461,7 +477,17 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     phys_design = phys_regs if phys_regs is not None else np.zeros((Z, T, 0))
     slice_design = np.concatenate([motion_design, phys_design], axis=2)
     shared = np.hstack([csf_comps, spikes])
-    clean = denoise.slicewise_regression(moco, slice_design, shared, t_r=tr, high_pass=hp, low_pass=lp)
+    n_reg = slice_design.shape[2] + shared.shape[1]
+    dof = denoise.effective_dof(T, tr, hp, lp, n_reg if strategy == "simultaneous" else 0)
+    if strategy == "sequential":
+        dof = min(dof, T - 2.0 - n_reg)
+    if dof < max(10.0, 0.1 * T):
+        msg = (f"{bold_path.name}: only {dof:.0f} degrees of freedom left after the band-pass and {n_reg} "
+               f"regressors ({T} volumes): the cleaned signal is unreliable; use fewer regressors or a longer run")
+        warnings.warn(msg, stacklevel=2)
+        notes.append(msg)
+    clean = denoise.slicewise_regression(moco, slice_design, shared, t_r=tr, high_pass=hp, low_pass=lp,
+                                         strategy=strategy)
     tsnr_post = tsnr(clean)
     var = denoise.variance_removed(moco, cord, {"motion": motion_design, "physio": phys_design, "csf": csf_comps,
                                                 "spikes": spikes}, t_r=tr, high_pass=hp, low_pass=lp,
@@ -503,8 +529,12 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         **conf_desc,
         "PhysiologicalModel": phys_desc,
         "PhysiologicalModelApplied": applied,
-        "Filter": {"Type": "Butterworth band-pass (nilearn.signal.clean), applied to data and regressors",
-                   "HighPass": hp, "LowPass": lp} if (hp or lp) else "none",
+        "Filter": {"Type": "order-5 zero-phase Butterworth band-pass (as nilearn.signal.clean)",
+                   "HighPass": hp, "LowPass": lp,
+                   "Strategy": ("regression on the full bandwidth, then band-pass of the residuals"
+                                if strategy == "sequential" else
+                                "band-pass of data and regressors, then regression (Lindquist 2019)")}
+        if (hp or lp) else "none",
         "Notes": notes,
     }
     ents = _entities(run_prefix(bold_path))
@@ -520,6 +550,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         else float("nan"),
         "physio_model_applied": "yes" if applied else "no", "physio_model": phys_desc,
         **{f"var_{k}_pct": float(v) for k, v in var.items()},
+        "n_regressors": int(n_reg), "dof_remaining": float(dof),
         "mask_source": mask_source,
     }
     # ---- write (all or nothing)

@@ -40,12 +40,20 @@ def test_slicewise_filter_matches_nilearn():
     X, Y, Z, T = 2, 3, 2, 120
     data = rng.normal(size=(X, Y, Z, T)) + 10
     shared = rng.normal(size=(T, 2))
-    out = denoise.slicewise_regression(data, None, shared, t_r=2.0, high_pass=0.01, low_pass=0.13, keep_mean=False)
+    out = denoise.slicewise_regression(data, None, shared, t_r=2.0, high_pass=0.01, low_pass=0.13, keep_mean=False,
+                                       strategy="simultaneous")
+    seq = denoise.slicewise_regression(data, None, shared, t_r=2.0, high_pass=0.01, low_pass=0.13, keep_mean=False,
+                                       strategy="sequential")
     for z in range(Z):
         Yz = data[:, :, z, :].reshape(-1, T).T
         ref = clean(Yz, confounds=shared, detrend=True, standardize=None, filter="butterworth",
                     low_pass=0.13, high_pass=0.01, t_r=2.0)
         np.testing.assert_allclose(out[:, :, z, :].reshape(-1, T).T, ref, atol=1e-4)
+        # sequential = OLS residual on [1, t, C] (closed form), then nilearn's band-pass
+        ref_seq = clean(_ols_residual(Yz, shared), detrend=True, standardize=None, filter="butterworth",
+                        low_pass=0.13, high_pass=0.01, t_r=2.0)
+        np.testing.assert_allclose(seq[:, :, z, :].reshape(-1, T).T, ref_seq, atol=1e-4)
+    assert not np.allclose(out, seq, atol=1e-3)  # the two strategies really differ
     # the band-pass really removes a slow drift and a fast oscillation: power spectrum check
     t = np.arange(T) * 2.0
     sig = np.sin(2 * np.pi * 0.05 * t)
@@ -102,6 +110,18 @@ def test_variance_removed_known_fraction():
     v = denoise.variance_removed(data, mask, {"shared": reg, "unrelated": slice_reg})
     assert v["shared"] == pytest.approx(80, abs=3)
     assert v["unrelated"] < 2
+    # adjusted R^2: 40 pure-noise regressors explain ~0 %, not ~40/400 = 10 %
+    junk = rng.normal(size=(T, 40))
+    assert abs(denoise.variance_removed(data, mask, {"junk": junk})["junk"]) < 3
+    raw = denoise.variance_removed(data, mask, {"junk": junk}, adjusted=False)["junk"]
+    assert raw == pytest.approx(100 * 40 / 400, abs=3)
+
+
+def test_effective_dof_closed_form():
+    # 200 volumes, TR 2 s: Nyquist 0.25 Hz; 0.01-0.13 Hz keeps 200 * 0.12 / 0.25 = 96; minus detrend 2 and 10 regressors
+    assert denoise.effective_dof(200, 2.0, 0.01, 0.13, 10) == pytest.approx(84)
+    assert denoise.effective_dof(200, 2.0, None, None, 10) == pytest.approx(188)
+    assert denoise.filter_min_volumes(2.0, 0.01, 0.13) == 34  # scipy sosfiltfilt padlen 33 for 5 sections
 
 
 def test_bandpass_checks_and_bad_design():
