@@ -453,6 +453,12 @@ def estimate_displacement(img_up, img_down, pe_axis: int, *, sigma=1.0, slice_ax
     smoothed with signal-weighted Gaussian (normalised convolution) regularisation.
     Fully vectorised over lines.
 
+    The method assumes that each PE line holds the whole object (background at both
+    ends, as when the neck lies inside the field of view) and that the two images
+    differ only by the distortion; signal leaving the field of view or differing
+    dropout biases it (FSL TOPUP's least-squares fit, Andersson et al. 2003, is more
+    robust there).
+
     Parameters
     ----------
     img_up, img_down : array-like or nibabel image, 3D (4D: averaged over volumes)
