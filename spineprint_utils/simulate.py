@@ -55,6 +55,8 @@ Motion
     Slice-wise in-plane translations (smooth drift, a z-gradient, slice jitter and
     occasional spikes), applied to the images by bilinear interpolation (the
     anatomy moves; thermal noise does not).
+Anatomical image
+    One T2-weighted image per participant (first session, ``anat/``), on the EPI grid.
 Thermal noise
     Gaussian, spatially uniform, with standard deviation chosen per run so that the
     **cord tSNR of the raw data** - the median over cord voxels (cord probability
@@ -131,7 +133,7 @@ __all__ = [
 ]
 
 #: Version of the generative model; part of the cache key (bump on any change of output).
-SIMULATOR_VERSION = "4"
+SIMULATOR_VERSION = "5"
 
 HORNS = ("LV", "RV", "LD", "RD")
 
@@ -170,7 +172,7 @@ _RHO_SEGMENT = 0.5  # correlation decay factor per segment of distance
 _W_RANK = 3  # rank of the random deviation matrices
 
 # stream tags for np.random.SeedSequence (never reorder: they fix the bytes)
-_T_GROUP, _T_SUBJ_FC, _T_SESS_FC, _T_NEURAL, _T_PHYS_SUBJ, _T_PHYS_RUN, _T_MOTION, _T_NOISE, _T_ANAT, _T_PART = range(10)
+_T_GROUP, _T_SUBJ_FC, _T_SESS_FC, _T_NEURAL, _T_PHYS_SUBJ, _T_PHYS_RUN, _T_MOTION, _T_NOISE, _T_ANAT, _T_PART, _T_T2W = range(11)
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -755,7 +757,7 @@ def _simulate_run(p, anat, corr, subj, ses, run, phys_maps, base):
     shot = np.rint(st / (tr / n_shots)).astype(int)
     phys = _subject_physiology(seed, subj)
     rr = _rng(seed, _T_PHYS_RUN, subj, ses, run)
-    hr = float(np.clip(phys["heart_rate"] * np.exp(rr.normal(0.0, 0.05)), 45.0, 110.0))
+    hr = float(phys["heart_rate"] * np.exp(rr.normal(0.0, 0.04)))
     resp = phys["resp_rate"] * np.exp(rr.normal(0.0, 0.08))
     depth = phys["resp_depth"] * np.exp(rr.normal(0.0, 0.1))
     fs = p["physio_sampling_frequency"]
@@ -944,6 +946,7 @@ def _write_dataset(root: Path, p: dict, phash: str, progress: bool = False) -> d
             base = _baseline(tissues, affine, shape, _rng(p["seed"], _T_ANAT, i))
             maps = _physio_maps(tissues, affine, shape, p["physio_subject_specificity"], p["physio_amplitude"], p["seed"], i)
             current = i
+            _write_t2w(root, subs[i], sess[0], tissues, affine, shape, _rng(p["seed"], _T_T2W, i))
         sub, ses, run = subs[i], sess[e], str(r + 1)
         out = _simulate_run(p, anat, corrs[i, e], i, e, r, maps, base)
         prefix = f"sub-{sub}_ses-{ses}_task-rest_run-{run}"
@@ -1009,6 +1012,27 @@ def _write_dataset(root: Path, p: dict, phash: str, progress: bool = False) -> d
             "space": "PAM50"}
     _put_json(gt / "params.json", info)
     return {"seconds": time.perf_counter() - t0, **info}
+
+
+def _write_t2w(root: Path, sub: str, ses: str, tissues, affine, shape, rng) -> None:
+    """A T2-weighted anatomical image of the participant on the EPI grid (first session).
+
+    T2 contrast: CSF bright (myelographic), cord intermediate with gray matter slightly
+    brighter than white matter, surrounding tissue darker; Gaussian noise (SNR ~40).
+    """
+    cord = np.clip(tissues["cord"], 0, 1)
+    gm = np.clip(tissues["gm"], 0, 1)
+    wm = np.clip(cord - gm, 0, 1)
+    csf = np.clip(tissues["csf"], 0, 1)
+    other = np.clip(1.0 - wm - gm - csf, 0, 1)
+    img = 1000.0 * (0.55 * wm + 0.65 * gm + 2.0 * csf + 0.35 * other) + 15.0 * rng.standard_normal(shape)
+    anat = root / f"sub-{sub}" / f"ses-{ses}" / "anat"
+    _write_nifti(np.clip(np.rint(img), 0, 32767), affine, anat / f"sub-{sub}_ses-{ses}_T2w.nii.gz", np.int16)
+    _put_json(anat / f"sub-{sub}_ses-{ses}_T2w.json", {
+        "EchoTime": 0.12, "RepetitionTime": 1.5, "FlipAngle": 120, "MagneticFieldStrength": 3,
+        "Manufacturer": "spineprint simulator",
+        "ManufacturersModelName": f"spineprint_utils.simulate {SIMULATOR_VERSION}",
+    })
 
 
 def _physio_text(cardiac, respiratory, trigger) -> str:

@@ -214,6 +214,10 @@ def test_bids_layout_and_sidecars(small_ds):
     assert list(parts["participant_id"]) == ["sub-01", "sub-02"]
     prefix = "sub-02_ses-01_task-rest_run-1"
     func = root / "sub-02" / "ses-01" / "func"
+    t2w = nib.load(root / "sub-02/ses-01/anat/sub-02_ses-01_T2w.nii.gz").get_fdata()
+    csf = nib.load(root / "derivatives/groundtruth/space-PAM50_label-csf_probseg.nii.gz").get_fdata() > 0.9
+    cord_t2 = nib.load(root / "derivatives/groundtruth/space-PAM50_label-cord_probseg.nii.gz").get_fdata() > 0.9
+    assert t2w[csf].mean() > 2 * t2w[cord_t2].mean()  # T2 contrast: bright CSF
     side = json.loads((func / f"{prefix}_bold.json").read_text())
     img = nib.load(func / f"{prefix}_bold.nii.gz")
     assert img.get_data_dtype() == np.int16
