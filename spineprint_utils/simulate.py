@@ -1220,6 +1220,9 @@ def load_ground_truth(bids_dir) -> dict:
 
     root = Path(bids_dir)
     gt = root / "derivatives" / "groundtruth"
+    if not (gt / "params.json").is_file():
+        raise SpineprintError(f"{root}: no derivatives/groundtruth/params.json; only datasets written by "
+                              "`spineprint simulate` (spineprint_utils.simulate) carry a ground truth")
     info = read_json(gt / "params.json", required=("params", "grid_shape"))
 
     def table(path):

@@ -273,6 +273,16 @@ def test_ground_truth_contents(small_ds):
     np.testing.assert_allclose(g, sim.group_fc_pattern(gt["regions"]["segment"], gt["regions"]["horn"]), atol=1e-6)
 
 
+def test_load_ground_truth_errors(tmp_path, small_ds):
+    with pytest.raises(SpineprintError, match="groundtruth"):
+        sim.load_ground_truth(tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(small_ds, broken)
+    (broken / "derivatives/groundtruth/regions.tsv").unlink()
+    with pytest.raises(SpineprintError, match="regions.tsv"):
+        sim.load_ground_truth(broken)
+
+
 def test_tsnr_within_15_percent(small_ds):
     gt = sim.load_ground_truth(small_ds)
     cord = nib.load(gt["tissues"]["cord"]).get_fdata() >= 0.5
