@@ -44,6 +44,7 @@ covariance modeling. MICCAI 2010, LNCS 6361:200-208.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import warnings
@@ -386,6 +387,14 @@ def _sidecar_matches(path: Path, params: dict) -> bool:
         return False
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _find_runs(deriv_dir: Path, pattern: str, participants):
     runs = sorted(deriv_dir.glob(pattern))
     runs = [p for p in runs if p.is_file() and not p.name.startswith(".")]
@@ -540,13 +549,14 @@ def connectivity_dataset(
             prefix = _prefix(p)
             folder = out_dir / p.parent.relative_to(deriv_dir)
             ts_path = folder / f"{prefix}_atlas-{ATLAS_NAME}_timeseries.tsv"
-            if not overwrite and _sidecar_matches(ts_path, ts_params):
+            run_ts_params = {**ts_params, "source_sha256": _sha256(p)}  # stale if the run was re-preprocessed
+            if not overwrite and _sidecar_matches(ts_path, run_ts_params):
                 ts = _read_ts_tsv(ts_path, regions)
             else:
                 ts = region_timeseries(img, labels_by_grid[key])
                 df = pd.DataFrame(ts, columns=regions)
                 atomic_write_text(ts_path, df.to_csv(sep="\t", index=False, float_format="%.10g", lineterminator="\n"))
-                atomic_write_json(ts_path.with_suffix(".json"), {"Sources": [p.name], "Parameters": ts_params,
+                atomic_write_json(ts_path.with_suffix(".json"), {"Sources": [p.name], "Parameters": run_ts_params,
                                                                  "Description": "mean BOLD of each region"})
             try:
                 _check_ts(ts, str(ts_path))
@@ -555,7 +565,8 @@ def connectivity_dataset(
             if ts.shape[0] < 6:
                 raise SpineprintError(f"{p}: {ts.shape[0]} volumes are too few to split in halves")
             fc_paths = {h: folder / f"{prefix}_{stem}_desc-{h}_connectivity.tsv" for h in HALVES}
-            records.append({"path": p, "ent": ent, "ts": ts, "fc_paths": fc_paths})
+            records.append({"path": p, "ent": ent, "ts": ts, "fc_paths": fc_paths,
+                            "fc_params": {**fc_params, "source_sha256": run_ts_params["source_sha256"]}})
 
     records.sort(key=lambda r: str(r["path"]))  # dataset order: by file name, whatever the grids
     # ---- FC: full, half1, half2
@@ -569,7 +580,7 @@ def connectivity_dataset(
             fc[:, j] = out[j]
     for i, rec in enumerate(records):
         paths = rec["fc_paths"]
-        if kind != "tangent" and not overwrite and all(_sidecar_matches(paths[h], fc_params) for h in HALVES):
+        if kind != "tangent" and not overwrite and all(_sidecar_matches(paths[h], rec["fc_params"]) for h in HALVES):
             fc[i] = np.stack([_read_matrix_tsv(paths[h], regions) for h in HALVES])
             continue
         if kind != "tangent":
@@ -580,7 +591,7 @@ def connectivity_dataset(
         for j, h in enumerate(HALVES):
             _write_matrix_tsv(paths[h], fc[i, j], regions)
             atomic_write_json(paths[h].with_suffix(".json"), {
-                "Sources": [rec["path"].name], "Parameters": fc_params, "Part": h,
+                "Sources": [rec["path"].name], "Parameters": rec["fc_params"], "Part": h,
                 "NumberOfVolumes": int(rec["ts"].shape[0] if h == "full" else rec["ts"].shape[0] // 2),
             })
 

@@ -306,6 +306,22 @@ def test_connectivity_dataset_resumes_and_overwrites(dataset, monkeypatch):
     # different atlas parameters invalidate the stored time series
     with pytest.raises(AssertionError, match="recomputed"):
         conn.connectivity_dataset(root, source="phantom", segments=SEGS, percentile=20)
+    monkeypatch.undo()
+    # a re-preprocessed run (new content) invalidates its outputs, and only its outputs
+    run = sorted(root.glob("sub-02/ses-01/func/*_desc-preproc_bold.nii.gz"))[0]
+    img = nib.load(str(run))
+    data = np.asarray(img.dataobj)[..., ::-1].copy()  # same volumes, reversed order
+    nib.save(nib.Nifti1Image(data, img.affine), str(run))
+    calls = []
+    real = conn.region_timeseries
+    monkeypatch.setattr(conn, "region_timeseries", lambda *a, **k: calls.append(1) or real(*a, **k))
+    after = conn.load_connectomes(conn.connectivity_dataset(root, source="phantom", segments=SEGS))["fc"]
+    assert len(calls) == 1
+    np.testing.assert_allclose(after[:, 0], before[:, 0], atol=1e-8)  # reversal keeps full-run correlations
+    np.testing.assert_allclose(after[1, 1], before[1, 2], atol=1e-8)  # but swaps the halves
+    np.testing.assert_allclose(after[1, 2], before[1, 1], atol=1e-8)
+    assert not np.allclose(after[1, 1], before[1, 1])
+    np.testing.assert_allclose(after[0], before[0], atol=1e-8)
 
 
 def test_connectivity_dataset_other_kinds_and_participants(dataset):
