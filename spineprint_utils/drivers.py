@@ -1,0 +1,653 @@
+"""What drives a spine-print: parameter sweeps of the simulated study (chapter 5).
+
+Every point of a sweep is one small simulated study run through the whole pipeline of
+the book:
+
+1. :func:`spineprint_utils.simulate.default_dataset` with the base parameters and one
+   parameter changed (cached by the simulator's own parameter hash);
+2. :func:`spineprint_utils.preprocess.preprocess_dataset` with or without the
+   physiological noise model (derivatives in :func:`spineprint_utils._io.cache_dir`,
+   never in the raw dataset; resumable);
+3. :func:`spineprint_utils.connectivity.connectivity_dataset` (PAM50 horn x segment
+   regions, full-run and split-half correlation matrices);
+4. :mod:`spineprint_utils.fingerprint`: identifiability matrix, identification rate
+   (Finn et al. 2015, mean of both directions) and Iself, Iothers, Idiff (Amico & Goñi
+   2018), within a session (first vs second half of the run) or between sessions.
+
+Because the simulator plants the neural fingerprint, its strength is known for every
+point; the same fingerprint statistics of the planted neural signals
+(``*_truth`` columns) show how much of it the acquisition and preprocessing keep.
+
+:func:`physio_fingerprint` makes the caution of Kaptan et al. (2023) concrete:
+physiological noise is itself participant specific, so connectivity computed from the
+physiological noise *alone* (the RETROICOR fit of each voxel, Glover et al. 2000,
+averaged in each region) can identify participants, and data in which that noise is not
+removed can be "fingerprinted" by their physiology.
+
+References
+----------
+Amico E, Goñi J (2018). The quest for identifiability in human functional connectomes.
+Sci Rep 8:8254. doi:10.1038/s41598-018-25089-1
+Finn ES, Shen X, Scheinost D, et al. (2015). Functional connectome fingerprinting:
+identifying individuals using patterns of brain connectivity. Nat Neurosci
+18:1664-1671. doi:10.1038/nn.4135
+Glover GH, Li TQ, Ress D (2000). Image-based method for retrospective correction of
+physiological motion effects in fMRI: RETROICOR. Magn Reson Med 44:162-167.
+Kaptan M, Horn U, Vannesjo SJ, et al. (2023). Reliability of resting-state functional
+connectivity in the human spinal cord: assessing the impact of distinct noise sources.
+NeuroImage 275:120152. doi:10.1016/j.neuroimage.2023.120152
+Ricchi I, et al. (2025). Spine-prints: individual fingerprints of spinal cord functional
+connectivity. bioRxiv doi:10.1101/2025.05.30.656545
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ._io import SpineprintError, atomic_write_json, cache_dir, load_nifti, read_json
+from .parallel import parallel_map
+
+__all__ = [
+    "BASE_STUDY",
+    "SWEEP_PREPROCESS",
+    "SWEEP_COLUMNS",
+    "DESIGNS",
+    "sweep",
+    "sweep_many",
+    "plot_sweep",
+    "fingerprint_point",
+    "fingerprint_connectomes",
+    "physio_timeseries",
+    "physio_fingerprint",
+]
+
+#: Base parameters of the small study of every sweep point (any
+#: :data:`spineprint_utils.simulate.DEFAULTS` key). Small on purpose: one point takes
+#: seconds, not minutes. Three segments (12 regions, 66 edges), a tight field of view,
+#: one session (the within-session design splits each run in halves). No
+#: session-specific deviation: the two halves of a run share it, so within a session it
+#: would act as a second fingerprint and ``fingerprint_strength = 0`` would still identify.
+BASE_STUDY = {
+    "n_subjects": 6,
+    "n_sessions": 1,
+    "n_volumes": 100,
+    "segments": ("C5", "C6", "C7"),
+    "fov_mm": (28.0, 22.0),
+    "fingerprint_strength": 1.0,
+    "session_strength": 0.0,
+    "tsnr": 15.0,
+    "physio_amplitude": 1.0,
+    "physio_subject_specificity": 0.5,
+    "motion_amplitude": 0.2,
+}
+
+#: Preprocessing of the sweeps (:func:`spineprint_utils.preprocess.preprocess_run`
+#: arguments). RETROICOR of order 2 with no interaction terms matches the simulator's
+#: 2nd-order model and keeps enough degrees of freedom in short runs; no QC figures.
+SWEEP_PREPROCESS = {
+    "cardiac_order": 2,
+    "respiratory_order": 2,
+    "interaction_order": (0, 0),
+    "n_csf_components": 3,
+    "figures": False,
+}
+
+#: Columns of the table returned by :func:`sweep`.
+SWEEP_COLUMNS = [
+    "parameter", "value", "repeat", "seed", "design", "physio_model", "n_subjects", "n_volumes_compared",
+    "identification", "identification_ab", "identification_ba", "iself", "iothers", "idiff", "chance",
+    "identification_truth", "idiff_truth", "tsnr_raw", "tsnr_clean",
+]
+
+DESIGNS = ("within", "between")
+_ENTITY_RE = re.compile(r"(?:^|_)(sub|ses|run)-([A-Za-z0-9]+)")
+
+
+# ============================================================ fingerprint of one set of connectomes
+def fingerprint_connectomes(fc_a, fc_b) -> dict:
+    """Identification rate and differential identifiability of paired connectomes.
+
+    Parameters
+    ----------
+    fc_a, fc_b : ndarray, shape (n_subjects, R, R) or (n_subjects, n_edges)
+        Test and retest connectomes, subjects in the same order.
+
+    Returns
+    -------
+    dict
+        ``identification`` (mean of both directions, Finn et al. 2015),
+        ``identification_ab``, ``identification_ba`` (fractions 0-1), ``iself``,
+        ``iothers``, ``idiff`` (``100 (Iself - Iothers)``, Amico & Goñi 2018),
+        ``chance`` (``1 / n_subjects``, the expected identification rate of a random
+        match) and ``n_subjects``.
+    """
+    from . import fingerprint as fp
+
+    A = fp.identifiability_matrix(fc_a, fc_b)
+    ident = fp.identification_rate(A)
+    idd = fp.differential_identifiability(A)
+    n = A.shape[0]
+    return {"identification": ident.rate_mean, "identification_ab": ident.rate_ab,
+            "identification_ba": ident.rate_ba, "iself": idd.iself, "iothers": idd.iothers,
+            "idiff": idd.idiff, "chance": 1.0 / n, "n_subjects": int(n)}
+
+
+def _check_design(design: str) -> str:
+    if design not in DESIGNS:
+        raise SpineprintError(f"design must be one of {', '.join(DESIGNS)}, got {design!r}")
+    return design
+
+
+def _design_pairs(records: pd.DataFrame, design: str):
+    """Row indices of the test and retest runs, and which part of the run each uses
+    (``1, 2`` = halves for the within design, ``0, 0`` = full runs between sessions)."""
+    from . import fingerprint as fp
+
+    sessions = sorted(records["session"].unique())
+    run = sorted(records["run"].unique())[0]
+    if design == "within":
+        ia, ib, subjects = fp.pair_sessions(records, sessions[0], sessions[0], run=run)
+        return ia, ib, 1, 2, subjects
+    if len(sessions) < 2:
+        raise SpineprintError(f"the between-session design needs two sessions; found only session(s) {sessions}")
+    ia, ib, subjects = fp.pair_sessions(records, sessions[0], sessions[1], run=run)
+    return ia, ib, 0, 0, subjects
+
+
+def _records(data: dict) -> pd.DataFrame:
+    return pd.DataFrame({"subject": data["subjects"], "session": data["sessions"], "run": data["runs"]})
+
+
+def _truth_fingerprint(bids_dir: Path, records: pd.DataFrame, design: str) -> dict:
+    """Fingerprint of the planted neural signals (simulated data only), same design."""
+    from . import connectivity, simulate
+    from . import fingerprint as fp
+
+    truth = simulate.load_ground_truth(bids_dir)
+    ia, ib, pa, pb, _ = _design_pairs(records, design)
+    prefixes = [f"sub-{s}_ses-{e}_task-rest_run-{r}" for s, e, r in records.itertuples(index=False)]
+    if design == "within":
+        halves = [fp.split_half(truth["neural"][p]) for p in prefixes]
+        fc = np.stack([[connectivity.connectivity_matrix(h) for h in pair] for pair in halves])
+        fa, fb = fc[ia, 0], fc[ib, 1]
+    else:
+        fc = np.stack([truth["fc"][p] for p in prefixes])
+        fa, fb = fc[ia], fc[ib]
+    return fingerprint_connectomes(fa, fb)
+
+
+def _short_hash(obj) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _derivatives_folder(bids_dir: Path, physio_model: bool, preprocess_params: dict) -> Path:
+    """Cache folder of the derivatives of *bids_dir* for these preprocessing settings."""
+    from . import __version__
+
+    key = _short_hash({"bids": str(Path(bids_dir).resolve()), "physio": bool(physio_model),
+                       "pre": preprocess_params, "version": __version__})
+    return cache_dir("drivers", f"{Path(bids_dir).name}-{key}")
+
+
+def fingerprint_point(bids_dir, *, design: str = "within", physio_model: bool = True, preprocess_params=None,
+                      segments=None, truth: bool | None = None, progress: bool = False) -> dict:
+    """Preprocess, connect and fingerprint one BIDS dataset (one point of a sweep).
+
+    Parameters
+    ----------
+    bids_dir : path-like
+        Raw BIDS dataset (only read). Derivatives go to
+        ``cache_dir("drivers", "<name>-<hash>")``, keyed by the dataset path, the
+        preprocessing settings and the package version, and are reused when present.
+    design : {"within", "between"}
+        ``within``: first vs second half of each subject's first run of the first
+        session; ``between``: full first runs of the first two sessions.
+    physio_model : bool
+        Apply the RETROICOR physiological noise model in preprocessing.
+    preprocess_params : dict, optional
+        Arguments of :func:`spineprint_utils.preprocess.preprocess_run`
+        (default :data:`SWEEP_PREPROCESS`).
+    segments : sequence of str, optional
+        Spinal segments of the regions (default: those of a simulated dataset, else
+        the atlas default C3-C8).
+    truth : bool, optional
+        Also fingerprint the planted neural signals (default: when the dataset has a
+        simulation ground truth).
+    progress : bool
+        Progress bars of the stages.
+
+    Returns
+    -------
+    dict
+        The keys of :func:`fingerprint_connectomes`, ``identification_truth`` and
+        ``idiff_truth`` (NaN without ground truth), ``n_volumes_compared`` (volumes per
+        connectome), ``tsnr_raw`` and ``tsnr_clean`` (mean cord tSNR before and after
+        preprocessing, mean over runs).
+    """
+    from . import atlas, connectivity, preprocess
+
+    design = _check_design(design)
+    bids_dir = Path(bids_dir)
+    if not bids_dir.is_dir():
+        raise SpineprintError(f"{bids_dir}: BIDS folder not found")
+    pre = dict(SWEEP_PREPROCESS if preprocess_params is None else preprocess_params)
+    pre["physio"] = bool(physio_model)
+    gt_params = bids_dir / "derivatives" / "groundtruth" / "params.json"
+    sim = read_json(gt_params)["params"] if gt_params.is_file() else None
+    if segments is None:
+        segments = tuple(sim["segments"]) if sim else atlas.DEFAULT_SEGMENTS
+    out = _derivatives_folder(bids_dir, physio_model, {**pre, "segments": list(segments)})
+    result_file = out / "drivers_fingerprint.json"
+    key = {"design": design, "truth": truth}
+    if result_file.is_file():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cached = read_json(result_file)
+        if cached.get("key") == key:
+            return cached["result"]
+    with warnings.catch_warnings():
+        # short simulated runs: the preprocessing warns about few degrees of freedom, which the
+        # sweep over scan length is meant to show, not to interrupt
+        warnings.simplefilter("ignore")
+        deriv = preprocess.preprocess_dataset(bids_dir, output_dir=out, progress=progress, **pre)
+        npz = connectivity.connectivity_dataset(deriv, segments=tuple(segments))
+    data = connectivity.load_connectomes(npz)
+    records = _records(data)
+    ia, ib, pa, pb, _ = _design_pairs(records, design)
+    res = fingerprint_connectomes(data["fc"][ia, pa], data["fc"][ib, pb])
+    n_vol = np.asarray(data.get("n_volumes", np.full(len(records), -1)))
+    res["n_volumes_compared"] = int(n_vol[ia].min() // 2 if design == "within" else n_vol[ia].min())
+    qc = preprocess.load_qc_table(deriv)
+    res["tsnr_raw"] = float(qc["tsnr_pre_cord"].mean())
+    res["tsnr_clean"] = float(qc["tsnr_post_cord"].mean())
+    has_truth = sim is not None if truth is None else bool(truth)
+    if has_truth:
+        t = _truth_fingerprint(bids_dir, records, design)
+        res["identification_truth"], res["idiff_truth"] = t["identification"], t["idiff"]
+    else:
+        res["identification_truth"] = res["idiff_truth"] = float("nan")
+    atomic_write_json(result_file, {"key": key, "result": res})
+    return res
+
+
+# ============================================================ sweeps
+def _sweep_point(item, design, preprocess_params):
+    """One point (module level: picklable for processes and Dask)."""
+    from . import simulate
+
+    params = item["study"]
+    bids = simulate.default_dataset(**params)
+    return fingerprint_point(bids, design=design, physio_model=item["physio_model"],
+                             preprocess_params=preprocess_params, segments=params.get("segments"))
+
+
+def _study_params(base, parameter, value, seed, design) -> dict:
+    from . import simulate
+
+    study = dict(BASE_STUDY if base is None else base)
+    if design == "between" and int(study.get("n_sessions", simulate.DEFAULTS["n_sessions"])) < 2:
+        study["n_sessions"] = 2
+    study[parameter] = value
+    study["seed"] = int(seed)
+    simulate._validate(study)  # clear error before any work
+    return study
+
+
+def sweep(parameter: str, values, *, base=None, design: str = "within", n_repeats: int = 1, physio_model: bool = True,
+          seed: int = 0, n_jobs: int = 1, scheduler=None, preprocess_params=None, progress: bool = True) -> pd.DataFrame:
+    """Fingerprinting results of small simulated studies as one parameter varies.
+
+    For every value and repeat, a study with the base parameters, ``parameter = value``
+    and simulator seed ``seed + repeat`` (a new set of participants per repeat, the same
+    participants across values) is simulated, preprocessed, reduced to connectomes and
+    fingerprinted (:func:`fingerprint_point`). Identification is the fraction of
+    participants whose best-matching connectome in the other half/session is their own
+    (Finn et al. 2015), averaged over both directions; Idiff is
+    ``100 (Iself - Iothers)`` of the identifiability matrix (Amico & Goñi 2018).
+
+    Parameters
+    ----------
+    parameter : str
+        A parameter of :func:`spineprint_utils.simulate.simulate_dataset`, e.g.
+        ``"n_volumes"`` (scan length), ``"tsnr"``, ``"physio_amplitude"``,
+        ``"motion_amplitude"``, ``"fingerprint_strength"``.
+    values : sequence
+        Values of the parameter (at least one).
+    base : dict, optional
+        Base study parameters (default :data:`BASE_STUDY`); ``seed`` is set per repeat.
+    design : {"within", "between"}
+        Split halves of one run, or session 1 vs session 2 (the base then gets two
+        sessions if it has one).
+    n_repeats : int
+        Independent simulated studies per value.
+    physio_model : bool
+        Preprocess with the RETROICOR physiological noise model.
+    seed : int
+        Seed of the first repeat.
+    n_jobs, scheduler :
+        Parallel execution of the points, see :func:`spineprint_utils.parallel.parallel_map`.
+    preprocess_params : dict, optional
+        Preprocessing arguments (default :data:`SWEEP_PREPROCESS`).
+    progress : bool
+        Progress bar over the points.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per value x repeat, columns :data:`SWEEP_COLUMNS`: rates are fractions
+        (0-1), ``chance = 1 / n_subjects``; ``*_truth`` are the same statistics of the
+        planted neural signals; ``n_volumes_compared`` is the number of volumes behind
+        each connectome; ``tsnr_raw``/``tsnr_clean`` the mean cord tSNR.
+
+    Raises
+    ------
+    SpineprintError
+        Unknown parameter, invalid value (checked for every point before any work),
+        empty *values*, bad design or ``n_repeats < 1``.
+    """
+    return sweep_many([(parameter, values, physio_model)], base=base, design=design, n_repeats=n_repeats, seed=seed,
+                      n_jobs=n_jobs, scheduler=scheduler, preprocess_params=preprocess_params, progress=progress)
+
+
+def sweep_many(specs, *, base=None, design: str = "within", n_repeats: int = 1, seed: int = 0, n_jobs: int = 1,
+               scheduler=None, preprocess_params=None, progress: bool = True) -> pd.DataFrame:
+    """Several sweeps at once: every point of every sweep in one parallel map.
+
+    Parameters
+    ----------
+    specs : sequence of (parameter, values) or (parameter, values, physio_model)
+        The sweeps (``physio_model`` defaults to True). Points shared by several
+        sweeps (e.g. the base study) are computed once.
+    base, design, n_repeats, seed, n_jobs, scheduler, preprocess_params, progress :
+        As in :func:`sweep`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of every sweep (columns :data:`SWEEP_COLUMNS`), in the order of *specs*.
+    """
+    from . import simulate
+
+    design = _check_design(design)
+    if isinstance(n_repeats, bool) or int(n_repeats) != n_repeats or n_repeats < 1:
+        raise SpineprintError(f"n_repeats must be a positive integer, got {n_repeats!r}")
+    pre = dict(SWEEP_PREPROCESS if preprocess_params is None else preprocess_params)
+    items, keys = [], []
+    for spec in specs:
+        parameter, values, *rest = spec
+        physio_model = bool(rest[0]) if rest else True
+        if parameter not in simulate.DEFAULTS or parameter == "seed":
+            raise SpineprintError(f"cannot sweep {parameter!r}: choose a simulation parameter among "
+                                  f"{', '.join(k for k in simulate.DEFAULTS if k != 'seed')}")
+        values = list(values)
+        if not values:
+            raise SpineprintError(f"sweep of {parameter}: no values given")
+        for r in range(int(n_repeats)):
+            for v in values:
+                try:
+                    study = _study_params(base, parameter, v, seed + r, design)
+                except SpineprintError as exc:
+                    raise SpineprintError(f"sweep of {parameter} = {v!r}: {exc}") from None
+                items.append({"parameter": parameter, "value": v, "repeat": r, "seed": seed + r, "study": study,
+                              "physio_model": physio_model})
+                keys.append(_short_hash([study, physio_model]))
+    unique = list(dict.fromkeys(keys))
+    first = {k: items[keys.index(k)] for k in unique}
+    func = functools.partial(_sweep_point, design=design, preprocess_params=pre)
+    done = dict(zip(unique, parallel_map(func, [first[k] for k in unique], n_jobs=n_jobs, scheduler=scheduler,
+                                         desc="sweep", progress=progress)))
+    rows = []
+    for item, key in zip(items, keys):
+        res = {k: v for k, v in done[key].items() if k not in ("value", "repeat", "seed")}
+        rows.append({**res, **{k: item[k] for k in ("parameter", "value", "repeat", "seed", "physio_model")},
+                     "design": design})
+    df = pd.DataFrame(rows)[SWEEP_COLUMNS]
+    order = {(p, bool(rest[0]) if rest else True): i for i, (p, _, *rest) in enumerate(specs)}
+    df["_spec"] = [order[(p, m)] for p, m in zip(df["parameter"], df["physio_model"])]
+    df = df.sort_values(["_spec", "repeat", "value"], kind="stable").drop(columns="_spec")
+    return df.reset_index(drop=True)
+
+
+def plot_sweep(df, xlabel: str, *, title: str | None = None, log_x: bool = False):
+    """Identification (%) and Idiff against the swept parameter, pipeline vs planted signals.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Rows of one parameter from :func:`sweep` / :func:`sweep_many` (several
+        ``physio_model`` settings give one line each). Repeats are averaged; their
+        minimum and maximum are shown as error bars.
+    xlabel : str
+        Axis label with units.
+    title : str, optional
+    log_x : bool
+        Logarithmic x axis.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels: identification rate (%) with the chance level, and Idiff; dashed
+        lines are the planted neural signals (simulation ground truth).
+    """
+    import matplotlib.pyplot as plt
+
+    if len(df) == 0:
+        raise SpineprintError("plot_sweep: empty sweep table")
+    if df["parameter"].nunique() != 1:
+        raise SpineprintError(f"plot_sweep: one parameter at a time, got {sorted(df['parameter'].unique())}")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
+    models = sorted(df["physio_model"].unique(), reverse=True)
+    for m in models:
+        sub = df[df["physio_model"] == m]
+        g = sub.groupby("value")
+        label = "pipeline" if len(models) == 1 else f"pipeline, physiological model {'on' if m else 'off'}"
+        for ax, col, scale in ((axes[0], "identification", 100.0), (axes[1], "idiff", 1.0)):
+            mean, lo, hi = (g[col].mean() * scale, g[col].min() * scale, g[col].max() * scale)
+            ax.errorbar(mean.index, mean.values, yerr=[mean.values - lo.values, hi.values - mean.values], marker="o",
+                        capsize=3, label=label)
+    g = df[df["physio_model"] == models[0]].groupby("value")
+    axes[0].plot(g["identification_truth"].mean().index, 100 * g["identification_truth"].mean().values, "k--",
+                 marker="s", mfc="none", label="planted neural signals")
+    axes[1].plot(g["idiff_truth"].mean().index, g["idiff_truth"].mean().values, "k--", marker="s", mfc="none",
+                 label="planted neural signals")
+    axes[0].axhline(100 * df["chance"].mean(), color="0.5", lw=1, ls=":", label="chance")
+    axes[1].axhline(0.0, color="0.5", lw=1, ls=":")
+    axes[0].set_ylim(-3, 103)
+    axes[0].set_ylabel("identification rate (%)")
+    axes[1].set_ylabel("$I_{diff}$ (x 100 correlation)")
+    for ax in axes:
+        ax.set_xlabel(xlabel)
+        if log_x:
+            ax.set_xscale("log")
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ============================================================ physiological noise alone
+def physio_timeseries(bold, regressors, labels) -> np.ndarray:
+    r"""Region time series of the physiological noise alone (RETROICOR fit).
+
+    In each slice *z*, every voxel's time series :math:`y_v` is regressed on an
+    intercept and the slice's RETROICOR regressors :math:`X_z` (Glover et al. 2000,
+    slice-specific as in Brooks et al. 2008) by ordinary least squares; the fitted
+    physiological component is :math:`\tilde X_z \hat\beta_v` with :math:`\tilde X_z`
+    the column-centred regressors. Its mean over the voxels of each region gives the
+    region's physiological time series. Because every voxel of a slice shares the
+    design, the region mean of the fits equals the fit of the per-slice region means
+    weighted by the region's voxel count in each slice, which is how it is computed.
+
+    Parameters
+    ----------
+    bold : ndarray, shape (X, Y, Z, T)
+        BOLD data.
+    regressors : ndarray, shape (Z, T, P)
+        Slice-wise physiological regressors
+        (:func:`spineprint_utils.physio.slice_regressors`).
+    labels : ndarray of int, shape (X, Y, Z)
+        Region labels ``1..R`` (0 = background); every label must have voxels.
+
+    Returns
+    -------
+    ndarray, shape (T, R)
+        Fitted physiological signal of each region (same units as *bold*, zero mean).
+    """
+    bold = np.asarray(bold, dtype=np.float64)
+    regs = np.asarray(regressors, dtype=np.float64)
+    lab = np.asarray(labels)
+    if bold.ndim != 4:
+        raise SpineprintError(f"physio_timeseries: BOLD must be 4D, got shape {bold.shape}")
+    X, Y, Z, T = bold.shape
+    if regs.ndim != 3 or regs.shape[:2] != (Z, T):
+        raise SpineprintError(f"physio_timeseries: regressors must have shape ({Z}, {T}, P), got {regs.shape}")
+    if lab.shape != (X, Y, Z):
+        raise SpineprintError(f"physio_timeseries: labels shape {lab.shape} differs from the BOLD grid {(X, Y, Z)}")
+    if not np.all(np.isfinite(bold)) or not np.all(np.isfinite(regs)):
+        raise SpineprintError("physio_timeseries: NaN or infinite values in the BOLD data or the regressors")
+    lab = lab.astype(np.int64)
+    R = int(lab.max())
+    counts = np.bincount(lab.ravel(), minlength=R + 1)[1:]
+    if R < 1 or np.any(counts == 0):
+        raise SpineprintError("physio_timeseries: labels must number regions 1..R, each with voxels")
+    out = np.zeros((T, R))
+    for z in range(Z):
+        lz = lab[:, :, z].ravel()
+        sel = lz > 0
+        if not sel.any():
+            continue
+        y = bold[:, :, z].reshape(-1, T)[sel]  # (V, T)
+        sums = np.zeros((R, T))
+        np.add.at(sums, lz[sel] - 1, y)
+        xc = regs[z] - regs[z].mean(axis=0)  # centred regressors: the intercept takes the mean
+        if xc.shape[1] == 0:
+            continue
+        beta, *_ = np.linalg.lstsq(xc, (sums - sums.mean(axis=1, keepdims=True)).T, rcond=None)
+        out += (xc @ beta) / counts[None, :]  # fit of the region's voxel sum in this slice / region size
+    return out
+
+
+def _physio_run_fc(bold_path, orders, segments):
+    """[full, half1, half2] FC (3, R, R) of the physiological fit of one raw run.
+
+    The RETROICOR model is fitted separately in the full run and in each half (halves as
+    in :func:`spineprint_utils.connectivity.split_half_connectivity`), so that the two
+    halves share no fitted coefficient: what they share is the participant's physiology.
+    """
+    from . import atlas, connectivity, physio
+
+    bold_path = Path(bold_path)
+    img, data = load_nifti(bold_path, ndim=4, finite=True, dtype=np.float64)
+    sidecar = Path(str(bold_path)[: -len(".nii.gz")] + ".json")
+    meta = read_json(sidecar, required=("RepetitionTime",))
+    tr = float(meta["RepetitionTime"])
+    T = data.shape[3]
+    if T < 6:
+        raise SpineprintError(f"{bold_path}: {T} volumes are too few to split in halves")
+    st = meta.get("SliceTiming")
+    st = np.zeros(data.shape[2]) if st is None else np.asarray(st, float)
+    if st.size != data.shape[2]:
+        raise SpineprintError(f"{sidecar}: SliceTiming has {st.size} entries but the image has {data.shape[2]} slices")
+    rec = physio.load_run_physio(bold_path, T, tr)
+    if rec is None:
+        raise SpineprintError(f"{bold_path}: no physiological recording (_physio.tsv.gz) for this run")
+    regs, _ = physio.slice_regressors(rec, T, tr, st, *orders)
+    labels_img, _ = atlas.region_labels(img, tuple(segments))
+    labels = np.asarray(labels_img.dataobj).astype(np.int64)
+    h = T // 2
+    parts = (slice(0, T), slice(0, h), slice(T - h, T))
+    return np.stack([connectivity.connectivity_matrix(physio_timeseries(data[..., p], regs[:, p], labels))
+                     for p in parts])
+
+
+def _physio_connectomes(bids_dir: Path, orders, segments, n_jobs=1, scheduler=None, progress=False):
+    """Records and (n_runs, 3, R, R) [full, half1, half2] FC of the physiological fits."""
+    from . import preprocess
+
+    runs = preprocess.find_bold_runs(bids_dir)
+    if not runs:
+        raise SpineprintError(f"{bids_dir}: no BOLD runs found")
+    func = functools.partial(_physio_run_fc, orders=orders, segments=segments)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fc = np.stack(parallel_map(func, runs, n_jobs=n_jobs, scheduler=scheduler, desc="physio FC",
+                                   progress=progress))
+    ents = [dict(_ENTITY_RE.findall(p.name)) for p in runs]
+    records = pd.DataFrame({"subject": [e.get("sub", "") for e in ents], "session": [e.get("ses", "") for e in ents],
+                            "run": [e.get("run", "") for e in ents]})
+    return records, fc
+
+
+def physio_fingerprint(bids_dir, *, design: str = "within", preprocess_params=None, segments=None,
+                       with_data: bool = True, n_jobs: int = 1, scheduler=None, progress: bool = False) -> pd.DataFrame:
+    """Identification from physiological noise alone, next to identification from the data.
+
+    Three sources of connectomes of the same runs are fingerprinted in the same design:
+
+    - ``physiological noise alone``: FC of the region-averaged RETROICOR fit of the raw
+      data (:func:`physio_timeseries`; Glover et al. 2000), i.e. of the part of the
+      signal the physiological model explains;
+    - ``preprocessed without physiological model``: the pipeline with
+      ``physio=False`` (motion correction, CSF components, band-pass only);
+    - ``preprocessed with physiological model``: the full pipeline (RETROICOR removed).
+
+    Participant-specific physiological noise can identify participants on its own
+    (Kaptan et al. 2023): with the simulator's ``physio_subject_specificity = 1`` and
+    ``fingerprint_strength = 0`` the first two rows identify participants although no
+    neural fingerprint exists.
+
+    Parameters
+    ----------
+    bids_dir : path-like
+        BIDS dataset with physiological recordings for every run.
+    design : {"within", "between"}
+        See :func:`fingerprint_point`.
+    preprocess_params : dict, optional
+        Preprocessing arguments (default :data:`SWEEP_PREPROCESS`); its RETROICOR
+        orders are also those of the physiological fit.
+    segments : sequence of str, optional
+        Region segments (default: the simulated dataset's, else C3-C8).
+    with_data : bool
+        Also preprocess and fingerprint the data (rows 2 and 3); False gives the
+        physiological row only (no preprocessing).
+    n_jobs, scheduler, progress :
+        See :func:`spineprint_utils.parallel.parallel_map`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ``source`` with the columns of :func:`fingerprint_connectomes`.
+    """
+    from . import atlas
+
+    design = _check_design(design)
+    bids_dir = Path(bids_dir)
+    if not bids_dir.is_dir():
+        raise SpineprintError(f"{bids_dir}: BIDS folder not found")
+    pre = dict(SWEEP_PREPROCESS if preprocess_params is None else preprocess_params)
+    gt_params = bids_dir / "derivatives" / "groundtruth" / "params.json"
+    if segments is None:
+        segments = tuple(read_json(gt_params)["params"]["segments"]) if gt_params.is_file() else atlas.DEFAULT_SEGMENTS
+    orders = (int(pre.get("cardiac_order", 4)), int(pre.get("respiratory_order", 4)),
+              tuple(pre.get("interaction_order", (2, 2))))
+    records, fc = _physio_connectomes(bids_dir, orders, segments, n_jobs, scheduler, progress)
+    ia, ib, pa, pb, _ = _design_pairs(records, design)
+    rows = [{"source": "physiological noise alone", **fingerprint_connectomes(fc[ia, pa], fc[ib, pb])}]
+    models = ((False, "preprocessed without physiological model"),
+              (True, "preprocessed with physiological model")) if with_data else ()
+    for model, name in models:
+        res = fingerprint_point(bids_dir, design=design, physio_model=model, preprocess_params=pre,
+                                segments=segments, truth=False, progress=progress)
+        rows.append({"source": name, **{k: res[k] for k in ("identification", "identification_ab",
+                                                           "identification_ba", "iself", "iothers", "idiff",
+                                                           "chance", "n_subjects")}})
+    return pd.DataFrame(rows)

@@ -1,0 +1,243 @@
+"""Tests of spineprint_utils.drivers (chapter 5: parameter sweeps, physiology-only fingerprint).
+
+Every sweep point simulates, preprocesses and fingerprints a tiny study; the
+session-wide cache of conftest.py shares the points between tests.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spineprint_utils import drivers, simulate
+from spineprint_utils._io import SpineprintError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: tiny study: 4 subjects x 1 session, 2 segments (8 regions), no motion, no physiological noise,
+#: a strong planted fingerprint
+TINY = {
+    "n_subjects": 4,
+    "n_sessions": 1,
+    "n_volumes": 60,
+    "segments": ("C5", "C6"),
+    "fov_mm": (26.0, 20.0),
+    "fingerprint_strength": 4.0,
+    "session_strength": 0.0,
+    "physio_amplitude": 0.0,
+    "motion_amplitude": 0.0,
+    "tsnr": 30.0,
+}
+#: no motion correction (there is no motion) nor CSF components, to keep the tests fast
+FAST_PRE = {**drivers.SWEEP_PREPROCESS, "motion": False, "n_csf_components": 0}
+N = TINY["n_volumes"]
+
+
+def _sweep(parameter, values, **kw):
+    return drivers.sweep(parameter, values, base=kw.pop("base", TINY), preprocess_params=FAST_PRE, progress=False,
+                         **kw)
+
+
+# ------------------------------------------------------------------ fingerprint statistics
+def test_fingerprint_connectomes_against_loops():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((5, 20))
+    b = a + 2.0 * rng.standard_normal((5, 20))
+    r = drivers.fingerprint_connectomes(a, b)
+    A = np.array([[np.corrcoef(a[i], b[j])[0, 1] for j in range(5)] for i in range(5)])
+    ab = np.mean([np.argmax(A[i]) == i for i in range(5)])
+    ba = np.mean([np.argmax(A[:, j]) == j for j in range(5)])
+    off = [A[i, j] for i in range(5) for j in range(5) if i != j]
+    assert r["identification"] == pytest.approx((ab + ba) / 2)
+    assert r["iself"] == pytest.approx(np.mean(np.diag(A)))
+    assert r["iothers"] == pytest.approx(np.mean(off))
+    assert r["idiff"] == pytest.approx(100 * (np.mean(np.diag(A)) - np.mean(off)))
+    assert r["chance"] == pytest.approx(0.2) and r["n_subjects"] == 5
+
+
+# ------------------------------------------------------------------ physiological fit
+def test_physio_timeseries_matches_voxelwise_least_squares():
+    rng = np.random.default_rng(0)
+    X, Y, Z, T, P = 4, 3, 3, 30, 4
+    regs = rng.standard_normal((Z, T, P))
+    labels = rng.integers(0, 4, (X, Y, Z))
+    labels[0, 0, 0], labels[1, 0, 1], labels[2, 0, 2] = 1, 2, 3
+    bold = 100 + rng.standard_normal((X, Y, Z, T))
+    bold += np.einsum("zp,ztp->zt", rng.standard_normal((Z, P)), regs)[None, None].transpose(0, 1, 2, 3)
+    out = drivers.physio_timeseries(bold, regs, labels)
+    # brute force: every voxel fitted with an intercept, fitted physiological part averaged per region
+    expected = np.zeros((T, 3))
+    for r in range(1, 4):
+        fits = []
+        for x, y, z in zip(*np.nonzero(labels == r)):
+            design = np.column_stack([np.ones(T), regs[z]])
+            beta = np.linalg.lstsq(design, bold[x, y, z], rcond=None)[0]
+            fits.append(regs[z] @ beta[1:] - (regs[z] @ beta[1:]).mean())
+        expected[:, r - 1] = np.mean(fits, axis=0)
+    np.testing.assert_allclose(out, expected, atol=1e-9)
+
+
+def test_physio_timeseries_recovers_planted_signal_and_rejects_bad_input():
+    rng = np.random.default_rng(3)
+    Z, T = 2, 50
+    regs = rng.standard_normal((Z, T, 2))
+    labels = np.zeros((2, 2, Z), int)
+    labels[0, :, :] = 1
+    labels[1, :, :] = 2
+    bold = np.zeros((2, 2, Z, T))
+    bold[0] = 3.0 * regs[None, :, :, 0]  # region 1: regressor 0 only, noise-free
+    bold[1] = 5.0 + 0 * regs[None, :, :, 0]  # region 2: constant, nothing physiological
+    out = drivers.physio_timeseries(bold, regs, labels)
+    np.testing.assert_allclose(out[:, 0], 3.0 * (regs[:, :, 0] - regs[:, :, 0].mean(1, keepdims=True)).mean(0),
+                               atol=1e-10)
+    np.testing.assert_allclose(out[:, 1], 0.0, atol=1e-10)
+    with pytest.raises(SpineprintError, match="regressors must have shape"):
+        drivers.physio_timeseries(bold, regs[:, :-1], labels)
+    with pytest.raises(SpineprintError, match="labels shape"):
+        drivers.physio_timeseries(bold, regs, labels[:1])
+    with pytest.raises(SpineprintError, match="each with voxels"):
+        drivers.physio_timeseries(bold, regs, np.where(labels == 1, 3, labels))
+    bad = bold.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(SpineprintError, match="NaN"):
+        drivers.physio_timeseries(bad, regs, labels)
+
+
+# ------------------------------------------------------------------ sweeps
+def test_sweep_bad_input_fails_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPINEPRINT_CACHE_DIR", str(tmp_path / "c"))
+    with pytest.raises(SpineprintError, match="cannot sweep 'heart_rate'"):
+        drivers.sweep("heart_rate", [1])
+    with pytest.raises(SpineprintError, match="no values"):
+        drivers.sweep("tsnr", [])
+    with pytest.raises(SpineprintError, match="design"):
+        drivers.sweep("tsnr", [10], design="across")
+    with pytest.raises(SpineprintError, match="n_repeats"):
+        drivers.sweep("tsnr", [10], n_repeats=0)
+    # the invalid value is the second one: nothing may have been simulated for the first
+    with pytest.raises(SpineprintError, match=r"n_volumes = 5: n_volumes must be an integer >= 10"):
+        drivers.sweep("n_volumes", [100, 5], base=TINY)
+    assert not (tmp_path / "c" / "datasets").exists() or not any((tmp_path / "c" / "datasets").iterdir())
+
+
+def test_sweep_fingerprint_strength_chance_to_full():
+    df = _sweep("fingerprint_strength", [0.0, 4.0], n_repeats=2)
+    assert list(df.columns) == drivers.SWEEP_COLUMNS
+    assert len(df) == 4
+    assert set(df["parameter"]) == {"fingerprint_strength"} and set(df["design"]) == {"within"}
+    assert df["physio_model"].all()
+    np.testing.assert_allclose(df["chance"], 1 / TINY["n_subjects"])
+    assert (df["n_volumes_compared"] == TINY["n_volumes"] // 2).all()
+    assert list(df["seed"]) == [0, 0, 1, 1] and list(df["value"]) == [0.0, 4.0, 0.0, 4.0]
+    for col in ("identification", "identification_ab", "identification_ba", "identification_truth"):
+        assert df[col].between(0, 1).all()
+    np.testing.assert_allclose(df["idiff"], 100 * (df["iself"] - df["iothers"]))
+    by = df.groupby("value").mean(numeric_only=True)
+    # no planted fingerprint: the planted signals have Idiff ~ 0, identification after the pipeline is at
+    # chance level (4 subjects: 25 %). (The measured Idiff is not 0: each participant's bias field gives
+    # the regions a participant-specific SNR, which shapes the measured correlations.)
+    assert abs(by.loc[0.0, "idiff_truth"]) < 5
+    assert by.loc[0.0, "identification"] <= 0.5
+    # strong planted fingerprint: every subject identified, from the planted signals and after the pipeline
+    assert by.loc[4.0, "identification_truth"] == 1.0
+    assert by.loc[4.0, "identification"] >= 0.85
+    assert by.loc[4.0, "idiff"] > by.loc[0.0, "idiff"] + 10
+
+
+def test_sweep_halving_scan_length_lowers_idiff():
+    df = _sweep("n_volumes", [N // 2, N], n_repeats=2)
+    assert list(df.sort_values("value")["n_volumes_compared"].unique()) == [N // 4, N // 2]
+    by = df.groupby("value").mean(numeric_only=True)
+    # shorter runs: noisier connectomes, less self-similarity, lower differential identifiability
+    assert by.loc[N // 2, "idiff"] < by.loc[N, "idiff"]
+    assert by.loc[N // 2, "iself"] < by.loc[N, "iself"]
+    # and the same repeat's two scan lengths agree on the direction every time
+    wide = df.pivot(index="repeat", columns="value", values="idiff")
+    assert (wide[N // 2] < wide[N]).all()
+
+
+def test_sweep_is_cached_and_parallel_gives_the_same_rows():
+    a = _sweep("fingerprint_strength", [0.0, 4.0], n_repeats=1)
+    b = _sweep("fingerprint_strength", [0.0, 4.0], n_repeats=1, n_jobs=2)
+    np.testing.assert_allclose(a.select_dtypes("number"), b.select_dtypes("number"))
+
+
+def test_sweep_between_sessions_adds_a_session():
+    df = _sweep("fingerprint_strength", [4.0], design="between", base={**TINY, "n_volumes": 30})
+    assert df.loc[0, "design"] == "between"
+    assert df.loc[0, "n_volumes_compared"] == 30  # full runs
+    assert df.loc[0, "identification"] >= 0.75
+
+
+# ------------------------------------------------------------------ physiological fingerprint
+def test_physio_alone_identifies_only_when_there_is_physiological_noise():
+    # no neural fingerprint at all; participant-specific physiological noise vs none
+    common = {**TINY, "fingerprint_strength": 0.0, "tsnr": 20.0}
+    noisy = simulate.default_dataset(**{**common, "physio_amplitude": 2.0, "physio_subject_specificity": 1.0})
+    clean = simulate.default_dataset(**{**common, "physio_amplitude": 0.0})
+    r_noisy = drivers.physio_fingerprint(noisy, preprocess_params=FAST_PRE)
+    r_clean = drivers.physio_fingerprint(clean, preprocess_params=FAST_PRE, with_data=False)
+    assert list(r_noisy["source"]) == ["physiological noise alone", "preprocessed without physiological model",
+                                       "preprocessed with physiological model"]
+    assert list(r_clean["source"]) == ["physiological noise alone"]
+    phys, phys0 = r_noisy.iloc[0], r_clean.iloc[0]
+    assert phys["identification"] >= 0.75  # physiology alone identifies (chance 25 %)
+    assert phys0["identification"] <= 0.5  # the fit of pure thermal/neural noise does not
+    assert phys["idiff"] > phys0["idiff"] + 5
+    # removing the physiological noise lowers the (spurious) self-similarity of the data
+    assert r_noisy.iloc[2]["iself"] < r_noisy.iloc[1]["iself"]
+
+
+def test_physio_fingerprint_errors(tmp_path):
+    with pytest.raises(SpineprintError, match="BIDS folder not found"):
+        drivers.physio_fingerprint(tmp_path / "nope")
+    with pytest.raises(SpineprintError, match="no BOLD runs"):
+        drivers.physio_fingerprint(tmp_path, segments=("C5",))
+    src = simulate.default_dataset(**{**TINY, "n_volumes": 30, "n_sessions": 2})  # shared with the test above
+    import shutil
+
+    dst = tmp_path / "copy"
+    shutil.copytree(src, dst)
+    victim = sorted(dst.glob("sub-*/ses-*/func/*_physio.tsv.gz"))[0]
+    victim.unlink()
+    with pytest.raises(SpineprintError, match=re.escape(victim.name.replace("_physio.tsv.gz", "_bold.nii.gz"))):
+        drivers.physio_fingerprint(dst, with_data=False)
+
+
+# ------------------------------------------------------------------ the chapter through papermill
+def _glued(nb_path) -> dict:
+    """Scalars glued by the executed notebook (myst_nb glue -> display data with scrapbook metadata)."""
+    nb = json.loads(Path(nb_path).read_text())
+    out = {}
+    for cell in nb["cells"]:
+        for o in cell.get("outputs", []):
+            name = o.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name is not None:
+                text = o["data"]["text/plain"]
+                try:
+                    out[name] = float(text)
+                except ValueError:
+                    out[name] = text.strip("'\"")
+    return out
+
+
+def test_notebook_halving_scan_length_lowers_idiff(tmp_path):
+    papermill = pytest.importorskip("papermill")
+    nb = ROOT / "notebooks" / "05_drivers.ipynb"
+    glued = {}
+    for n in (N, N // 2):  # the same points as test_sweep_halving_scan_length_lowers_idiff (cached)
+        out = tmp_path / f"out_{n}.ipynb"
+        papermill.execute_notebook(
+            str(nb), str(out), kernel_name="python3", cwd=str(tmp_path), progress_bar=False,
+            parameters={"study_params": {**TINY, "n_volumes": n, "segments": list(TINY["segments"]),
+                                         "fov_mm": list(TINY["fov_mm"])},
+                        "preprocess_params": FAST_PRE | {"interaction_order": [0, 0]},
+                        "scan_lengths": [], "tsnr_values": [], "physio_amplitudes": [], "motion_amplitudes": [],
+                        "fingerprint_strengths": [], "physio_study": {"physio_amplitude": 0.0},
+                        "n_repeats": 2, "n_jobs": 1})
+        glued[n] = _glued(out)
+    assert glued[N // 2]["base_n_volumes"] == N // 2 and glued[N]["base_n_volumes"] == N
+    assert glued[N // 2]["base_idiff"] < glued[N]["base_idiff"]
+    assert list(tmp_path.glob("*.ipynb")) and not list((ROOT / "notebooks").glob("*.json"))
