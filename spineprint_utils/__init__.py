@@ -9,6 +9,10 @@ One module per pipeline stage, mirrored by one notebook and one book chapter:
   :mod:`spineprint_utils.preprocess`   preprocessing (chapter 2)
 - :mod:`spineprint_utils.atlas`, :mod:`spineprint_utils.connectivity`  regions and FC (chapter 3)
 - :mod:`spineprint_utils.fingerprint`  identification, Idiff, PCA, ICC (chapter 4)
+- :mod:`spineprint_utils.drivers`      what drives a spine-print: parameter sweeps (chapter 5)
+- :mod:`spineprint_utils.clinical`     focal lesion model for the clinical chapter (chapter 6)
+- :mod:`spineprint_utils.registration`, :mod:`spineprint_utils.distortion`  native-space data
+- :mod:`spineprint_utils.build`, :mod:`spineprint_utils.cli`  the book build and the command line
 """
 
 __version__ = "0.1.0"
