@@ -51,6 +51,7 @@ data. Front Neuroinform 8:8. doi:10.3389/fninf.2014.00008
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,17 +227,51 @@ def dice(a, b) -> float:
 def _template(template, template_dir):
     if template != "PAM50":
         raise SpineprintError(f"unknown template {template!r}; only 'PAM50' is available")
+    import os
+
+    key = (str(template_dir) if template_dir is not None else None, os.environ.get("SPINEPRINT_DATA_DIR"))
+    return _fetch_cached(*key)
+
+
+@functools.lru_cache(maxsize=4)
+def _fetch_cached(template_dir, _env):
+    """fetch_pam50 (SHA-256 verification of every file) once per process and location."""
     from .datasets import fetch_pam50
 
-    root = Path(fetch_pam50(template_dir))
-    return root
+    return Path(fetch_pam50(template_dir))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_template_cached(path: str):
+    import nibabel as nib
+
+    from ._io import load_nifti
+
+    img, data = load_nifti(path, dtype=np.float32)
+    if data.max() <= 255 and np.array_equal(data, np.rint(data)):
+        data = data.astype(np.uint8)
+    out = nib.Nifti1Image(data, img.affine)
+    out.set_data_dtype(data.dtype)
+    return out
 
 
 def _load_template_img(root: Path, name: str):
-    from ._io import load_nifti
+    """A PAM50 image held in memory (decompressed once per process; do not modify its data)."""
+    path = root / "template" / name if (root / "template" / name).is_file() else root / name
+    return _load_template_cached(str(path))
 
-    img, _ = load_nifti(root / "template" / name) if (root / "template" / name).is_file() else load_nifti(root / name)
-    return img
+
+@functools.lru_cache(maxsize=4)
+def _template_profile(root: str, lo_level: int, hi_level: int):
+    cord = _load_template_img(Path(root), "PAM50_cord.nii.gz")
+    lev_img = _load_template_img(Path(root), "PAM50_levels.nii.gz")
+    z_t, csa_t, _ = cord_profile(cord)
+    lev = np.asarray(lev_img.dataobj)
+    ks = np.nonzero(((lev >= lo_level) & (lev <= hi_level)).any((0, 1)))[0]
+    if len(ks) == 0:
+        raise SpineprintError(f"{root}: PAM50_levels has no levels {lo_level}..{hi_level}")
+    zz = lev_img.affine[2, 2] * ks + lev_img.affine[2, 3]
+    return z_t, csa_t, float(zz.min()), float(zz.max())
 
 
 def cord_profile(seg_img, step_mm: float = 1.0):
@@ -275,19 +310,26 @@ def cord_profile(seg_img, step_mm: float = 1.0):
 
 
 def _level_centroids(levels_img):
-    lev = np.rint(_data(levels_img)).astype(int)
-    ids = [int(v) for v in np.unique(lev) if v > 0]
-    out = {}
-    for v in ids:
-        ijk = np.argwhere(lev == v)
-        out[v] = (ijk @ levels_img.affine[:3, :3].T + levels_img.affine[:3, 3]).mean(axis=0)
-    return out
+    """Centroid (world mm) of each positive integer label, via one pass and bincount."""
+    lev = np.rint(np.asarray(levels_img.dataobj, dtype=np.float32)).astype(np.int64)
+    ijk = np.argwhere(lev > 0)
+    if len(ijk) == 0:
+        return {}
+    labels = lev[tuple(ijk.T)]
+    xyz = ijk @ levels_img.affine[:3, :3].T + levels_img.affine[:3, 3]
+    cnt = np.bincount(labels)
+    sums = np.stack([np.bincount(labels, weights=xyz[:, k], minlength=len(cnt)) for k in range(3)], axis=1)
+    return {int(v): sums[v] / cnt[v] for v in np.nonzero(cnt)[0]}
 
 
-def _z_from_levels(levels_img, tmpl_levels_img, notes):
+@functools.lru_cache(maxsize=4)
+def _template_level_centroids(path: str):
+    return _level_centroids(_load_template_cached(path))
+
+
+def _z_from_levels(levels_img, tpl, notes):
     """Least-squares ``z_t = a z_s + b`` from level centroids (a = 1 with one level)."""
     sub = _level_centroids(levels_img)
-    tpl = _level_centroids(tmpl_levels_img)
     common = sorted(set(sub) & set(tpl))
     if not common:
         raise SpineprintError(f"levels_img: labels {sorted(sub)} match none of the template levels {sorted(tpl)}")
@@ -420,6 +462,13 @@ def _crop_grid(tmpl_img, z_lo, z_hi, center_xy, half_width_mm, resolution):
     aff = np.diag([-res[0], res[1], res[2], 1.0])
     aff[:3, 3] = [center_xy[0] + hw, center_xy[1] - hw, z_lo]
     return (nx, ny, nz), aff
+
+
+def _pyramid(iterations):
+    """dipy pyramid arguments: factors 2^(n-1)..1, smoothing sigmas n-1..0 (voxels)."""
+    n = len(iterations)
+    return dict(level_iters=[int(i) for i in iterations], sigmas=[float(n - 1 - i) for i in range(n)],
+                factors=[2 ** (n - 1 - i) for i in range(n)], verbosity=0)
 
 
 def _shift_k(k0):
@@ -588,14 +637,17 @@ def register_to_template(anat_img, cord_seg_img, template: str = "PAM50", levels
     seg = _data(seg_img) > 0.5
     if seg.sum() < 20:
         raise SpineprintError(f"cord_seg_img: segmentation has only {int(seg.sum())} voxels")
+    if isinstance(z_offset, str) and z_offset != "header":
+        raise SpineprintError(f"z_offset must be a number or 'header', got {z_offset!r}")
     root = _template(template, template_dir)
     t_cord_img = _load_template_img(root, "PAM50_cord.nii.gz")
-    t_lev_img = _load_template_img(root, "PAM50_levels.nii.gz")
 
     # 1. z placement ---------------------------------------------------------------
     z_s, csa_s, cen_s = cord_profile(seg_img)
     if levels_img is not None:
-        a, b = _z_from_levels(_as_img(levels_img, "levels_img"), t_lev_img, notes)
+        tpl_cent = _template_level_centroids(str(root / "template" / "PAM50_levels.nii.gz")
+                                             if (root / "template").is_dir() else str(root / "PAM50_levels.nii.gz"))
+        a, b = _z_from_levels(_as_img(levels_img, "levels_img"), tpl_cent, notes)
         z_method = "levels"
     elif isinstance(z_offset, str):
         if z_offset != "header":
@@ -604,10 +656,8 @@ def register_to_template(anat_img, cord_seg_img, template: str = "PAM50", levels
     elif z_offset is not None:
         a, b, z_method = 1.0, float(z_offset), "offset"
     else:
-        z_t, csa_t, _ = cord_profile(t_cord_img)
-        lev = np.rint(_data(t_lev_img)).astype(int)
-        zz = t_lev_img.affine[2, 2] * np.nonzero(((lev >= restrict_levels[0]) & (lev <= restrict_levels[1])).any((0, 1)))[0] + t_lev_img.affine[2, 3]
-        a, b, _ = _z_from_csa(z_s, csa_s, z_t, csa_t, zz.min(), zz.max(), notes)
+        z_t, csa_t, zmin, zmax = _template_profile(str(root), int(restrict_levels[0]), int(restrict_levels[1]))
+        a, b, _ = _z_from_csa(z_s, csa_s, z_t, csa_t, zmin, zmax, notes)
         z_method = "csa-profile"
     timings["z_placement"] = time.perf_counter() - t0
 
@@ -640,8 +690,7 @@ def register_to_template(anat_img, cord_seg_img, template: str = "PAM50", levels
     moving_on_ref = _data(apply_transforms(moving_native_img, reference, [AffineTransform(init)], "linear"))
     # dipy registers "moving" (already on the reference grid through init) to "static".
     affreg = AffineRegistration(metric=MutualInformationMetric(nbins=16, sampling_proportion=None),
-                                level_iters=list(affine_iterations or [1]), sigmas=[1.0, 0.0][: len(affine_iterations or [1])],
-                                factors=[2, 1][: len(affine_iterations or [1])], verbosity=0)
+                                **_pyramid(affine_iterations or [1]))
     current = np.eye(4)
     with _quiet():
         for tf in (TranslationTransform3D(), RigidTransform3D(), AffineTransform3D()) if affine_iterations else ():
@@ -729,8 +778,7 @@ def register_func_to_anat(mean_func_img, anat_img, cord_mask=None, *, dilate_mm:
         notes.append(f"metric restricted to the cord mask dilated by {dilate_mm} mm")
     c_of_mass = transform_centers_of_mass(adata, anat.affine, fdata, func.affine)
     affreg = AffineRegistration(metric=MutualInformationMetric(nbins=nbins, sampling_proportion=None),
-                                level_iters=list(iterations), sigmas=[1.0, 0.0][: len(iterations)],
-                                factors=[2, 1][: len(iterations)], verbosity=0)
+                                **_pyramid(iterations))
     current = c_of_mass.affine
     with _quiet():
         for tf in (TranslationTransform3D(), RigidTransform3D()):
@@ -765,7 +813,7 @@ def atlas_to_native(labels_img, registration: Registration, reference, func_to_a
     -------
     nibabel.Nifti1Image on the *reference* grid.
     """
-    chain = list(func_to_anat.to_anat) if func_to_anat is not None else []
+    chain = list(func_to_anat.to_func) if func_to_anat is not None else []
     chain += list(registration.to_native)
     return apply_transforms(labels_img, reference, chain, interpolation)
 
