@@ -28,7 +28,7 @@ Public API
 :func:`parse_pe_direction`, :func:`read_fieldmap_pair`, :func:`fieldmap_plan`,
 :func:`estimate_displacement`, :func:`field_from_displacement`,
 :func:`displacement_from_field`, :func:`apply_displacement`, :func:`distort`,
-:func:`simulate_b0_field`, :func:`correct_run`.
+:func:`simulate_b0_field`, :func:`correct_run`, :func:`write_fieldmap_pair`.
 
 References
 ----------
@@ -65,6 +65,7 @@ __all__ = [
     "distort",
     "simulate_b0_field",
     "correct_run",
+    "write_fieldmap_pair",
 ]
 
 _PE_RE = re.compile(r"^([ijk])(-?)$")
@@ -394,10 +395,11 @@ def fieldmap_plan(bids_dir):
 
 
 # ---------------------------------------------------------------- numerics
-def _as_array(img, what="image"):
+def _as_array(img, what="image", dtype=np.float64):
     if hasattr(img, "dataobj"):
-        return np.asarray(img.dataobj, dtype=np.float64)
-    arr = np.asarray(img, dtype=np.float64)
+        arr = np.asarray(img.dataobj, dtype=dtype)
+    else:
+        arr = np.asarray(img, dtype=dtype)
     if arr.ndim not in (3, 4):
         raise SpineprintError(f"{what}: expected a 3D or 4D image, found shape {arr.shape}")
     return arr
@@ -599,7 +601,7 @@ def apply_displacement(img, disp, pe_axis: int, direction=1, jacobian: bool = Tr
     """
     from scipy.ndimage import map_coordinates
 
-    data = _as_array(img, "img")
+    data = _as_array(img, "img", np.float32 if len(np.shape(img) if not hasattr(img, "shape") else img.shape) == 4 else np.float64)
     s = _direction(direction)
     e = s * np.asarray(disp, dtype=np.float64)
     if e.shape != data.shape[:3]:
@@ -608,9 +610,9 @@ def apply_displacement(img, disp, pe_axis: int, direction=1, jacobian: bool = Tr
     coords[pe_axis] += e
     jac = np.clip(1.0 + _derivative(e, pe_axis), 0.0, None) if jacobian else 1.0
     vols = data[..., None] if data.ndim == 3 else data
-    out = np.empty(vols.shape, dtype=np.float64)
+    out = np.empty(vols.shape, dtype=np.float64 if data.ndim == 3 else np.float32)
     for t in range(vols.shape[3]):
-        out[..., t] = map_coordinates(vols[..., t], coords, order=order, mode="nearest") * jac
+        out[..., t] = map_coordinates(vols[..., t].astype(np.float64), coords, order=order, mode="nearest") * jac
     out = out[..., 0] if data.ndim == 3 else out
     return _wrap(img, out)
 
@@ -645,7 +647,7 @@ def distort(img, field_hz, pe_axis: int, total_readout_time: float, direction=1,
     """
     from scipy.ndimage import map_coordinates
 
-    data = _as_array(img, "img")
+    data = _as_array(img, "img", np.float32 if len(np.shape(img) if not hasattr(img, "shape") else img.shape) == 4 else np.float64)
     e = displacement_from_field(field_hz, total_readout_time, _direction(direction))
     if e.shape != data.shape[:3]:
         raise SpineprintError(f"field shape {e.shape} does not match image shape {data.shape[:3]}")
@@ -668,9 +670,9 @@ def distort(img, field_hz, pe_axis: int, total_readout_time: float, direction=1,
     coords[pe_axis] = src
     jac_at = map_coordinates(jac, coords, order=1, mode="nearest")
     vols = data[..., None] if data.ndim == 3 else data
-    out = np.empty(vols.shape, dtype=np.float64)
+    out = np.empty(vols.shape, dtype=np.float64 if data.ndim == 3 else np.float32)
     for t in range(vols.shape[3]):
-        out[..., t] = map_coordinates(vols[..., t], coords, order=order, mode="nearest") / jac_at
+        out[..., t] = map_coordinates(vols[..., t].astype(np.float64), coords, order=order, mode="nearest") / jac_at
     out = out[..., 0] if data.ndim == 3 else out
     return _wrap(img, out)
 
@@ -762,3 +764,73 @@ def correct_run(bold_img, pair: FieldmapPair, bold_direction=1, bold_total_reado
     trt = pair.total_readout_time if bold_total_readout_time is None else float(bold_total_readout_time)
     e = displacement_from_field(field_hz, trt, 1)
     return apply_displacement(bold_img, e, pair.pe_axis, _direction(bold_direction), jacobian=jacobian), field_hz
+
+
+def write_fieldmap_pair(fmap_dir, prefix: str, undistorted_img, field_hz, total_readout_time: float, *,
+                        pe_axis: int = 1, intended_for=(), extra_meta=None, noise_sigma: float = 0.0,
+                        seed: int = 0) -> FieldmapPair:
+    """Write a simulated reverse phase-encoding pair as BIDS ``fmap/*_epi`` files (atomic).
+
+    ``<prefix>_dir-PA_epi`` is acquired with ``+`` phase encoding and ``<prefix>_dir-AP_epi``
+    with ``-`` (the names follow CoSpine, where PA is ``j``; for another *pe_axis* the
+    ``dir-`` labels are ``plus``/``minus``); both are :func:`distort` of *undistorted_img*
+    by *field_hz*, plus optional Gaussian noise.
+
+    Parameters
+    ----------
+    fmap_dir : path-like
+        ``sub-<s>[/ses-<e>]/fmap`` folder.
+    prefix : str
+        e.g. ``"sub-01_ses-1"``.
+    undistorted_img : nibabel image, 3D
+        Spin-echo-like reference (e.g. the BOLD baseline).
+    field_hz : array-like, 3D
+        Off-resonance field (Hz), the ground truth.
+    total_readout_time : float
+        Seconds, written as ``TotalReadoutTime``.
+    pe_axis : int
+    intended_for : sequence of str
+        ``IntendedFor`` entries relative to the subject folder (e.g. ``"ses-1/func/..._bold.nii.gz"``).
+    extra_meta : dict, optional
+        Added to both sidecars (e.g. ``B0FieldIdentifier``).
+    noise_sigma : float
+    seed : int
+
+    Returns
+    -------
+    FieldmapPair
+        The written pair (``IntendedFor`` targets are not checked: they may be written later;
+        :func:`read_fieldmap_pair` checks them).
+    """
+    import nibabel as nib
+
+    from ._io import atomic_save_nifti, atomic_write_json, check_label
+
+    fmap_dir = Path(fmap_dir)
+    for part in str(prefix).split("_"):
+        key, _, value = part.partition("-")
+        check_label(value, key)
+    rng = np.random.default_rng(seed)
+    axis_letter = "ijk"[pe_axis]
+    names = {1: "PA", -1: "AP"} if pe_axis == 1 else {1: "plus", -1: "minus"}
+    paths = {}
+    for sign in (1, -1):
+        data = distort(np.asarray(undistorted_img.dataobj, dtype=np.float64), field_hz, pe_axis,
+                       total_readout_time, sign)
+        if noise_sigma > 0:
+            data = data + rng.normal(0.0, noise_sigma, data.shape)
+        img = nib.Nifti1Image(data.astype(np.float32), undistorted_img.affine)
+        img.set_data_dtype(np.float32)
+        stem = fmap_dir / f"{prefix}_dir-{names[sign]}_epi"
+        meta = {"PhaseEncodingDirection": axis_letter + ("" if sign > 0 else "-"),
+                "TotalReadoutTime": float(total_readout_time)}
+        if intended_for:
+            meta["IntendedFor"] = [str(x) for x in intended_for]
+        meta.update(extra_meta or {})
+        atomic_save_nifti(img, Path(str(stem) + ".nii.gz"))
+        atomic_write_json(Path(str(stem) + ".json"), meta)
+        paths[sign] = Path(str(stem) + ".nii.gz")
+    # not read back through read_fieldmap_pair: the IntendedFor targets may not be written yet
+    return FieldmapPair(up=paths[1], down=paths[-1], pe_axis=pe_axis, total_readout_time=float(total_readout_time),
+                        intended_for=tuple(_resolve_intended(str(x), paths[1]) for x in intended_for),
+                        b0_field_identifier=(extra_meta or {}).get("B0FieldIdentifier"))

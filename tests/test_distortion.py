@@ -271,3 +271,22 @@ def test_correct_run_end_to_end(bids):
     cor = np.asarray(corrected.dataobj)[..., 0]
     r = lambda a: np.corrcoef(a[signal], img[signal])[0, 1]  # noqa: E731
     assert r(cor) > r(raw)
+
+
+def test_write_fieldmap_pair_round_trip(tmp_path):
+    img, cord = _phantom(shape=(16, 24, 3))
+    aff = np.diag([1.0, 1.0, 3.0, 1.0])
+    field = D.simulate_b0_field(img.shape, aff, cord, seed=4)
+    pair = D.write_fieldmap_pair(tmp_path / "sub-01" / "fmap", "sub-01", nib.Nifti1Image(img, aff), field, TRT,
+                                 intended_for=["func/sub-01_task-rest_bold.nii.gz"])
+    assert pair.up.name == "sub-01_dir-PA_epi.nii.gz" and pair.pe_axis == 1
+    _write(tmp_path / "sub-01/func/sub-01_task-rest_bold", np.ones((16, 24, 3, 2)), {"PhaseEncodingDirection": "j"})
+    back = D.read_fieldmap_pair(tmp_path / "sub-01" / "fmap", bold=tmp_path / "sub-01/func/sub-01_task-rest_bold.nii.gz")
+    assert back.matched_by == "IntendedFor" and back.up == pair.up and back.intended_for == pair.intended_for
+    meta = json.loads((tmp_path / "sub-01/fmap/sub-01_dir-AP_epi.json").read_text())
+    assert meta == {"IntendedFor": ["func/sub-01_task-rest_bold.nii.gz"], "PhaseEncodingDirection": "j-",
+                    "TotalReadoutTime": TRT}
+    up = np.asarray(nib.load(str(pair.up)).dataobj)
+    np.testing.assert_allclose(up, D.distort(img, field, 1, TRT, "j"), rtol=1e-5, atol=1e-4)
+    with pytest.raises(SpineprintError, match="invalid"):
+        D.write_fieldmap_pair(tmp_path, "sub-../x", nib.Nifti1Image(img, aff), field, TRT)
