@@ -40,12 +40,19 @@ __all__ = [
 
 
 def _detrend(y: np.ndarray) -> np.ndarray:
-    """Remove a constant and a linear trend along axis 0 (least squares)."""
+    """Remove a constant and a linear trend along axis 0 (least squares).
+
+    The centred ramp ``t`` is orthogonal to the constant, so the least-squares fit
+    is ``mean + t (t . y) / (t . t)`` in closed form.
+    """
+    y = np.asarray(y, dtype=np.float64)
     T = y.shape[0]
     t = np.linspace(-1.0, 1.0, T)
-    D = np.column_stack([np.ones(T), t])
-    coef, *_ = np.linalg.lstsq(D, y.reshape(T, -1), rcond=None)
-    return (y.reshape(T, -1) - D @ coef).reshape(y.shape)
+    flat = y.reshape(T, -1)
+    out = flat - flat.mean(axis=0)
+    if T > 1:
+        out -= np.outer(t, (t @ flat) / (t @ t))
+    return out.reshape(y.shape)
 
 
 def acompcor(data, csf_mask, n_components: int = 5, *, return_variance: bool = False):

@@ -296,21 +296,43 @@ def _bspline3_weights(f):
 
 
 def _shift_axis(coef, d, axis):
-    """Evaluate cubic B-spline coefficients *coef* (X, Y, Z, t) at ``x + d[z, t]`` along *axis* (0 or 1)."""
+    """Evaluate cubic B-spline coefficients at ``x + d[s]`` along *axis* of every slice.
+
+    Parameters
+    ----------
+    coef : ndarray, (S, X, Y)
+        B-spline coefficients of S slices (slice axis first, contiguous).
+    d : ndarray, (S,)
+        Shift of each slice (voxels).
+    axis : {1, 2}
+
+    The coefficients are mirror-extended (scipy's ``"mirror"`` mode, the one the
+    prefilter assumes); slices sharing the same integer part of the shift are
+    processed together with plain slicing.
+    """
     n = coef.shape[axis]
-    base = np.floor(d)
+    base = np.floor(d).astype(np.intp)
     w = _bspline3_weights(d - base)
-    shape = [1, 1] + list(d.shape)
-    shape[axis] = n
-    idx0 = np.arange(n).reshape([-1, 1, 1, 1] if axis == 0 else [1, -1, 1, 1]) + base.astype(np.intp)[None, None]
-    out = np.zeros(coef.shape, dtype=np.float64)
-    for k, wk in zip((-1, 0, 1, 2), w):
-        idx = idx0 + k
-        idx = np.where(idx < 0, -idx, idx)  # mirror extension, as the prefilter assumes
-        idx = np.where(idx > n - 1, 2 * (n - 1) - idx, idx)
-        idx = np.clip(idx, 0, n - 1)  # shifts beyond the field of view repeat the edge
-        full = list(coef.shape)
-        out += wk[None, None] * np.take_along_axis(coef, np.broadcast_to(idx, full), axis=axis)
+    M = int(np.abs(base).max()) + 3
+    pad = [(0, 0)] * 3
+    pad[axis] = (M, M)
+    padded = np.pad(coef, pad, mode="reflect" if (n > 1 and M < n) else "edge")
+    out = np.empty(coef.shape, dtype=np.float64)
+    for b in np.unique(base):
+        sel = np.flatnonzero(base == b)
+        whole = sel.size == base.size
+        acc = None
+        for k, wk in zip((-1, 0, 1, 2), w):
+            lo = M + b + k
+            src = padded[:, lo:lo + n] if axis == 1 else padded[:, :, lo:lo + n]
+            if not whole:
+                src = src[sel]
+            term = (wk if whole else wk[sel])[:, None, None] * src
+            acc = term if acc is None else acc + term
+        if whole:
+            out[:] = acc
+        else:
+            out[sel] = acc
     return out
 
 
@@ -323,7 +345,8 @@ def apply_translations(data, shifts, order: int = 3, chunk_volumes: int = 32) ->
     the tensor-product spline is evaluated at the translated grid, separably along
     x then y, vectorised over all slices and volumes (a translation uses the same
     four weights for every voxel of a slice). Outside the field of view the image
-    is mirrored (as :func:`scipy.ndimage.shift` with ``mode='mirror'``). ``order=1`` gives bilinear interpolation through
+    is mirrored (as :func:`scipy.ndimage.shift` with ``mode='mirror'``).
+    ``order=1`` gives bilinear interpolation through
     :func:`scipy.ndimage.map_coordinates`.
 
     Parameters
@@ -349,14 +372,18 @@ def apply_translations(data, shifts, order: int = 3, chunk_volumes: int = 32) ->
     out = np.empty((X, Y, Z, T), dtype=np.float32)
     for c0 in range(0, T, chunk_volumes):
         c1 = min(c0 + chunk_volumes, T)
-        chunk = np.asarray(data[..., c0:c1], dtype=np.float64)
         d = shifts[:, c0:c1]
         if order == 3:
-            coef = ndimage.spline_filter1d(chunk, 3, axis=0, mode="mirror")
-            coef = ndimage.spline_filter1d(coef, 3, axis=1, mode="mirror")
-            tmp = _shift_axis(coef, d[..., 0], 0)
-            out[..., c0:c1] = _shift_axis(tmp, d[..., 1], 1)
+            # slices first: (t, Z, X, Y) -> (S, X, Y), contiguous
+            sl = np.ascontiguousarray(np.transpose(np.asarray(data[..., c0:c1], dtype=np.float64), (3, 2, 0, 1)))
+            sl = sl.reshape(-1, X, Y)
+            coef = ndimage.spline_filter1d(sl, 3, axis=1, mode="mirror")
+            coef = ndimage.spline_filter1d(coef, 3, axis=2, mode="mirror")
+            dd = np.transpose(d, (1, 0, 2)).reshape(-1, 2)  # (t*Z, 2) in the same order
+            res = _shift_axis(_shift_axis(coef, dd[:, 0], 1), dd[:, 1], 2)
+            out[..., c0:c1] = np.transpose(res.reshape(c1 - c0, Z, X, Y), (2, 3, 1, 0))
         else:
+            chunk = np.asarray(data[..., c0:c1], dtype=np.float64)
             gx, gy = np.meshgrid(np.arange(X, dtype=float), np.arange(Y, dtype=float), indexing="ij")
             for t in range(c1 - c0):
                 for z in range(Z):
