@@ -151,7 +151,7 @@ DEFAULTS = {
     "fov_mm": (32.0, 24.0),
     "n_slices": None,
     "fingerprint_strength": 0.5,
-    "session_strength": 0.5,
+    "session_strength": 1.0,
     "neural_amplitude": 4.0,
     "physio_amplitude": 1.0,
     "physio_subject_specificity": 0.5,
@@ -1094,7 +1094,9 @@ def simulate_dataset(out_dir, *, overwrite: bool = False, progress: bool = False
     fingerprint_strength : float >= 0
         Weight ``f`` of the subject-specific deviation (default 0.5; 0 = no fingerprint).
     session_strength : float >= 0
-        Weight ``g`` of the subject-and-session-specific deviation (default 0.5).
+        Weight ``g`` of the subject-and-session-specific deviation (default 1.0, twice
+        the subject deviation, so that identification succeeds more often within a
+        session than across sessions).
     neural_amplitude : float >= 0
         Standard deviation of the neural BOLD signal in percent of the local baseline
         at full horn probability (default 4).
