@@ -45,7 +45,7 @@ Physiological noise (RETROICOR model, Glover et al. 2000)
     physio files with a scanner ``trigger`` column. Their phases, sampled at each
     slice's acquisition time (``SliceTiming``), drive a 2nd-order Fourier series
     ``sum_m a_m(v) cos(m phi) + b_m(v) sin(m phi)``: cardiac with spatial maps
-    strongest in CSF and ventral cord (Brooks et al. 2008; Piche et al. 2009),
+    strongest in CSF and ventral cord (Brooks et al. 2008),
     respiration as slice-wise global intensity changes plus a slice-wise B0 shift
     along the phase-encoding axis that grows caudally (towards the lungs). The
     spatial maps are a mix ``group + physio_subject_specificity x subject``: at 1
@@ -64,6 +64,24 @@ Thermal noise
     image, motion and physiological noise included - equals ``tsnr``
     (:func:`measure_tsnr`).
 
+Files
+-----
+Raw BIDS (1.8.0): ``dataset_description.json``, ``README``, ``CHANGES``,
+``participants.tsv/.json``, ``task-rest_bold.json``, and per run
+``sub-XX/ses-YY/func/sub-XX_ses-YY_task-rest_run-Z_bold.nii.gz/.json`` (int16) and
+``..._physio.tsv.gz/.json`` (columns ``cardiac, respiratory, trigger``), plus
+``sub-XX/ses-01/anat/sub-XX_ses-01_T2w.nii.gz/.json``. Ground truth in
+``derivatives/groundtruth/`` (read it with :func:`load_ground_truth`): ``params.json``,
+``regions.tsv``, ``runs.tsv``, ``group_desc-model_connectivity.tsv``, the tissue
+(``space-PAM50_label-<cord|gm|wm|csf|LV|RV|LD|RD>_probseg.nii.gz``), region
+(``space-PAM50_atlas-PAM50horns_dseg.nii.gz``) and spinal-level images, per subject and
+session ``sub-XX_ses-YY_desc-model_connectivity.tsv``, and per run
+``<prefix>_desc-neural_timeseries.tsv``, ``<prefix>_desc-neural_connectivity.tsv``,
+``<prefix>_desc-motion_timeseries.tsv`` (columns ``x_slice00..``, ``y_slice00..`` in mm,
+as :mod:`spineprint_utils.motion`) and ``<prefix>_desc-physio_timeseries.tsv``
+(acquisition time, cardiac and respiratory phase, B0 shift of every slice and volume).
+A hidden marker ``.spineprint-simulation.json`` (parameter hash) is written last.
+
 References
 ----------
 Barry RL, Smith SA, Dula AN, Gore JC (2014). Resting state functional connectivity
@@ -79,6 +97,9 @@ Glover GH, Li TQ, Ress D (2000). Image-based method for retrospective correction
 of physiological motion effects in fMRI: RETROICOR. Magn Reson Med 44:162-167.
 Kaptan M, Horn U, Vannesjo SJ, et al. (2023). Reliability of resting-state
 functional connectivity in the human spinal cord. NeuroImage 275:120152.
+Kowalczyk OS, Medina S, Tsivaka D, et al. (2024). Spinal fMRI demonstrates segmental
+organisation of functionally connected networks in the cervical spinal cord: a test-retest
+reliability study. Hum Brain Mapp 45:e26600.
 Kinany N, Pirondini E, Micera S, Van De Ville D (2020). Dynamic functional
 connectivity of resting-state spinal cord fMRI reveals fine-grained intrinsic
 architecture. Neuron 108:424-435.
