@@ -73,6 +73,8 @@ __all__ = [
     "atlas_to_native",
     "random_native_transform",
     "cord_profile",
+    "save_transforms",
+    "load_transforms",
 ]
 
 #: PAM50 vertebral levels searched for the z placement without labels (C1..T1).
@@ -124,6 +126,52 @@ class DisplacementField:
         vox = (pts @ inv[:3, :3].T + inv[:3, 3]).T
         disp = np.stack([map_coordinates(self.field[..., k], vox, order=1, mode="nearest") for k in range(3)], axis=1)
         return pts + disp
+
+
+def save_transforms(path, transforms):
+    """Write a transform chain to ``.npz`` (atomic; e.g. ``<prefix>_from-T2w_to-PAM50_xfm.npz``).
+
+    Parameters
+    ----------
+    path : path-like
+    transforms : sequence of AffineTransform / DisplacementField
+
+    Returns
+    -------
+    Path
+    """
+    from ._io import atomic_save_npz
+
+    arrays = {"n": np.array(len(transforms))}
+    for i, t in enumerate(transforms):
+        if isinstance(t, AffineTransform):
+            arrays[f"t{i}_matrix"] = np.asarray(t.matrix, dtype=np.float64)
+        elif isinstance(t, DisplacementField):
+            arrays[f"t{i}_field"] = np.asarray(t.field, dtype=np.float32)
+            arrays[f"t{i}_affine"] = np.asarray(t.affine, dtype=np.float64)
+        else:
+            raise SpineprintError(f"{path}: cannot save a {type(t).__name__}")
+    return atomic_save_npz(path, **arrays)
+
+
+def load_transforms(path) -> list:
+    """Read a chain written by :func:`save_transforms`; clear error for a bad file."""
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpineprintError(f"{path}: transform file not found")
+    try:
+        with np.load(path) as z:
+            out = []
+            for i in range(int(z["n"])):
+                if f"t{i}_matrix" in z:
+                    out.append(AffineTransform(z[f"t{i}_matrix"]))
+                else:
+                    out.append(DisplacementField(z[f"t{i}_field"], z[f"t{i}_affine"]))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise SpineprintError(f"{path}: not a spineprint transform file ({exc})") from None
+    return out
 
 
 def _as_img(img, what="image"):
@@ -452,7 +500,7 @@ def _grid_img(shape, affine):
     return nib.Nifti1Image(np.zeros(shape, dtype=np.uint8), affine)
 
 
-def _crop_grid(tmpl_img, z_lo, z_hi, center_xy, half_width_mm, resolution):
+def _crop_grid(z_lo, z_hi, center_xy, half_width_mm, resolution):
     """Axis-aligned grid in template space (LAS like PAM50 but at *resolution*)."""
     res = np.broadcast_to(np.asarray(resolution, dtype=float), (3,))
     hw = float(half_width_mm)
@@ -643,7 +691,7 @@ def register_to_template(anat_img, cord_seg_img, template: str = "PAM50", levels
     t_cord_img = _load_template_img(root, "PAM50_cord.nii.gz")
 
     # 1. z placement ---------------------------------------------------------------
-    z_s, csa_s, cen_s = cord_profile(seg_img)
+    z_s, csa_s, _ = cord_profile(seg_img)
     if levels_img is not None:
         tpl_cent = _template_level_centroids(str(root / "template" / "PAM50_levels.nii.gz")
                                              if (root / "template").is_dir() else str(root / "PAM50_levels.nii.gz"))
@@ -675,7 +723,7 @@ def register_to_template(anat_img, cord_seg_img, template: str = "PAM50", levels
     init = _moments_affine(seg_img, t_seg_img, a, b)  # template point -> native point
     t_com = np.linalg.solve(init[:3, :3], s_xyz.mean(axis=0) - init[:3, 3])
     half = max(np.ptp(s_xyz[:, 0]), np.ptp(s_xyz[:, 1])) / 2 + margin_mm
-    shape, ref_aff = _crop_grid(t_cord_img, zt_lo, zt_hi, t_com[:2], half, resolution)
+    shape, ref_aff = _crop_grid(zt_lo, zt_hi, t_com[:2], half, resolution)
     reference = _grid_img(shape, ref_aff)
     zooms = np.abs(np.diag(ref_aff)[:3])
 

@@ -114,6 +114,21 @@ def test_native_transform_save_load(tmp_path):
     np.testing.assert_array_equal(nt.inverse_field, nt2.inverse_field)
 
 
+def test_save_load_transforms(tmp_path):
+    field = np.random.default_rng(0).normal(size=(3, 4, 5, 3)).astype(np.float32)
+    chain = [R.AffineTransform(np.diag([1.0, 2.0, 3.0, 1.0])), R.DisplacementField(field, np.eye(4))]
+    path = R.save_transforms(tmp_path / "x_xfm.npz", chain)
+    back = R.load_transforms(path)
+    pts = np.random.default_rng(1).uniform(0, 3, (10, 3))
+    a, b = pts, pts
+    for t1, t2 in zip(chain, back):
+        a, b = t1.map_points(a), t2.map_points(b)
+    np.testing.assert_allclose(a, b)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(SpineprintError, match="bad.npz"):
+        R.load_transforms(tmp_path / "bad.npz")
+
+
 def test_cord_profile_closed_form():
     """A cylinder of radius r: CSA ~ pi r^2, centre on its axis."""
     aff = np.diag([0.25, 0.25, 1.0, 1.0])
