@@ -105,7 +105,7 @@ def case_accuracy(tmp: Path) -> dict:
     from spineprint_utils import motion, simulate
 
     out = {"case": "accuracy"}
-    root = simulate.simulate_dataset(tmp / "bids", n_subjects=3, n_sessions=1, n_volumes=200, motion_amplitude=0.4)
+    root = simulate.simulate_dataset(tmp / "bids", n_subjects=3, n_sessions=1, n_volumes=200, motion_amplitude=0.4, tsnr=12.0)
     gt = simulate.load_ground_truth(root)
     cord = np.asarray(nib.load(gt["tissues"]["cord"]).dataobj) >= 0.5
     csf = np.asarray(nib.load(gt["tissues"]["csf"]).dataobj) >= 0.5

@@ -34,8 +34,9 @@ Outputs (``<prefix>`` = raw name without ``_bold.nii.gz``), under
 - ``<prefix>_desc-tsnrpre_boldmap.nii.gz``, ``<prefix>_desc-tsnrpost_boldmap.nii.gz``
   (temporal mean / temporal SD, before any processing and after cleaning)
 - ``<prefix>_desc-cord_mask.nii.gz``, ``<prefix>_desc-csf_mask.nii.gz``
-- ``<prefix>_desc-qc_metrics.json``: the run's QC row, written **last** (the
-  completion marker: a run with it is skipped unless ``overwrite``)
+- ``<prefix>_desc-qc_metrics.json``: the run's QC row and parameters, written
+  **last** (the completion marker: a run with it and the same parameters is skipped
+  unless ``overwrite``; different parameters recompute the run)
 - ``figures/<prefix>_desc-motion_qc.png``, ``figures/<prefix>_desc-tsnr_qc.png``
 
 and dataset-level ``dataset_description.json`` and ``qc.tsv``. If a run fails,
@@ -70,6 +71,8 @@ __all__ = [
     "preprocess_run",
     "preprocess_dataset",
     "load_qc_table",
+    "run_masks",
+    "estimation_mask",
     "tsnr",
     "register_cli",
 ]
@@ -269,6 +272,34 @@ def _masks(bold_path, meta, img, mean_img, mask_img, csf_mask_img, anatomy):
     return cord, csf, source
 
 
+def estimation_mask(cord, csf, dilation: int = 3) -> np.ndarray:
+    """Motion-estimation mask: cord + CSF dilated by *dilation* voxels in-plane.
+
+    The cord/CSF and CSF/tissue edges carry the registration signal (a cord-only
+    mask lets Gauss-Newton drift); the Spinal Cord Toolbox likewise uses a
+    cylinder around the cord (De Leener et al. 2017).
+    """
+    m = np.asarray(cord, bool) | np.asarray(csf, bool)
+    if dilation <= 0:
+        return m
+    return ndimage.binary_dilation(m, structure=np.ones((3, 3, 1), bool), iterations=int(dilation))
+
+
+def run_masks(bold_path, *, mask_img=None, csf_mask_img=None, anatomy: str = "auto"):
+    """Cord and CSF masks of a run, as :func:`preprocess_run` makes them.
+
+    Returns
+    -------
+    cord, csf : ndarray (X, Y, Z) bool
+    source : str
+        ``"given"``, ``"atlas (pam50|phantom)"`` or ``"mean image (auto disk)"``.
+    """
+    bold_path = Path(bold_path)
+    meta, _, _, _ = _read_meta(bold_path, 1.0, None)
+    img, data = load_nifti(bold_path, ndim=4)
+    return _masks(bold_path, meta, img, data.mean(axis=3), mask_img, csf_mask_img, anatomy)
+
+
 # ---------------------------------------------------------------- one run
 def _read_meta(bold_path: Path, repetition_time, slice_timing):
     sidecar = Path(str(bold_path)[: -len(".nii.gz")] + ".json") if str(bold_path).endswith(".nii.gz") else \
@@ -437,10 +468,6 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     t_start = time.perf_counter()
     bold_path = Path(bold_path)
     outs = run_outputs(bold_path, output_dir)
-    if outs["qc"].is_file() and not overwrite and all(p.is_file() for k, p in outs.items()
-                                                       if not k.startswith("fig_") or figures):
-        row = read_json(outs["qc"])
-        return {**outs, "qc_row": row, "skipped": True}
     params = {
         "motion": bool(motion), "motion_regularize": motion_regularize or motion_mod.REGULARIZE_DEFAULT,
         "motion_reference": motion_reference, "physio": bool(physio), "cardiac_order": int(cardiac_order),
@@ -449,6 +476,14 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         "motion_regressors": bool(motion_regressors), "high_pass": high_pass, "low_pass": low_pass,
         "strategy": strategy,
     }
+    params_key = json.loads(json.dumps({**params, "mask_img": str(mask_img), "csf_mask_img": str(csf_mask_img),
+                                        "anatomy": anatomy, "repetition_time": repetition_time,
+                                        "slice_timing": slice_timing}, default=str))
+    if outs["qc"].is_file() and not overwrite and all(p.is_file() for k, p in outs.items()
+                                                       if not k.startswith("fig_") or figures):
+        row = read_json(outs["qc"])
+        if row.get("parameters") == params_key:  # same settings: reuse (resumable)
+            return {**outs, "qc_row": row, "skipped": True}
     notes: list[str] = []
     # ---- validate every input before writing anything
     meta, tr, st, sidecar = _read_meta(bold_path, repetition_time, slice_timing)
@@ -476,7 +511,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     if params["motion"]:
         # estimation mask: cord + CSF dilated by 3 voxels in-plane, so that the cord/CSF and CSF/tissue
         # edges drive the registration (SCT uses a cylinder around the cord)
-        est_mask = ndimage.binary_dilation(cord | csf, structure=np.ones((3, 3, 1), bool), iterations=3)
+        est_mask = estimation_mask(cord, csf)
         mres = motion_mod.motion_correct(data, est_mask, reference=motion_reference,
                                          regularize=params["motion_regularize"], voxel_size=vs)
         moco, shifts_mm, fd = mres.corrected, mres.shifts * np.asarray(vs, float), mres.fd
@@ -606,6 +641,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
             written.append(outs["fig_motion"])
             _w("fig_tsnr", _tsnr_figure, tsnr_pre, tsnr_post, cord, outs["fig_tsnr"], row["run"])
         row["runtime_s"] = round(time.perf_counter() - t_start, 2)
+        row["parameters"] = params_key
         _w("qc", atomic_write_json, outs["qc"], row)  # completion marker, last
     except BaseException:
         for p in written:

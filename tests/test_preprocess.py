@@ -128,6 +128,8 @@ def test_resumable_skips_finished_runs(sim, deriv):
     before = preprocess.run_outputs(bold, out)["preproc"].stat().st_mtime_ns
     res = preprocess.preprocess_run(bold, out)
     assert res["skipped"] and preprocess.run_outputs(bold, out)["preproc"].stat().st_mtime_ns == before
+    # the raw data are never modified
+    assert not any(p.name.startswith(".") for p in bold.parent.iterdir())
 
 
 def _copy_run(sim, dst, sub="01"):
