@@ -83,7 +83,7 @@ BASE_STUDY = {
     "fov_mm": (28.0, 22.0),
     "fingerprint_strength": 1.0,
     "session_strength": 0.0,
-    "tsnr": 15.0,
+    "tsnr": 12.0,
     "physio_amplitude": 1.0,
     "physio_subject_specificity": 0.5,
     "motion_amplitude": 0.2,
