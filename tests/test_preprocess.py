@@ -221,3 +221,26 @@ def test_parallel_map_order_and_backends():
     assert parallel_map(_square, range(7), progress=False) == [i * i for i in range(7)]
     assert parallel_map(_square, range(7), n_jobs=2, progress=False) == [i * i for i in range(7)]
     assert parallel_map(_square, [], progress=False) == []
+
+
+def test_parallel_map_dask_scheduler(monkeypatch):
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        assert parallel_map(_square, range(5), scheduler=cluster.scheduler_address,
+                            progress=False) == [0, 1, 4, 9, 16]
+        monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)  # the environment route
+        assert parallel_map(_square, [3], progress=False) == [9]
+
+
+def test_parameter_change_recomputes(sim, tmp_path):
+    out = tmp_path / "d"
+    bold = sim / "sub-02/ses-01/func" / f"{_prefix('02')}_bold.nii.gz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = preprocess.preprocess_run(bold, out, figures=False, n_csf_components=2)
+        again = preprocess.preprocess_run(bold, out, figures=False, n_csf_components=2)
+        other = preprocess.preprocess_run(bold, out, figures=False, n_csf_components=3)
+    assert not first["skipped"] and again["skipped"] and not other["skipped"]
+    conf = pd.read_csv(other["confounds"], sep="\t")
+    assert [c for c in conf.columns if c.startswith("csf_comp")] == ["csf_comp00", "csf_comp01", "csf_comp02"]
