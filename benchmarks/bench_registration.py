@@ -23,7 +23,8 @@ distortion
     B0 field, written as BIDS with its j/j- fieldmap pair (not timed); timed: reading and
     validating the pair, estimating the field (Chang & Fitzpatrick) and correcting and
     saving the 250 volumes. Accuracy: displacement error and correlation with the
-    undistorted image.
+    undistorted image. Peak memory is reported after the correction and after saving
+    (``_io.atomic_save_nifti`` serialises the whole image in memory with ``to_bytes``).
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ def task_distortion(out: str) -> dict:
     t_read = time.perf_counter()
     corrected, field_est = D.correct_run(bold, pair, bold_direction="j-")
     t_corr = time.perf_counter()
+    peak_corr = _peak_mb()
     atomic_save_nifti(corrected, root / "sub-01_desc-sdc_bold.nii.gz")
     t_end = time.perf_counter()
     truth = np.load(root / "truth.npz")
@@ -143,7 +145,8 @@ def task_distortion(out: str) -> dict:
             "true_displacement_mean_abs_vox": float(np.abs(field[signal]).mean() * trt),
             "displacement_error_mean_vox": float(err_vox.mean()),
             "displacement_error_p95_vox": float(np.percentile(err_vox, 95)),
-            "corr_raw": r(raw0), "corr_corrected": r(cor0), "peak_rss_mb": _peak_mb()}
+            "corr_raw": r(raw0), "corr_corrected": r(cor0), "peak_rss_mb_load_and_correct": peak_corr,
+            "peak_rss_mb": _peak_mb()}
 
 
 def _child(*args) -> dict:
@@ -177,9 +180,9 @@ def main(argv=None) -> int:
         results.append(_child("--task", "distortion", "--out", tmp))
     for res in results:
         print(json.dumps(res, indent=1, sort_keys=True))
-    ok = (results[0]["register_to_template_s"] < 60 and results[1]["total_s"] < 60
+    ok = (results[0]["total_s"] < 60 and results[1]["total_s"] < 60
           and max(r["peak_rss_mb"] for r in results) < 1536)
-    print("targets (< 60 s each, < 1.5 GB peak):", "met" if ok else "NOT met")
+    print("targets (< 60 s each, < 1.5 GB peak, saving included):", "met" if ok else "NOT met")
     return 0
 
 

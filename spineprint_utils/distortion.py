@@ -396,19 +396,13 @@ def fieldmap_plan(bids_dir):
 
 # ---------------------------------------------------------------- numerics
 def _volumes(img):
-    """(data, owned): float64 for 3D, float32 for 4D; *owned* if the array is a private copy."""
+    """Image data as float64 (3D) or float32 (4D)."""
     ndim = len(img.shape) if hasattr(img, "shape") else np.ndim(img)
     dtype = np.float32 if ndim == 4 else np.float64
-    if hasattr(img, "dataobj"):
-        src = img.dataobj
-        arr = np.asarray(src, dtype=dtype)
-        owned = not isinstance(src, np.ndarray) or not np.shares_memory(arr, src)
-    else:
-        arr = np.asarray(img, dtype=dtype)
-        owned = not (isinstance(img, np.ndarray) and np.shares_memory(arr, img))
+    arr = np.asarray(img.dataobj if hasattr(img, "dataobj") else img, dtype=dtype)
     if arr.ndim not in (3, 4):
         raise SpineprintError(f"img: expected a 3D or 4D image, found shape {arr.shape}")
-    return arr, owned
+    return arr
 
 
 def _as_array(img, what="image", dtype=np.float64):
@@ -611,29 +605,32 @@ def _line_weights(pos: np.ndarray, axis: int, order: int):
     return mat
 
 
-def _resample_along(vols, pos: np.ndarray, axis: int, order: int, owned: bool = False):
+def _resample_along(vols, pos: np.ndarray, axis: int, order: int):
     """Sample every volume of *vols* (X, Y, Z[, T]) at *pos* (X, Y, Z) along *axis*.
 
     One sparse matrix is built for all volumes (the positions are shared) and applied
-    as a single product; cubic interpolation first computes B-spline coefficients along
-    *axis* (:func:`scipy.ndimage.spline_filter1d`), which makes it equal to
-    ``map_coordinates(order=3)`` with positions moving along one axis only.
+    block by block of volumes (bounded temporary memory); cubic interpolation first
+    computes B-spline coefficients along *axis* (:func:`scipy.ndimage.spline_filter1d`),
+    which makes it equal to ``map_coordinates(order=3)`` with positions moving along one
+    axis only (up to the handling of the ~5 voxels at each end of a line).
     """
     from scipy.ndimage import spline_filter1d
 
     four = vols.ndim == 4
     v = vols if four else vols[..., None]
-    if order == 3:
-        coef = spline_filter1d(v, order=3, axis=axis, mode="nearest",
-                               output=v if (owned and v.dtype.kind == "f") else np.float32 if four else np.float64)
-    else:
-        coef = v
     mat = _line_weights(pos, axis, order)
-    if four:
-        mat = mat.astype(np.float32)
-        coef = coef.astype(np.float32, copy=False)
-    out = mat @ coef.reshape(pos.size, -1)
-    return out.reshape(v.shape) if four else out.reshape(pos.shape)
+    dtype = np.float32 if four else np.float64
+    mat = mat.astype(dtype)
+    out = np.empty(v.shape, dtype=dtype)
+    chunk = max(1, int(2**25 // max(1, pos.size)))  # ~32M values (128 MB float32) per block of volumes
+    for t0 in range(0, v.shape[3], chunk):
+        block = v[..., t0:t0 + chunk]
+        if order == 3:
+            block = spline_filter1d(block, order=3, axis=axis, mode="nearest", output=dtype)
+        else:
+            block = np.ascontiguousarray(block, dtype=dtype)
+        out[..., t0:t0 + chunk] = (mat @ block.reshape(pos.size, -1)).reshape(block.shape)
+    return out if four else out[..., 0]
 
 
 def _derivative(e: np.ndarray, axis: int) -> np.ndarray:
@@ -678,13 +675,13 @@ def apply_displacement(img, disp, pe_axis: int, direction=1, jacobian: bool = Tr
     Same type as *img* (nibabel image with float32 data, or ndarray: float64 for 3D,
     float32 for 4D).
     """
-    data, owned = _volumes(img)
+    data = _volumes(img)
     s = _direction(direction)
     e = s * np.asarray(disp, dtype=np.float64)
     if e.shape != data.shape[:3]:
         raise SpineprintError(f"displacement shape {e.shape} does not match image shape {data.shape[:3]}")
     pos = np.indices(e.shape, dtype=np.float64)[pe_axis] + e
-    out = _resample_along(data, pos, pe_axis, order, owned)
+    out = _resample_along(data, pos, pe_axis, order)
     del data
     if jacobian:
         jac = np.clip(1.0 + _derivative(e, pe_axis), 0.0, None)
@@ -722,7 +719,7 @@ def distort(img, field_hz, pe_axis: int, total_readout_time: float, direction=1,
     """
     from scipy.ndimage import map_coordinates
 
-    data, owned = _volumes(img)
+    data = _volumes(img)
     e = displacement_from_field(field_hz, total_readout_time, _direction(direction))
     if e.shape != data.shape[:3]:
         raise SpineprintError(f"field shape {e.shape} does not match image shape {data.shape[:3]}")
@@ -744,7 +741,7 @@ def distort(img, field_hz, pe_axis: int, total_readout_time: float, direction=1,
     coords = np.indices(e.shape, dtype=np.float64)
     coords[pe_axis] = src
     jac_at = map_coordinates(jac, coords, order=1, mode="nearest")
-    out = _resample_along(data, src, pe_axis, order, owned)
+    out = _resample_along(data, src, pe_axis, order)
     del data
     out /= (jac_at[..., None] if out.ndim == 4 else jac_at).astype(out.dtype)
     return _wrap(img, out)
