@@ -6,21 +6,23 @@
 - :func:`slicewise_regression`: for every axial slice, the slice-specific design
   (RETROICOR regressors of that slice's acquisition time, that slice's motion
   parameters) together with the shared confounds (CSF components, spikes) are
-  regressed out of every voxel of the slice, jointly with band-pass filtering,
-  through :func:`nilearn.signal.clean`. nilearn (0.14) first removes a linear
-  trend from the signals *and* the confounds, then applies the same Butterworth
-  band-pass to both, then projects the filtered confounds out of the filtered
-  signals (QR with pivoting). Filtering the design like the data keeps the
-  filter and the regression orthogonal (Hallquist et al. 2013; Lindquist et al.
-  2019): regressing unfiltered confounds after filtering would re-introduce
-  frequencies the filter removed.
+  regressed out of every voxel of the slice, with band-pass filtering, by the
+  steps of :func:`nilearn.signal.clean` (re-implemented vectorised over voxels,
+  since nilearn filters one column at a time; the tests compare both). nilearn
+  (0.14) first removes a linear trend from the signals *and* the confounds, then
+  applies the same Butterworth band-pass to both, then projects the filtered
+  confounds out of the filtered signals (QR with pivoting): the "simultaneous"
+  strategy, which keeps filter and regression orthogonal (Hallquist et al. 2013;
+  Lindquist et al. 2019). The default "sequential" strategy regresses on the full
+  bandwidth and then band-passes the residuals, which costs far fewer in-band
+  degrees of freedom with the 30-40 regressors of a spinal model (see
+  :func:`slicewise_regression`).
 - :func:`variance_removed`: how much of the cord signal each model explains, for the
   QC table.
 """
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 
