@@ -464,10 +464,13 @@ def plot_sweep(df, xlabel: str, *, title: str | None = None, log_x: bool = False
     axes[0].set_ylim(-3, 103)
     axes[0].set_ylabel("identification rate (%)")
     axes[1].set_ylabel("$I_{diff}$ (x 100 correlation)")
+    values = np.sort(df["value"].unique()).astype(float)
     for ax in axes:
         ax.set_xlabel(xlabel)
         if log_x:
             ax.set_xscale("log")
+            ax.minorticks_off()
+            ax.set_xticks(values, [f"{v:g}" for v in values])
     axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)

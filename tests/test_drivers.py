@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from spineprint_utils import drivers, simulate
@@ -170,6 +171,56 @@ def test_sweep_between_sessions_adds_a_session():
     assert df.loc[0, "design"] == "between"
     assert df.loc[0, "n_volumes_compared"] == 30  # full runs
     assert df.loc[0, "identification"] >= 0.75
+
+
+def _fake_point(item, design, preprocess_params, calls):
+    calls.append(item)
+    v = float(item["study"]["tsnr"]) + float(item["study"]["physio_amplitude"])
+    keys = ("identification", "identification_ab", "identification_ba", "iself", "iothers", "idiff",
+            "identification_truth", "idiff_truth", "tsnr_raw", "tsnr_clean")
+    return {**{k: v for k in keys}, "chance": 0.25, "n_subjects": 4, "n_volumes_compared": 30}
+
+
+def test_sweep_many_computes_shared_points_once_and_keeps_spec_order(monkeypatch):
+    calls = []
+    monkeypatch.setattr(drivers, "_sweep_point", lambda item, **kw: _fake_point(item, calls=calls, **kw))
+    base = {**TINY, "tsnr": 12.0, "physio_amplitude": 1.0}
+    df = drivers.sweep_many([("tsnr", [12.0, 6.0]), ("physio_amplitude", [1.0, 2.0]),
+                             ("physio_amplitude", [1.0], False)], base=base, n_repeats=2, progress=False)
+    # 2 repeats x (tsnr 12 = physio 1 = base, tsnr 6, physio 2) with the model + base without it
+    assert len(calls) == 2 * 4
+    assert len(df) == 2 * 5
+    assert list(df["parameter"]) == ["tsnr"] * 4 + ["physio_amplitude"] * 6
+    assert list(df["physio_model"]) == [True] * 8 + [False] * 2
+    assert list(df["value"][:4]) == [6.0, 12.0, 6.0, 12.0]  # sorted by repeat, then value
+    np.testing.assert_allclose(df["idiff"], df["value"] + np.where(df["parameter"] == "tsnr", 1.0, 12.0))
+
+
+def test_plot_sweep_axes_and_errors():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [{"parameter": "n_volumes", "value": v, "repeat": r, "physio_model": m, "identification": 0.5,
+             "idiff": 10.0 + r, "identification_truth": 1.0, "idiff_truth": 50.0, "chance": 0.25}
+            for v in (50, 100) for r in (0, 1) for m in (True, False)]
+    df = pd.DataFrame(rows)
+    fig = drivers.plot_sweep(df, "volumes per run", log_x=True, title="Scan length")
+    ax_id, ax_idiff = fig.axes[:2]
+    assert ax_id.get_xlabel() == ax_idiff.get_xlabel() == "volumes per run"
+    assert "identification rate (%)" in ax_id.get_ylabel() and "diff" in ax_idiff.get_ylabel()
+    labels = [t.get_text() for t in ax_id.get_legend().get_texts()]
+    assert "pipeline, physiological model on" in labels and "planted neural signals" in labels
+    # mean of the repeats (10, 11) plotted, in % for identification
+    ys = [line.get_ydata() for line in ax_idiff.lines if len(line.get_ydata()) == 2]
+    assert any(np.allclose(y, [10.5, 10.5]) for y in ys)
+    assert any(np.allclose(line.get_ydata(), [50.0, 50.0]) for line in ax_id.lines if len(line.get_ydata()) == 2)
+    plt.close(fig)
+    with pytest.raises(SpineprintError, match="empty"):
+        drivers.plot_sweep(df.iloc[:0], "x")
+    with pytest.raises(SpineprintError, match="one parameter"):
+        drivers.plot_sweep(pd.concat([df, df.assign(parameter="tsnr")]), "x")
 
 
 # ------------------------------------------------------------------ physiological fingerprint
