@@ -154,7 +154,7 @@ def _reference_image(data, reference):
     return ref
 
 
-def estimate_translations(data, mask=None, reference="mean", *, smoothing=(2.0, 1.0, 0.0), max_iter: int = 15,
+def estimate_translations(data, mask=None, reference="mean", *, smoothing=(1.0, 0.0), max_iter: int = 15,
                           tol: float = 1e-3, margin: int = 6, pad: int = 8, chunk_volumes: int = 64,
                           max_shift: float = 5.0) -> np.ndarray:
     """Per-slice, per-volume in-plane translations by masked Gauss-Newton registration.

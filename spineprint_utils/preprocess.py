@@ -37,7 +37,8 @@ Outputs (``<prefix>`` = raw name without ``_bold.nii.gz``), under
 - ``<prefix>_desc-qc_metrics.json``: the run's QC row and parameters, written
   **last** (the completion marker: a run with it and the same parameters is skipped
   unless ``overwrite``; different parameters recompute the run)
-- ``figures/<prefix>_desc-motion_qc.png``, ``figures/<prefix>_desc-tsnr_qc.png``
+- ``figures/<prefix>_desc-motion_qc.png``, ``figures/<prefix>_desc-tsnr_qc.png`` and,
+  when the physiological model was applied, ``figures/<prefix>_desc-physio_qc.png``
 
 and dataset-level ``dataset_description.json`` and ``qc.tsv``. If a run fails,
 every file it wrote is removed: no partial derivative is left behind.
@@ -170,6 +171,7 @@ def run_outputs(bold_path, output_dir) -> dict:
         "csf_mask": folder / f"{p}_desc-csf_mask.nii.gz",
         "fig_motion": fig / f"{p}_desc-motion_qc.png",
         "fig_tsnr": fig / f"{p}_desc-tsnr_qc.png",
+        "fig_physio": fig / f"{p}_desc-physio_qc.png",
         "qc": folder / f"{p}_desc-qc_metrics.json",
     }
 
@@ -376,6 +378,7 @@ def _physio_model(bold_path, data_shape, tr, st, params, notes):
     if regs.shape[:2] != (Z, T):
         raise SpineprintError(f"{path}: physiological regressors have shape {regs.shape}, expected ({Z}, {T}, P)")
     summary = physio.physio_summary(rec, T, tr)
+    summary["_recording"] = rec
     desc = (f"RETROICOR (Glover 2000) with cardiac x respiratory interactions (Harvey 2008), slice-wise "
             f"(Brooks 2008): cardiac order {params['cardiac_order']}, respiratory order "
             f"{params['respiratory_order']}, interaction order {list(params['interaction_order'])}, "
@@ -406,6 +409,36 @@ def _nifti_like(img, data, dtype=np.float32):
     out = nib.Nifti1Image(np.asarray(data, dtype=dtype), img.affine, hdr)
     out.header.set_slope_inter(None, None)
     return out
+
+
+def _physio_figure(rec, path, title, seconds: float = 30.0):
+    """QC figure: the first *seconds* of the cardiac trace with the detected beats, and
+    the respiratory trace."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from . import physio
+
+    fs = rec.sampling_frequency
+    n = min(rec.n_samples, int(seconds * fs))
+    t = np.arange(n) / fs
+    fig, axes = plt.subplots(2, 1, figsize=(7, 3.6), sharex=True, constrained_layout=True)
+    if rec.cardiac is not None:
+        peaks, q = physio.detect_cardiac_peaks(rec.cardiac, fs)
+        pk = peaks[peaks < n]
+        axes[0].plot(t, rec.cardiac[:n], lw=0.7)
+        axes[0].plot(pk / fs, rec.cardiac[pk], "o", ms=3, color="tab:red")
+        axes[0].set_title(f"cardiac: {q.get('mean_hr_bpm', float('nan')):.0f} bpm, "
+                          f"{q.get('n_missing_beats', 0)} missed beat(s)", fontsize=8)
+    if rec.respiratory is not None:
+        axes[1].plot(t, rec.respiratory[:n], lw=0.7, color="tab:green")
+        axes[1].set_title("respiratory belt", fontsize=8)
+    axes[1].set_xlabel("time since the first physio sample (s)")
+    fig.suptitle(title, fontsize=9)
+    motion._save_fig(fig, path)
+    plt.close(fig)
 
 
 def _tsnr_figure(pre, post, cord, path, title):
@@ -502,7 +535,8 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
                                         "anatomy": anatomy, "repetition_time": repetition_time,
                                         "slice_timing": slice_timing}, default=str))
     if outs["qc"].is_file() and not overwrite and all(p.is_file() for k, p in outs.items()
-                                                       if not k.startswith("fig_") or figures):
+                                                       if (not k.startswith("fig_") or figures)
+                                                       and k != "fig_physio"):
         row = read_json(outs["qc"])
         if row.get("parameters") == params_key:  # same settings: reuse (resumable)
             return {**outs, "qc_row": row, "skipped": True}
@@ -662,6 +696,8 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
             plt.close(fig)
             written.append(outs["fig_motion"])
             _w("fig_tsnr", _tsnr_figure, tsnr_pre, tsnr_post, cord, outs["fig_tsnr"], row["run"])
+            if applied:
+                _w("fig_physio", _physio_figure, phys_summary["_recording"], outs["fig_physio"], row["run"])
         row["runtime_s"] = round(time.perf_counter() - t_start, 2)
         row["parameters"] = params_key
         _w("qc", atomic_write_json, outs["qc"], row)  # completion marker, last

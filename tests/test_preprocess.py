@@ -50,6 +50,9 @@ def test_outputs_and_qc_table(sim, deriv):
     assert list(qc["run"]) == [_prefix("01"), _prefix("02")]
     for key, path in preprocess.run_outputs(sim / "sub-01/ses-01/func" / f"{_prefix('01')}_bold.nii.gz", out).items():
         assert path.is_file(), key
+    # no physio QC figure for the run without physio
+    assert not preprocess.run_outputs(sim / "sub-02/ses-01/func" / f"{_prefix('02')}_bold.nii.gz",
+                                      out)["fig_physio"].exists()
     img = nib.load(out / "sub-01/ses-01/func" / f"{_prefix('01')}_desc-preproc_bold.nii.gz")
     raw = nib.load(sim / "sub-01/ses-01/func" / f"{_prefix('01')}_bold.nii.gz")
     assert img.shape == raw.shape and np.allclose(img.affine, raw.affine)
