@@ -171,9 +171,9 @@ DEFAULTS = {
     "voxel_size": (1.0, 1.0, 5.0),
     "fov_mm": (32.0, 24.0),
     "n_slices": None,
-    "fingerprint_strength": 0.5,
-    "session_strength": 1.0,
-    "neural_amplitude": 4.0,
+    "fingerprint_strength": 0.4,
+    "session_strength": 0.8,
+    "neural_amplitude": 5.0,
     "physio_amplitude": 1.0,
     "physio_subject_specificity": 0.5,
     "motion_amplitude": 0.15,
@@ -1113,14 +1113,14 @@ def simulate_dataset(out_dir, *, overwrite: bool = False, progress: bool = False
         Keep only this many central slices (default: all slices covering *segments*);
         more slices than the anatomy covers is an error.
     fingerprint_strength : float >= 0
-        Weight ``f`` of the subject-specific deviation (default 0.5; 0 = no fingerprint).
+        Weight ``f`` of the subject-specific deviation (default 0.4; 0 = no fingerprint).
     session_strength : float >= 0
-        Weight ``g`` of the subject-and-session-specific deviation (default 1.0, twice
+        Weight ``g`` of the subject-and-session-specific deviation (default 0.8, twice
         the subject deviation, so that identification succeeds more often within a
         session than across sessions).
     neural_amplitude : float >= 0
         Standard deviation of the neural BOLD signal in percent of the local baseline
-        at full horn probability (default 4).
+        at full horn probability (default 5).
     physio_amplitude : float >= 0
         Scale of cardiac and respiratory noise (1 = about 4 % in CSF, 1-2 % in the
         ventral cord, 0.25 mm caudal B0 shift per unit of breathing depth).
