@@ -558,7 +558,13 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         warnings.warn(msg, stacklevel=2)
         notes.append(msg)
         hp = lp = None
-    phys_regs, phys_names, phys_desc, phys_summary = _physio_model(bold_path, data.shape, tr, st, params, notes)
+    with warnings.catch_warnings(record=True) as caught:  # physio quality warnings go into the notes too
+        warnings.simplefilter("always")
+        phys_regs, phys_names, phys_desc, phys_summary = _physio_model(bold_path, data.shape, tr, st, params, notes)
+    for w in caught:
+        if str(w.message) not in notes:
+            notes.append(str(w.message))
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     mean_raw = data.mean(axis=3)
     cord, csf, mask_source = _masks(bold_path, meta, img, mean_raw, mask_img, csf_mask_img, anatomy)
     vs = img.header.get_zooms()[:2]
