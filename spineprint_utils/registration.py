@@ -978,7 +978,11 @@ def random_native_transform(seed: int, shape, affine, *, rotation_deg: float = 4
     # inverse: v(q) = -w(q + v(q))
     wf = DisplacementField(field_arr, affine)
     v = -w.copy()
-    for _ in range(30):
-        v = -(wf.map_points(pts + v) - (pts + v))
+    for _ in range(50):
+        v_new = -(wf.map_points(pts + v) - (pts + v))
+        done = np.abs(v_new - v).max() < 1e-5
+        v = v_new
+        if done:
+            break
     inv_field = v.reshape(*shape, 3)
     return NativeTransform(matrix=m, field=field_arr, affine=affine, inverse_field=inv_field)
