@@ -390,7 +390,7 @@ def _z_from_levels(levels_img, tpl, notes):
             a, b = 1.0, float(np.mean(zt - zs))
     else:
         a, b = 1.0, float(np.mean(zt - zs))
-    notes.append(f"z placement from levels {common}")
+    notes.append(f"z placement from labels {common} (z_t = {a:.3f} z + {b:.1f} mm)")
     return float(a), float(b)
 
 
@@ -611,8 +611,16 @@ class _quiet:
 
 
 # ---------------------------------------------------------------- main steps
+#: Template image matched by each kind of subject labels (``levels_kind``).
+LEVEL_TEMPLATES = {
+    "levels": "PAM50_levels.nii.gz",  # vertebral levels painted in the cord (1 = C1)
+    "spinal_levels": "PAM50_spinal_levels.nii.gz",  # spinal (segmental) levels 1..30 = C1..S5
+    "discs": "PAM50_label_disc.nii.gz",  # point labels of intervertebral discs (sct_label_vertebrae)
+}
+
+
 def register_to_template(anat_img, cord_seg_img, template: str = "PAM50", levels_img=None, *,
-                         template_dir=None, z_offset=None, resolution=(0.5, 0.5, 1.0), margin_mm: float = 8.0,
+                         levels_kind: str = "levels", template_dir=None, z_offset=None, resolution=(0.5, 0.5, 1.0), margin_mm: float = 8.0,
                          smooth_mm: float = 1.0, affine_iterations=None, syn_iterations=(50, 30, 10),
                          syn_sigma_diff: float = 3.0, restrict_levels=CERVICAL_LEVELS) -> Registration:
     """Register a subject's anatomical image and cord segmentation to the PAM50 template.
@@ -634,8 +642,13 @@ def register_to_template(anat_img, cord_seg_img, template: str = "PAM50", levels
     template : str
         Only ``"PAM50"``.
     levels_img : nibabel image or path, optional
-        Vertebral levels in the cord (values as ``PAM50_levels``: 1 = C1, ...) or point
-        labels with those values; used for the z placement.
+        Labels for the z placement, matched label by label (centroids) with the PAM50 image
+        of *levels_kind*.
+    levels_kind : {"levels", "spinal_levels", "discs"}
+        ``"levels"``: vertebral levels in the cord (values as ``PAM50_levels``, 1 = C1);
+        ``"spinal_levels"``: spinal segments (``PAM50_spinal_levels``); ``"discs"``: point
+        labels of the intervertebral discs as written by SCT's ``sct_label_vertebrae``
+        (values as ``PAM50_label_disc``; e.g. the ds004386 ``disc_labels_edited`` derivatives).
     template_dir : path-like, optional
         PAM50 folder (default: :func:`spineprint_utils.datasets.fetch_pam50`).
     z_offset : float or "header", optional
@@ -687,14 +700,17 @@ def register_to_template(anat_img, cord_seg_img, template: str = "PAM50", levels
         raise SpineprintError(f"cord_seg_img: segmentation has only {int(seg.sum())} voxels")
     if isinstance(z_offset, str) and z_offset != "header":
         raise SpineprintError(f"z_offset must be a number or 'header', got {z_offset!r}")
+    if levels_kind not in LEVEL_TEMPLATES:
+        raise SpineprintError(f"levels_kind must be one of {sorted(LEVEL_TEMPLATES)}, got {levels_kind!r}")
     root = _template(template, template_dir)
     t_cord_img = _load_template_img(root, "PAM50_cord.nii.gz")
 
     # 1. z placement ---------------------------------------------------------------
     z_s, csa_s, _ = cord_profile(seg_img)
     if levels_img is not None:
-        tpl_cent = _template_level_centroids(str(root / "template" / "PAM50_levels.nii.gz")
-                                             if (root / "template").is_dir() else str(root / "PAM50_levels.nii.gz"))
+        name = LEVEL_TEMPLATES[levels_kind]
+        tpl_cent = _template_level_centroids(str(root / "template" / name) if (root / "template").is_dir()
+                                             else str(root / name))
         a, b = _z_from_levels(_as_img(levels_img, "levels_img"), tpl_cent, notes)
         z_method = "levels"
     elif isinstance(z_offset, str):

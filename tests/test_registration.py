@@ -232,6 +232,27 @@ def test_levels_and_offset_placement(simulated_subject):
     reg = R.register_to_template(s["anat"], s["seg"], levels_img=lev_native, syn_iterations=(10,))
     assert reg.z_method == "levels"
     assert abs(reg.z_offset + (reg.z_scale - 1) * -137) < 3.0  # near the identity placement at the cord centre
+    # disc point labels (as sct_label_vertebrae writes them): PAM50 disc centroids moved to native space
+    discs = R._level_centroids(R._load_template_img(s["root"], "PAM50_label_disc.nii.gz"))
+    lab = np.zeros(s["shape"], dtype=np.uint8)
+    inv_aff = np.linalg.inv(s["aff"])
+    for value, point in discs.items():
+        p = point[None, :]
+        for tr in s["nt"].to_template:  # template point -> native point
+            p = tr.map_points(p)
+        ijk = np.rint(p @ inv_aff[:3, :3].T + inv_aff[:3, 3]).astype(int)[0]
+        if np.all((ijk >= 0) & (ijk < s["shape"])):
+            lab[tuple(ijk)] = value
+    assert set(np.unique(lab)) - {0} == {4, 5}
+    reg_d = R.register_to_template(s["anat"], s["seg"], levels_img=_img(lab, s["aff"]), levels_kind="discs",
+                                   syn_iterations=(5,))
+    assert reg_d.z_method == "levels" and "[4, 5]" in reg_d.notes[0]
+    # at the discs, the placement maps native z to template z within ~2 mm (planted rotation/warp)
+    for value in (4, 5):
+        zt = reg_d.z_scale * (discs[value][2]) + reg_d.z_offset  # identity-ish: native ~ template
+        assert abs(zt - discs[value][2]) < 3.0
+    with pytest.raises(SpineprintError, match="levels_kind"):
+        R.register_to_template(s["anat"], s["seg"], levels_img=lev_native, levels_kind="vertebrae")
     reg2 = R.register_to_template(s["anat"], s["seg"], z_offset=0.0, syn_iterations=(5,))
     assert reg2.z_method == "offset" and reg2.dice > 0.85
 
