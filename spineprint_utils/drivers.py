@@ -75,6 +75,8 @@ __all__ = [
 #: one session (the within-session design splits each run in halves). No
 #: session-specific deviation: the two halves of a run share it, so within a session it
 #: would act as a second fingerprint and ``fingerprint_strength = 0`` would still identify.
+#: Every parameter that shapes the results is set here, so that a change of the
+#: simulator's defaults does not silently change the chapter.
 BASE_STUDY = {
     "n_subjects": 6,
     "n_sessions": 1,
@@ -83,6 +85,7 @@ BASE_STUDY = {
     "fov_mm": (28.0, 22.0),
     "fingerprint_strength": 1.0,
     "session_strength": 0.0,
+    "neural_amplitude": 5.0,
     "tsnr": 12.0,
     "physio_amplitude": 1.0,
     "physio_subject_specificity": 0.5,

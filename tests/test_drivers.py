@@ -27,6 +27,8 @@ TINY = {
     "fov_mm": (26.0, 20.0),
     "fingerprint_strength": 4.0,
     "session_strength": 0.0,
+    "neural_amplitude": 5.0,
+    "physio_subject_specificity": 0.5,
     "physio_amplitude": 0.0,
     "motion_amplitude": 0.0,
     "tsnr": 30.0,
