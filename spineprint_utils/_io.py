@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class SpineprintError(ValueError):
@@ -75,6 +77,8 @@ def atomic_write(path, mode: str = "wb"):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates 0600 files; outputs get the usual permissions (0666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
