@@ -439,6 +439,8 @@ class Registration:
         Template-to-native affine part ``A`` (points).
     warped_seg : nibabel image
         Subject cord mask in template space (reference grid, nearest).
+    warped_anat : nibabel image
+        Subject anatomical image in template space (reference grid, linear), for display.
     template_cord : nibabel image
         PAM50 cord on the reference grid.
     dice : float
@@ -459,6 +461,7 @@ class Registration:
     reference: object
     affine: np.ndarray
     warped_seg: object
+    warped_anat: object
     template_cord: object
     dice: float
     dice_affine: float
@@ -787,8 +790,10 @@ def register_to_template(anat_img, cord_seg_img, template: str = "PAM50", levels
     d_syn = dice(_data(warped_seg)[:, :, sl], _data(t_cord_ref)[:, :, sl])
     d_aff = dice(seg_aff[:, :, sl], _data(t_cord_ref)[:, :, sl])
     timings["total"] = time.perf_counter() - t0
+    anat3 = anat if anat.ndim == 3 else nib.Nifti1Image(_data(anat).mean(axis=3), anat.affine)
+    warped_anat = apply_transforms(anat3, reference, to_template, "linear")
     return Registration(to_template=to_template, to_native=to_native, reference=reference, affine=A,
-                        warped_seg=warped_seg, template_cord=t_cord_ref, dice=d_syn, dice_affine=d_aff,
+                        warped_seg=warped_seg, warped_anat=warped_anat, template_cord=t_cord_ref, dice=d_syn, dice_affine=d_aff,
                         z_method=z_method, z_scale=a, z_offset=b, template_dir=root, notes=notes, timings=timings)
 
 
