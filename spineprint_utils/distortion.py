@@ -710,8 +710,8 @@ def distort(img, field_hz, pe_axis: int, total_readout_time: float, direction=1,
         Seconds.
     direction : +1, -1 or str
         PE sign (``"j"``/``"j-"`` accepted).
-    order : int
-        Spline order of the resampling.
+    order : {1, 3}
+        Linear or cubic B-spline resampling along the PE axis.
 
     Returns
     -------
