@@ -6,6 +6,15 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 BIDS_VALIDATOR_VERSION := 1.15.0
 
+# Real data (PAM50, OpenNeuro metadata): the loaders download them at pinned versions;
+# a local copy beside the repository (../shared/data, as on the project's machines) is
+# used instead when it exists. Set SPINEPRINT_DATA_DIR yourself to point elsewhere.
+ifeq ($(SPINEPRINT_DATA_DIR),)
+  ifneq ($(wildcard ../shared/data/pam50),)
+    export SPINEPRINT_DATA_DIR := $(abspath ../shared/data)
+  endif
+endif
+
 .PHONY: book test setup setup-test tools clean
 
 $(BIN)/python:
