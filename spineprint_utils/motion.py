@@ -56,6 +56,7 @@ __all__ = [
     "motion_correct",
     "framewise_displacement",
     "params_table",
+    "table_to_shifts",
     "auto_cord_mask",
     "plot_motion",
 ]
