@@ -121,22 +121,29 @@ def atomic_write_tsv_gz(path, text: str) -> Path:
     return Path(path)
 
 
-def atomic_save_nifti(img, path) -> Path:
-    """Save a nibabel image atomically.
+def atomic_save_nifti(img, path, compresslevel: int = 6) -> Path:
+    """Save a nibabel image atomically, streaming it to disk.
 
     ``.nii.gz`` files are compressed with a fixed gzip mtime so that the same
-    image always gives the same bytes.
+    image always gives the same bytes. The image is streamed through nibabel's
+    file map, so no second in-memory copy of a large 4D image is made.
     """
+    import nibabel as nib
+
     path = Path(path)
-    data = img.to_bytes() if hasattr(img, "to_bytes") else None
-    if data is None:  # pragma: no cover - every Nifti1Image has to_bytes
-        raise SpineprintError(f"{path}: cannot serialise image of type {type(img).__name__}")
-    with atomic_write(path, "wb") as fh:
-        if path.name.endswith(".gz"):
-            with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=6) as gz:
-                gz.write(data)
-        else:
-            fh.write(data)
+    if not isinstance(img, nib.Nifti1Image):
+        raise SpineprintError(f"{path}: expected a NIfTI-1 image, got {type(img).__name__}")
+    original_file_map = img.file_map  # to_file_map rebinds it; the caller's image stays as it was
+    try:
+        with atomic_write(path, "wb") as fh:
+            if path.name.endswith(".gz"):
+                with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0,
+                                   compresslevel=compresslevel) as gz:
+                    img.to_file_map(img.make_file_map({"image": gz, "header": gz}))
+            else:
+                img.to_file_map(img.make_file_map({"image": fh, "header": fh}))
+    finally:
+        img.file_map = original_file_map
     return path
 
 
