@@ -60,6 +60,7 @@ __all__ = [
     "SWEEP_PREPROCESS",
     "SWEEP_COLUMNS",
     "DESIGNS",
+    "study_parameters",
     "sweep",
     "sweep_many",
     "plot_sweep",
@@ -293,16 +294,41 @@ def _sweep_point(item, design, preprocess_params):
                              preprocess_params=preprocess_params, segments=params.get("segments"))
 
 
-def _study_params(base, parameter, value, seed, design) -> dict:
+def study_parameters(base=None, design: str = "within", **changes) -> dict:
+    """Simulation parameters of a sweep study: *base* updated with *changes*.
+
+    Parameters
+    ----------
+    base : dict, optional
+        Base parameters (default :data:`BASE_STUDY`).
+    design : {"within", "between"}
+        The between-session design needs two sessions: a base with one session gets two.
+    **changes
+        Parameters of :func:`spineprint_utils.simulate.simulate_dataset` to change.
+
+    Returns
+    -------
+    dict
+        Parameters for :func:`spineprint_utils.simulate.default_dataset`.
+
+    Raises
+    ------
+    SpineprintError
+        Unknown parameter or invalid value (checked by the simulator's validation).
+    """
     from . import simulate
 
+    design = _check_design(design)
     study = dict(BASE_STUDY if base is None else base)
     if design == "between" and int(study.get("n_sessions", simulate.DEFAULTS["n_sessions"])) < 2:
         study["n_sessions"] = 2
-    study[parameter] = value
-    study["seed"] = int(seed)
+    study.update(changes)
     simulate._validate(study)  # clear error before any work
     return study
+
+
+def _study_params(base, parameter, value, seed, design) -> dict:
+    return study_parameters(base, design, **{parameter: value, "seed": int(seed)})
 
 
 def sweep(parameter: str, values, *, base=None, design: str = "within", n_repeats: int = 1, physio_model: bool = True,

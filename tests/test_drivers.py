@@ -110,6 +110,18 @@ def test_physio_timeseries_recovers_planted_signal_and_rejects_bad_input():
 
 
 # ------------------------------------------------------------------ sweeps
+def test_study_parameters():
+    assert drivers.study_parameters() == drivers.BASE_STUDY
+    assert drivers.study_parameters(TINY, "between", tsnr=9.0) == {**TINY, "n_sessions": 2, "tsnr": 9.0}
+    assert drivers.study_parameters({**TINY, "n_sessions": 3}, "between")["n_sessions"] == 3
+    with pytest.raises(SpineprintError, match="unknown simulation parameter"):
+        drivers.study_parameters(TINY, heart=1)
+    with pytest.raises(SpineprintError, match="tsnr must be > 0"):
+        drivers.study_parameters(TINY, tsnr=0.0)
+    with pytest.raises(SpineprintError, match="design"):
+        drivers.study_parameters(TINY, "across")
+
+
 def test_sweep_bad_input_fails_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setenv("SPINEPRINT_CACHE_DIR", str(tmp_path / "c"))
     with pytest.raises(SpineprintError, match="cannot sweep 'heart_rate'"):
@@ -142,7 +154,7 @@ def test_sweep_fingerprint_strength_chance_to_full():
     # no planted fingerprint: the planted signals have Idiff ~ 0, identification after the pipeline is at
     # chance level (4 subjects: 25 %). (The measured Idiff is not 0: each participant's bias field gives
     # the regions a participant-specific SNR, which shapes the measured correlations.)
-    assert abs(by.loc[0.0, "idiff_truth"]) < 5
+    assert abs(by.loc[0.0, "idiff_truth"]) < 10  # vs ~85 at f = 4
     assert by.loc[0.0, "identification"] <= 0.5
     # strong planted fingerprint: every subject identified, from the planted signals and after the pipeline
     assert by.loc[4.0, "identification_truth"] == 1.0
