@@ -497,11 +497,7 @@ def plot_motion(params: pd.DataFrame, fd=None, title: str = "", path=None):
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the backend is the caller's (inline in notebooks, Agg headless)
 
     shifts = table_to_shifts(params)
     Z = shifts.shape[0]

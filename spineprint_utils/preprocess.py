@@ -414,17 +414,15 @@ def _nifti_like(img, data, dtype=np.float32):
 def _physio_figure(rec, path, title, seconds: float = 30.0):
     """QC figure: the first *seconds* of the cardiac trace with the detected beats, and
     the respiratory trace."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
 
     from . import physio
 
     fs = rec.sampling_frequency
     n = min(rec.n_samples, int(seconds * fs))
     t = np.arange(n) / fs
-    fig, axes = plt.subplots(2, 1, figsize=(7, 3.6), sharex=True, constrained_layout=True)
+    fig = Figure(figsize=(7, 3.6), layout="constrained")
+    axes = fig.subplots(2, 1, sharex=True)
     if rec.cardiac is not None:
         peaks, q = physio.detect_cardiac_peaks(rec.cardiac, fs)
         pk = peaks[peaks < n]
@@ -438,18 +436,15 @@ def _physio_figure(rec, path, title, seconds: float = 30.0):
     axes[1].set_xlabel("time since the first physio sample (s)")
     fig.suptitle(title, fontsize=9)
     motion._save_fig(fig, path)
-    plt.close(fig)
 
 
 def _tsnr_figure(pre, post, cord, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
 
     z = int(np.argmax(cord.sum(axis=(0, 1))))
     vmax = float(np.percentile(post[cord], 99)) if cord.any() else float(post.max())
-    fig, axes = plt.subplots(1, 2, figsize=(6, 3), constrained_layout=True)
+    fig = Figure(figsize=(6, 3), layout="constrained")
+    axes = fig.subplots(1, 2)
     for ax, im, lab in zip(axes, (pre, post), ("tSNR before", "tSNR after")):
         h = ax.imshow(im[:, :, z].T, origin="lower", cmap="inferno", vmin=0, vmax=vmax)
         ax.contour(cord[:, :, z].T.astype(float), levels=[0.5], colors="c", linewidths=0.6)
@@ -458,7 +453,6 @@ def _tsnr_figure(pre, post, cord, path, title):
     fig.colorbar(h, ax=axes, shrink=0.8)
     fig.suptitle(title, fontsize=9)
     motion._save_fig(fig, path)
-    plt.close(fig)
 
 
 def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_regularize=None,
