@@ -331,8 +331,9 @@ def _study_params(base, parameter, value, seed, design) -> dict:
     return study_parameters(base, design, **{parameter: value, "seed": int(seed)})
 
 
-def sweep(parameter: str, values, *, base=None, design: str = "within", n_repeats: int = 1, physio_model: bool = True,
-          seed: int = 0, n_jobs: int = 1, scheduler=None, preprocess_params=None, progress: bool = True) -> pd.DataFrame:
+def sweep(parameter: str, values, *, base=None, design: str = "within", n_repeats: int = 1,
+          physio_model: bool = True, seed: int = 0, n_jobs: int = 1, scheduler=None, preprocess_params=None,
+          progress: bool = True) -> pd.DataFrame:
     """Fingerprinting results of small simulated studies as one parameter varies.
 
     For every value and repeat, a study with the base parameters, ``parameter = value``
@@ -633,9 +634,13 @@ def physio_fingerprint(bids_dir, *, design: str = "within", preprocess_params=No
     - ``preprocessed with physiological model``: the full pipeline (RETROICOR removed).
 
     Participant-specific physiological noise can identify participants on its own
-    (Kaptan et al. 2023): with the simulator's ``physio_subject_specificity = 1`` and
-    ``fingerprint_strength = 0`` the first two rows identify participants although no
-    neural fingerprint exists.
+    (Kaptan et al. 2023): with the simulator's ``fingerprint_strength = 0`` (no neural
+    fingerprint) and ``physio_subject_specificity = 1`` the first row identifies
+    participants above chance, with ``physio_subject_specificity = 0`` it does not
+    (``tests/test_drivers.py``; with 6 participants, 60 volumes and 2 segments). Whether the
+    data without the physiological model also identify depends on how much of that noise
+    survives the rest of the preprocessing (CSF components, band-pass); in the small studies
+    of the book it is close to chance.
 
     Parameters
     ----------
