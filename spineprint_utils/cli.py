@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from . import __version__
@@ -44,12 +45,24 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sigterm_as_interrupt(signum, frame):
+    """SIGTERM (e.g. a batch scheduler or ``kill``) stops like Ctrl-C: the
+    ``KeyboardInterrupt`` unwinds through the atomic writers, which remove their
+    temporary files, and completed runs stay on disk for the rerun."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    except ValueError:  # not the main thread of the interpreter: leave signals alone
+        previous = None
     try:
         result = args.func(args)
     except SpineprintError as exc:
@@ -58,6 +71,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"spineprint {args.command}: interrupted; completed outputs are kept, rerun to resume", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return int(result or 0)
 
 
