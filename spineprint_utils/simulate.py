@@ -57,6 +57,11 @@ Motion
     anatomy moves; thermal noise does not).
 Anatomical image
     One T2-weighted image per participant (first session, ``anat/``), on the EPI grid.
+Native space and distortion (options ``space="native"``, ``distortion=True``)
+    The noise-free series is moved to a native space by a planted affine + smooth warp
+    and distorted along the phase-encoding axis by a B0 field (Chang & Fitzpatrick
+    1992 signal-conservation model), before motion and thermal noise; see
+    :func:`simulate_dataset`.
 Thermal noise
     Gaussian, spatially uniform, with standard deviation chosen per run so that the
     **cord tSNR of the raw data** - the median over cord voxels (cord probability
@@ -181,7 +186,17 @@ DEFAULTS = {
     "physio_sampling_frequency": 100.0,
     "seed": 0,
     "anatomy": "auto",
+    "space": "PAM50",
+    "distortion": False,
+    "b0_peak_hz": 30.0,
 }
+
+#: Parameters added after simulator version 5 (native space, distortion): left out of the
+#: cache hash and of ``params.json`` at their default values, so the default study keeps its bytes.
+_OPTIONAL_DEFAULTS = {"space": "PAM50", "distortion": False, "b0_peak_hz": 30.0}
+_SPACES = ("PAM50", "native")
+_TRT = 0.03  # TotalReadoutTime (s) of the simulated EPI
+_ANAT_VOXEL = (0.5, 0.5, 1.0)  # native-space T2w grid (mm)
 
 _MARKER = ".spineprint-simulation.json"
 _SLICE_ORDERS = ("sequential", "descending", "interleaved")
@@ -194,6 +209,7 @@ _W_RANK = 3  # rank of the random deviation matrices
 
 # stream tags for np.random.SeedSequence (never reorder: they fix the bytes)
 _T_GROUP, _T_SUBJ_FC, _T_SESS_FC, _T_NEURAL, _T_PHYS_SUBJ, _T_PHYS_RUN, _T_MOTION, _T_NOISE, _T_ANAT, _T_PART, _T_T2W = range(11)
+_T_NATIVE, _T_B0, _T_FMAP = 11, 12, 13  # native-space options (appended: never reorder)
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -625,6 +641,15 @@ def _validate(params: dict) -> dict:
         raise SpineprintError(f"slice_order must be one of {', '.join(_SLICE_ORDERS)}, got {p['slice_order']!r}")
     if p["anatomy"] not in _ANATOMY:
         raise SpineprintError(f"anatomy must be one of {', '.join(_ANATOMY)}, got {p['anatomy']!r}")
+    if p["space"] not in _SPACES:
+        raise SpineprintError(f"space must be one of {', '.join(_SPACES)}, got {p['space']!r}")
+    if not isinstance(p["distortion"], (bool, np.bool_)):
+        raise SpineprintError(f"distortion must be True or False, got {p['distortion']!r}")
+    p["distortion"] = bool(p["distortion"])
+    number("b0_peak_hz", 0.0)
+    if p["distortion"] and p["space"] != "native":
+        raise SpineprintError("distortion=True needs space='native' (distortion correction precedes registration "
+                              "to PAM50, so distorted data are simulated in a native space)")
     segs = p["segments"]
     if isinstance(segs, str):
         segs = [s for s in segs.replace(",", " ").split() if s]
@@ -655,11 +680,17 @@ def _resolve_anatomy(anatomy: str) -> str:
     return atlas.pam50_source(anatomy)[0]
 
 
+def _public(p: dict) -> dict:
+    """Parameters without the optional ones left at their defaults (stable hash and params.json)."""
+    return {k: v for k, v in p.items() if not (k in _OPTIONAL_DEFAULTS and v == _OPTIONAL_DEFAULTS[k])}
+
+
 def params_hash(params: dict) -> str:
     """Short SHA-256 of the normalised parameters, package and simulator versions (cache key)."""
     p = _validate(params)
     p["anatomy"] = _resolve_anatomy(p["anatomy"])
-    blob = json.dumps({"params": p, "package": __version__, "simulator": SIMULATOR_VERSION}, sort_keys=True, default=list)
+    blob = json.dumps({"params": _public(p), "package": __version__, "simulator": SIMULATOR_VERSION}, sort_keys=True,
+                      default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -768,8 +799,13 @@ def _subject_physiology(seed: int, subject: int):
     }
 
 
-def _simulate_run(p, anat, corr, subj, ses, run, phys_maps, base):
-    """Generate one run in memory. Returns a dict of arrays."""
+def _simulate_run(p, anat, corr, subj, ses, run, phys_maps, base, native=None):
+    """Generate one run in memory. Returns a dict of arrays.
+
+    With *native* (``{"transform": NativeTransform, "cord": native cord mask, "field": Hz or None}``)
+    the noise-free PAM50-space series is moved to native space, then distorted along the
+    phase-encoding axis (``j-``), before motion and thermal noise.
+    """
     affine, shape, tissues, labels, regions = anat
     seed, n_vol, tr = p["seed"], p["n_volumes"], p["tr"]
     nz = shape[2]
@@ -810,6 +846,12 @@ def _simulate_run(p, anat, corr, subj, ses, run, phys_maps, base):
         frac[vx, vy, vz, :] += (p["neural_amplitude"] / 100.0) * weight[vx, vy, vz][:, None] * sig.astype(np.float32)
     obj = base[..., None] * (1.0 + frac)
     del frac
+    if native is not None:
+        obj = _to_native(obj, affine, shape, native["transform"])
+        if native.get("field") is not None:
+            from . import distortion
+
+            obj = distortion.distort(obj, native["field"], 1, _TRT, -1, order=1).astype(np.float32)
     # motion + respiratory B0 shift along the phase-encoding (second) axis
     scale = phys["motion_scale"]
     motion = slicewise_motion(n_vol, nz, p["motion_amplitude"] * scale, _rng(seed, _T_MOTION, subj, ses, run))
@@ -820,7 +862,7 @@ def _simulate_run(p, anat, corr, subj, ses, run, phys_maps, base):
     if np.any(shift_mm):
         obj = shift_slices(obj, shift_mm / vox)
     # thermal noise to reach the requested cord tSNR on the raw data
-    cord_mask = np.asarray(tissues["cord"]) >= 0.5
+    cord_mask = np.asarray(tissues["cord"]) >= 0.5 if native is None else native["cord"]
     ts = obj[cord_mask].astype(np.float64)
     sigma = thermal_sigma_for_tsnr(ts.mean(axis=1), ts.var(axis=1), p["tsnr"])
     noise_rng = _rng(seed, _T_NOISE, subj, ses, run)
@@ -838,6 +880,58 @@ def _simulate_run(p, anat, corr, subj, ses, run, phys_maps, base):
         "tsnr": measure_tsnr(bold, cord_mask), "heart_rate": hr, "resp_rate": resp, "resp_depth": depth,
         "motion_scale": scale,
     }
+
+
+# =========================================================================== native space
+def _to_native(arr, affine, shape, transform, interpolation="linear"):
+    """Resample a PAM50-space array (3D or 4D, on the grid *affine*/*shape*) onto the same
+    voxel grid in native space through the planted transform (``transform.to_native``).
+
+    The array is first padded by 4 voxels in-plane and 2 slices with its edge values, so
+    that points the transform moves just outside the field of view are not zero-filled.
+    """
+    import nibabel as nib
+
+    from . import registration
+
+    arr = np.asarray(arr)
+    pad = [(4, 4), (4, 4), (2, 2)] + [(0, 0)] * (arr.ndim - 3)
+    padded = np.pad(arr, pad, mode="edge" if interpolation == "linear" else "constant")
+    shift = np.eye(4)
+    shift[:3, 3] = [-4, -4, -2]
+    img = nib.Nifti1Image(padded, np.asarray(affine, float) @ shift)
+    out = registration.apply_transforms(img, (shape, affine), transform.to_native, interpolation)
+    return np.asarray(out.dataobj)
+
+
+def _native_subject(p, anat, subject: int):
+    """Planted native transform, native tissues/labels on the EPI grid, native T2w and cord
+    segmentation on a finer anatomical grid covering the same box (for one participant)."""
+    from . import atlas, registration
+
+    affine, shape, tissues, labels, regions = anat
+    seed = int(_rng(p["seed"], _T_NATIVE, subject).integers(2**31))
+    nt = registration.random_native_transform(seed, shape, affine)
+    cord = _to_native(np.asarray(tissues["cord"], np.float32), affine, shape, nt)
+    csf = _to_native(np.asarray(tissues["csf"], np.float32), affine, shape, nt)
+    nat_labels = _to_native(labels.astype(np.int16), affine, shape, nt, "nearest").astype(np.int16)
+    # anatomical grid: same box (voxel-centre extent) as the EPI grid at _ANAT_VOXEL
+    epi_vox = np.sqrt((affine[:3, :3] ** 2).sum(0))
+    anat_vox = np.asarray(_ANAT_VOXEL)
+    a_shape = tuple(int(np.ceil(shape[k] * epi_vox[k] / anat_vox[k])) for k in range(3))
+    a_aff = affine.copy()
+    a_aff[:3, :3] = affine[:3, :3] / epi_vox * anat_vox
+    a_aff[:3, 3] = affine[:3, :3] @ (-0.5 + 0.5 * anat_vox / epi_vox) + affine[:3, 3]
+    a_tis = atlas.tissue_maps(a_aff, a_shape, source=p["anatomy"])
+    wm = np.clip(np.clip(a_tis["cord"], 0, 1) - np.clip(a_tis["gm"], 0, 1), 0, 1)
+    gm, csf_a = np.clip(a_tis["gm"], 0, 1), np.clip(a_tis["csf"], 0, 1)
+    other = np.clip(1.0 - wm - gm - csf_a, 0, 1)
+    t2 = (1000.0 * (0.55 * wm + 0.65 * gm + 2.0 * csf_a + 0.35 * other)).astype(np.float32)
+    t2_nat = _to_native(t2, a_aff, a_shape, nt)
+    seg_nat = _to_native(np.asarray(a_tis["cord"], np.float32), a_aff, a_shape, nt) >= 0.5
+    t2_nat = t2_nat + 15.0 * _rng(p["seed"], _T_T2W, subject).standard_normal(a_shape)
+    return {"transform": nt, "cord": cord >= 0.5, "csf": csf >= 0.5, "labels": nat_labels,
+            "t2w": t2_nat, "seg": seg_nat, "anat_affine": a_aff, "anat_shape": a_shape}
 
 
 # =========================================================================== writing
@@ -961,15 +1055,25 @@ def _write_dataset(root: Path, p: dict, phash: str, progress: bool = False) -> d
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_total, desc="simulate", leave=False)
-    current = None
+    current = current_ses = None
+    native = None
     for i, e, r in it:
         if current != i:
             base = _baseline(tissues, affine, shape, _rng(p["seed"], _T_ANAT, i))
             maps = _physio_maps(tissues, affine, shape, p["physio_subject_specificity"], p["physio_amplitude"], p["seed"], i)
             current = i
-            _write_t2w(root, subs[i], sess[0], tissues, affine, shape, _rng(p["seed"], _T_T2W, i))
+            if p["space"] == "native":
+                native = _native_subject(p, anat, i)
+                _write_native_subject(root, subs[i], sess[0], native, affine)
+            else:
+                _write_t2w(root, subs[i], sess[0], tissues, affine, shape, _rng(p["seed"], _T_T2W, i))
         sub, ses, run = subs[i], sess[e], str(r + 1)
-        out = _simulate_run(p, anat, corrs[i, e], i, e, r, maps, base)
+        if native is not None and current_ses != (i, e):
+            current_ses = (i, e)
+            native["field"] = None
+            if p["distortion"]:
+                native["field"] = _write_session_fieldmap(root, p, sub, ses, i, e, native, base, affine, shape)
+        out = _simulate_run(p, anat, corrs[i, e], i, e, r, maps, base, native)
         prefix = f"sub-{sub}_ses-{ses}_task-rest_run-{run}"
         func = root / f"sub-{sub}" / f"ses-{ses}" / "func"
         _write_nifti(out["bold"], affine, func / f"{prefix}_bold.nii.gz", np.int16, tr=p["tr"])
@@ -1028,11 +1132,63 @@ def _write_dataset(root: Path, p: dict, phash: str, progress: bool = False) -> d
             "respiratory_depth", "motion_scale", "thermal_sigma", "tsnr_target", "tsnr_measured"]
     lines = ["\t".join(cols)] + ["\t".join([a, b, c, d] + [f"{v:.4f}" for v in rest]) for a, b, c, d, *rest in run_rows]
     _put(gt / "runs.tsv", "\n".join(lines) + "\n")
-    info = {"params": p, "hash": phash, "package_version": __version__, "simulator_version": SIMULATOR_VERSION,
-            "grid_shape": list(shape), "affine": np.asarray(affine).tolist(), "n_regions": len(names),
-            "space": "PAM50"}
+    info = {"params": _public(p), "hash": phash, "package_version": __version__,
+            "simulator_version": SIMULATOR_VERSION, "grid_shape": list(shape), "affine": np.asarray(affine).tolist(),
+            "n_regions": len(names), "space": p["space"]}
     _put_json(gt / "params.json", info)
     return {"seconds": time.perf_counter() - t0, **info}
+
+
+def _write_native_subject(root: Path, sub: str, ses: str, native: dict, affine) -> None:
+    """Native T2w (raw), its cord segmentation (``derivatives/labels``) and the ground truth
+    (planted transform, native regions and cord on the EPI grid)."""
+    anat = root / f"sub-{sub}" / f"ses-{ses}" / "anat"
+    _write_nifti(np.clip(np.rint(native["t2w"]), 0, 32767), native["anat_affine"], anat / f"sub-{sub}_ses-{ses}_T2w.nii.gz",
+                 np.int16)
+    _put_json(anat / f"sub-{sub}_ses-{ses}_T2w.json", {
+        "EchoTime": 0.12, "RepetitionTime": 1.5, "FlipAngle": 120, "MagneticFieldStrength": 3,
+        "Manufacturer": "spineprint simulator",
+        "ManufacturersModelName": f"spineprint_utils.simulate {SIMULATOR_VERSION}",
+    })
+    labels_root = root / "derivatives" / "labels"
+    if not (labels_root / "dataset_description.json").is_file():
+        _put_json(labels_root / "dataset_description.json", {
+            "Name": "cord segmentations", "BIDSVersion": "1.8.0", "DatasetType": "derivative",
+            "GeneratedBy": [{"Name": "spineprint simulate", "Version": __version__,
+                             "Description": "true cord segmentation of the simulated T2w (as sct_deepseg_sc)"}]})
+    _write_nifti(native["seg"].astype(np.uint8), native["anat_affine"],
+                 labels_root / f"sub-{sub}" / f"ses-{ses}" / "anat" / f"sub-{sub}_ses-{ses}_T2w_label-SC_seg.nii.gz",
+                 np.uint8)
+    gt = root / "derivatives" / "groundtruth" / f"sub-{sub}"
+    buf = io.BytesIO()
+    nt = native["transform"]
+    np.savez(buf, matrix=nt.matrix, field=nt.field, affine=nt.affine, inverse_field=nt.inverse_field)
+    _put(gt / f"sub-{sub}_from-native_to-PAM50_desc-true_xfm.npz", buf.getvalue())
+    _write_nifti(native["labels"], affine, gt / f"sub-{sub}_space-native_atlas-PAM50horns_dseg.nii.gz", np.int16)
+    _write_nifti(native["cord"].astype(np.uint8), affine, gt / f"sub-{sub}_space-native_label-cord_mask.nii.gz", np.uint8)
+
+
+def _write_session_fieldmap(root, p, sub, ses, i, e, native, base, affine, shape):
+    """Per-session B0 field (Hz, native EPI grid; ground truth) and the reverse-PE pair under fmap/."""
+    import nibabel as nib
+
+    from . import distortion
+
+    seed = int(_rng(p["seed"], _T_B0, i, e).integers(2**31))
+    field = distortion.simulate_b0_field(shape, affine, native["cord"], peak_hz=p["b0_peak_hz"], seed=seed)
+    jac_min = 1.0 + np.min(np.gradient(field * _TRT, axis=1))
+    if jac_min <= 0.2:  # keep the distortion invertible (no folding)
+        field = field * (0.8 / (1.0 - jac_min))
+    ref = _to_native(base, affine, shape, native["transform"])
+    fmap = root / f"sub-{sub}" / f"ses-{ses}" / "fmap"
+    intended = [f"ses-{ses}/func/sub-{sub}_ses-{ses}_task-rest_run-{r + 1}_bold.nii.gz" for r in range(p["n_runs"])]
+    # written into the temporary dataset folder (renamed into place at the end)
+    distortion.write_fieldmap_pair(fmap, f"sub-{sub}_ses-{ses}", nib.Nifti1Image(ref.astype(np.float32), affine),
+                                   field, _TRT, pe_axis=1, intended_for=intended, noise_sigma=0.01 * _BASELINE_S0,
+                                   seed=int(_rng(p["seed"], _T_FMAP, i, e).integers(2**31)))
+    gt = root / "derivatives" / "groundtruth" / f"sub-{sub}" / f"ses-{ses}" / "fmap"
+    _write_nifti(field.astype(np.float32), affine, gt / f"sub-{sub}_ses-{ses}_desc-true_fieldmap.nii.gz", np.float32)
+    return field
 
 
 def _write_t2w(root: Path, sub: str, ses: str, tissues, affine, shape, rng) -> None:
@@ -1137,6 +1293,21 @@ def simulate_dataset(out_dir, *, overwrite: bool = False, progress: bool = False
         Random seed; the same parameters and seed give byte-identical files.
     anatomy : {"auto", "pam50", "phantom"}
         Real PAM50 template/atlas (``auto`` when available) or the analytic phantom.
+    space : {"PAM50", "native"}
+        ``"native"``: each participant's images are moved away from PAM50 by a planted
+        random affine + smooth warp (:func:`spineprint_utils.registration.random_native_transform`;
+        one per participant, shared by the sessions), the T2w image is written on a
+        0.5 x 0.5 x 1 mm grid with its cord segmentation under
+        ``derivatives/labels/sub-XX/ses-01/anat/sub-XX_ses-01_T2w_label-SC_seg.nii.gz``, and the
+        ground truth holds the transform and the native regions.
+    distortion : bool
+        (``space="native"`` only) A B0 field per session
+        (:func:`spineprint_utils.distortion.simulate_b0_field`) distorts the BOLD series along
+        the phase-encoding axis (``j-``, ``TotalReadoutTime`` 0.03 s); a reverse-PE pair
+        (``fmap/sub-XX_ses-YY_dir-{PA,AP}_epi``, ``IntendedFor`` the session's runs) is written
+        and the true field goes to the ground truth.
+    b0_peak_hz : float
+        Amplitude of the periodic component of that field (default 30 Hz, about 0.9 voxel).
     overwrite : bool
         Replace an existing different dataset in *out_dir*.
     progress : bool
@@ -1237,7 +1408,12 @@ def load_ground_truth(bids_dir) -> dict:
         voxel axes 1 and 2), ``b0_shift`` (T, Z) respiratory shift along axis 2 (mm),
         ``acquisition_time`` (T, Z) s, ``cardiac_phase`` (T, Z) in [0, 2 pi),
         ``respiratory_phase`` (T, Z) in (-pi, pi];
-        ``tissues`` {name: Path} and ``labels`` (Path) of the images used.
+        ``tissues`` {name: Path} and ``labels`` (Path) of the images used (PAM50 space);
+        ``space`` (``"PAM50"`` or ``"native"``); for native-space data, keyed by ``sub-XX``:
+        ``native_transform`` (Path of the planted transform, read it with
+        :meth:`spineprint_utils.registration.NativeTransform.load`), ``native_labels`` and
+        ``native_cord`` (true regions and cord on the EPI grid), and keyed by ``sub-XX_ses-YY``:
+        ``b0_field`` (Path of the true off-resonance field in Hz, native EPI grid).
     """
     import pandas as pd
 
@@ -1259,7 +1435,16 @@ def load_ground_truth(bids_dir) -> dict:
            "acquisition_time": {}, "cardiac_phase": {}, "respiratory_phase": {},
            "tissues": {k: gt / f"space-PAM50_label-{k}_probseg.nii.gz" for k in ("cord", "gm", "wm", "csf", *HORNS)},
            "labels": gt / "space-PAM50_atlas-PAM50horns_dseg.nii.gz",
-           "spinal_levels": gt / "space-PAM50_desc-spinallevels_dseg.nii.gz"}
+           "spinal_levels": gt / "space-PAM50_desc-spinallevels_dseg.nii.gz",
+           "space": str(info.get("space", "PAM50")), "native_transform": {}, "native_labels": {}, "native_cord": {},
+           "b0_field": {}}
+    for d in sorted(gt.glob("sub-*")):
+        if (d / f"{d.name}_from-native_to-PAM50_desc-true_xfm.npz").is_file():
+            out["native_transform"][d.name] = d / f"{d.name}_from-native_to-PAM50_desc-true_xfm.npz"
+            out["native_labels"][d.name] = d / f"{d.name}_space-native_atlas-PAM50horns_dseg.nii.gz"
+            out["native_cord"][d.name] = d / f"{d.name}_space-native_label-cord_mask.nii.gz"
+        for f in sorted(d.glob("ses-*/fmap/*_desc-true_fieldmap.nii.gz")):
+            out["b0_field"][f.name.split("_desc-")[0]] = f
     nz = int(info["grid_shape"][2])
     for prefix in out["runs"]["run"]:
         sub, ses = prefix.split("_")[:2]
@@ -1306,6 +1491,9 @@ def register_cli(subparsers) -> None:
     sp.add_argument("--physio-sampling-frequency", type=float, default=d["physio_sampling_frequency"], help="Hz")
     sp.add_argument("--seed", type=int, default=d["seed"])
     sp.add_argument("--anatomy", choices=_ANATOMY, default=d["anatomy"])
+    sp.add_argument("--space", choices=_SPACES, default=d["space"], help="PAM50 or a planted native space")
+    sp.add_argument("--distortion", action="store_true", help="B0 distortion + reverse-PE fieldmaps (native only)")
+    sp.add_argument("--b0-peak-hz", type=float, default=d["b0_peak_hz"])
     sp.add_argument("--overwrite", action="store_true", help="replace a different dataset in OUT_DIR")
     sp.set_defaults(func=_cli_main)
 
