@@ -15,4 +15,10 @@ One module per pipeline stage, mirrored by one notebook and one book chapter:
 - :mod:`spineprint_utils.build`, :mod:`spineprint_utils.cli`  the book build and the command line
 """
 
+import warnings as _warnings
+
 __version__ = "0.1.0"
+
+# Progress bars are plain text (no Jupyter widgets in a static book): silence tqdm's
+# "IProgress not found" hint when tqdm.auto is imported inside a notebook kernel.
+_warnings.filterwarnings("ignore", message="IProgress not found")
