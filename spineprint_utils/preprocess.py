@@ -257,18 +257,21 @@ def _atlas_source(bold_path: Path, meta: dict) -> str | None:
     return None
 
 
-def _load_mask(path, shape, what):
+def _load_mask(path, shape, what, affine=None):
     img, m = load_nifti(path, ndim=3)
     if m.shape != shape:
         raise SpineprintError(f"{path}: {what} mask shape {m.shape} does not match the BOLD grid {shape}")
+    if affine is not None and not np.allclose(img.affine, affine, atol=1e-3):
+        raise SpineprintError(f"{path}: {what} mask affine differs from the BOLD affine (same shape, other position "
+                              "or voxel size); resample the mask to the run")
     return m > 0.5
 
 
 def _masks(bold_path, meta, img, mean_img, mask_img, csf_mask_img, anatomy):
     shape = mean_img.shape
     vs = img.header.get_zooms()[:2]
-    cord = _load_mask(mask_img, shape, "cord") if mask_img is not None else None
-    csf = _load_mask(csf_mask_img, shape, "CSF") if csf_mask_img is not None else None
+    cord = _load_mask(mask_img, shape, "cord", img.affine) if mask_img is not None else None
+    csf = _load_mask(csf_mask_img, shape, "CSF", img.affine) if csf_mask_img is not None else None
     source = "given"
     if cord is None or csf is None:
         if anatomy not in ("auto", "atlas", "image"):
@@ -343,7 +346,7 @@ def _read_meta(bold_path: Path, repetition_time, slice_timing):
     return meta, tr, st, sidecar
 
 
-def _check_slice_timing(st, n_slices, sidecar, notes):
+def _check_slice_timing(st, n_slices, sidecar, notes, tr=None):
     if st is None:
         msg = f"{sidecar}: SliceTiming missing; the physiological model uses the volume onset for every slice"
         warnings.warn(msg, stacklevel=3)
@@ -352,6 +355,9 @@ def _check_slice_timing(st, n_slices, sidecar, notes):
     st = np.asarray(st, dtype=float).ravel()
     if st.size != n_slices:
         raise SpineprintError(f"{sidecar}: SliceTiming has {st.size} entries but the image has {n_slices} slices")
+    if tr is not None and (not np.all(np.isfinite(st)) or st.min() < 0 or st.max() >= tr):
+        raise SpineprintError(f"{sidecar}: SliceTiming values must lie in [0, TR = {tr:g} s), found {st.min():g} "
+                              f"to {st.max():g}")
     return st, True
 
 
@@ -541,7 +547,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     X, Y, Z, T = data.shape
     if T < 10:
         raise SpineprintError(f"{bold_path}: only {T} volumes; need at least 10")
-    st, has_st = _check_slice_timing(st, Z, sidecar, notes)
+    st, has_st = _check_slice_timing(st, Z, sidecar, notes, tr)
     hp, lp, bp_notes = (denoise.check_bandpass(tr, high_pass, low_pass) if (high_pass or low_pass)
                         else (None, None, []))
     notes += bp_notes
