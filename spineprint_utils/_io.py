@@ -186,6 +186,18 @@ def read_json(path, required=()) -> dict:
     return obj
 
 
+def _verify_gzip(path, chunk: int = 1 << 22) -> None:
+    """Decompress a whole gzip file to check its CRC-32 and length trailer.
+
+    nibabel reads only the bytes the image needs and never reaches the trailer,
+    so a corrupted deflate stream can decode into wrong voxel values without any
+    error. Raises ``OSError``/``EOFError``/``zlib.error`` on a damaged file.
+    """
+    with gzip.open(path, "rb") as fh:
+        while fh.read(chunk):
+            pass
+
+
 def load_nifti(path, ndim: int | None = None, finite: bool = False, dtype=np.float32):
     """Load a NIfTI image and its data with clear errors.
 
@@ -213,6 +225,8 @@ def load_nifti(path, ndim: int | None = None, finite: bool = False, dtype=np.flo
     try:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj, dtype=dtype)
+        if path.name.endswith(".gz"):
+            _verify_gzip(path)
     except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
         raise SpineprintError(f"{path}: corrupt or truncated NIfTI file ({exc})") from None
     if ndim is not None and data.ndim != ndim:
