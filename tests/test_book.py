@@ -23,12 +23,19 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.book
 
 
-def _git_status():
+def _source_state():
+    """Content of every file of the book's sources plus git's view of untracked files."""
+    files = [ROOT / "_config.yml", ROOT / "_toc.yml"]
+    for folder in ("book", "notebooks"):
+        files += sorted(p for p in (ROOT / folder).rglob("*") if p.is_file())
+    state = {str(p.relative_to(ROOT)): p.read_bytes() for p in files}
     try:
-        return subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout
+        state["<untracked>"] = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
+            capture_output=True, text=True, check=True).stdout.encode()
     except (OSError, subprocess.CalledProcessError):
-        return None
+        pass
+    return state
 
 
 def _tracked_files():
@@ -41,11 +48,13 @@ def _tracked_files():
 
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory):
-    status_before = _git_status()
+    before = _source_state()
     output = tmp_path_factory.mktemp("book")
     html = build.build_book(ROOT, output=output, params_file=ROOT / "tests" / "smoke_params.yml",
                             progress=False)
-    assert _git_status() == status_before, "the build changed files in the source tree"
+    after = _source_state()
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    assert not changed, f"the build changed the source tree: {changed}"
     return html
 
 
