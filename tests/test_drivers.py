@@ -187,6 +187,28 @@ def test_sweep_between_sessions_adds_a_session():
     assert df.loc[0, "identification"] >= 0.75
 
 
+def test_fingerprint_point_caches_per_design_and_drops_4d_images():
+    bids = simulate.default_dataset(**drivers.study_parameters({**TINY, "n_volumes": 30}, "between", seed=0))
+    between = drivers.fingerprint_point(bids, design="between", preprocess_params=FAST_PRE)  # cached by the test above
+    within = drivers.fingerprint_point(bids, design="within", preprocess_params=FAST_PRE)
+    out = drivers._derivatives_folder(bids, True, {**FAST_PRE, "physio": True, "segments": list(TINY["segments"])})
+    cached = json.loads((out / "drivers_fingerprint.json").read_text())["results"]
+    assert set(cached) == {"within", "between"}
+    assert cached["within"]["idiff"] == pytest.approx(within["idiff"])
+    assert within["n_volumes_compared"] == 15 and between["n_volumes_compared"] == 30
+    assert not list(out.rglob("*_desc-preproc_bold.nii.gz"))  # 4D images dropped ...
+    assert list(out.rglob("*_connectomes.npz")) and list(out.rglob("*_desc-qc_metrics.json"))  # ... tables kept
+    # truth=False blanks the planted-signal columns of the cached result without recomputing
+    no_truth = drivers.fingerprint_point(bids, design="within", preprocess_params=FAST_PRE, truth=False)
+    assert np.isnan(no_truth["idiff_truth"]) and no_truth["idiff"] == within["idiff"]
+    kept = drivers.fingerprint_point(bids, design="within", preprocess_params=FAST_PRE, physio_model=False,
+                                     keep_derivatives=True)
+    out_off = drivers._derivatives_folder(bids, False, {**FAST_PRE, "physio": False,
+                                                        "segments": list(TINY["segments"])})
+    assert len(list(out_off.rglob("*_desc-preproc_bold.nii.gz"))) == 2 * TINY["n_subjects"]
+    assert np.isfinite(kept["idiff"])
+
+
 def _fake_point(item, design, preprocess_params, calls):
     calls.append(item)
     v = float(item["study"]["tsnr"]) + float(item["study"]["physio_amplitude"])
