@@ -28,6 +28,8 @@ References
 ----------
 Amico E, Goñi J (2018). The quest for identifiability in human functional connectomes.
 Sci Rep 8:8254. doi:10.1038/s41598-018-25089-1
+Brooks JCW, Beckmann CF, Miller KL, et al. (2008). Physiological noise modelling for
+spinal functional magnetic resonance imaging studies. NeuroImage 39:680-692.
 Finn ES, Shen X, Scheinost D, et al. (2015). Functional connectome fingerprinting:
 identifying individuals using patterns of brain connectivity. Nat Neurosci
 18:1664-1671. doi:10.1038/nn.4135
