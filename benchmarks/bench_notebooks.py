@@ -4,8 +4,11 @@ Binder gives a notebook server about 2 GB; the book's budget is 1.5 GB per noteb
 Each notebook listed in ``_toc.yml`` is executed with papermill in a subprocess
 (``python -m papermill NB OUT -k python3``) and the resident set size of the whole
 process tree (papermill + the Jupyter kernel + any worker it starts) is polled with
-psutil every 0.1 s; the table reports the peak of the tree total and of the kernel
-alone. Notebooks run in book order in one generated-data cache, so a notebook that
+psutil every 0.2 s. Two totals are reported: the sum of RSS (counts pages shared
+between processes, e.g. forked workers, once per process: an upper bound) and the sum
+of PSS (proportional set size: each shared page split between its users, which is
+what a container's memory limit such as Binder's sees); plus the largest single
+process (the kernel). The budget applies to the PSS total. Notebooks run in book order in one generated-data cache, so a notebook that
 needs an upstream stage reuses what the previous notebooks produced, as in a book
 build (``--fresh-each`` gives every notebook its own empty cache instead: each then
 also pays for the upstream stages it calls).
@@ -35,35 +38,36 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def tree_rss(proc: psutil.Process) -> tuple[int, int]:
-    """(RSS of *proc* and all its descendants, largest single-process RSS), bytes."""
-    total, largest = 0, 0
+def tree_memory(proc: psutil.Process) -> tuple[int, int, int]:
+    """(sum of RSS, sum of PSS, largest RSS) over *proc* and its descendants, bytes."""
+    rss_total, pss_total, largest = 0, 0, 0
     try:
         procs = [proc, *proc.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0, 0
+        return 0, 0, 0
     for p in procs:
         try:
-            rss = p.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            info = p.memory_full_info()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-        total += rss
-        largest = max(largest, rss)
-    return total, largest
+        rss_total += info.rss
+        pss_total += getattr(info, "pss", info.rss)
+        largest = max(largest, info.rss)
+    return rss_total, pss_total, largest
 
 
-def run_notebook(nb: Path, out: Path, env: dict, interval: float = 0.1) -> dict:
+def run_notebook(nb: Path, out: Path, env: dict, interval: float = 0.2) -> dict:
     cmd = [sys.executable, "-m", "papermill", str(nb), str(out), "-k", "python3", "--cwd", str(out.parent)]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
-    peak_tree = peak_proc = 0
+    peak_rss = peak_pss = peak_proc = 0
     while proc.poll() is None:
-        total, largest = tree_rss(ps)
-        peak_tree, peak_proc = max(peak_tree, total), max(peak_proc, largest)
+        rss, pss, largest = tree_memory(ps)
+        peak_rss, peak_pss, peak_proc = max(peak_rss, rss), max(peak_pss, pss), max(peak_proc, largest)
         time.sleep(interval)
     stderr = proc.stderr.read()
-    return {"notebook": nb.stem, "seconds": time.perf_counter() - start, "peak_tree_mb": peak_tree / 1e6,
+    return {"notebook": nb.stem, "seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss / 1e6, "peak_pss_mb": peak_pss / 1e6,
             "peak_process_mb": peak_proc / 1e6, "returncode": proc.returncode,
             "error": stderr.strip().splitlines()[-1] if proc.returncode and stderr.strip() else ""}
 
@@ -96,17 +100,19 @@ def main(argv=None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         row = run_notebook(nb, out, env)
         rows.append(row)
-        print(f"{row['notebook']}: {row['seconds']:.0f} s, peak RSS tree {row['peak_tree_mb']:.0f} MB "
+        print(f"{row['notebook']}: {row['seconds']:.0f} s, peak PSS tree {row['peak_pss_mb']:.0f} MB, "
+              f"RSS tree {row['peak_rss_mb']:.0f} MB "
               f"(largest process {row['peak_process_mb']:.0f} MB), exit {row['returncode']} {row['error']}",
               flush=True)
-    print("\n| notebook | wall time | peak RSS (process tree) | peak RSS (kernel) | under budget |")
-    print("| --- | --- | --- | --- | --- |")
+    print("\n| notebook | wall time | peak PSS (process tree) | peak RSS sum (process tree) | "
+          "peak RSS (largest process) | under budget |")
+    print("| --- | --- | --- | --- | --- | --- |")
     ok = True
     for row in rows:
-        under = row["returncode"] == 0 and row["peak_tree_mb"] < args.budget_mb
+        under = row["returncode"] == 0 and row["peak_pss_mb"] < args.budget_mb
         ok &= under
-        print(f"| {row['notebook']} | {row['seconds']:.0f} s | {row['peak_tree_mb']:.0f} MB | "
-              f"{row['peak_process_mb']:.0f} MB | {'yes' if under else 'NO'} |")
+        print(f"| {row['notebook']} | {row['seconds']:.0f} s | {row['peak_pss_mb']:.0f} MB | "
+              f"{row['peak_rss_mb']:.0f} MB | {row['peak_process_mb']:.0f} MB | {'yes' if under else 'NO'} |")
     print(f"\nbudget {args.budget_mb:.0f} MB: {'all notebooks under' if ok else 'EXCEEDED or failed'}")
     return 0 if ok else 1
 
