@@ -427,6 +427,43 @@ def _refuse_raw(folder: Path) -> None:
             )
 
 
+def _relabel(img, tab, names):
+    """Label image with regions *names* renumbered ``1..R`` in that order (others set to 0)."""
+    import nibabel as nib
+
+    data = np.asarray(img.dataobj).astype(np.int64)
+    lut = np.zeros(int(data.max()) + 1, dtype=np.int16)
+    old = dict(zip(tab["name"].astype(str), tab["label"].astype(int)))
+    for k, name in enumerate(names, start=1):
+        lut[old[name]] = k
+    out = nib.Nifti1Image(lut[data], img.affine)
+    out.set_data_dtype(np.int16)
+    return out
+
+
+def _common_regions(table, labels_by_grid, run_labels, segs, hs):
+    """Regions present in every run (native-space runs with their own label images and the
+    PAM50-space runs), in segment-major order; the others are dropped with a warning so that
+    the group file has the same regions for every run."""
+    wanted = [f"{s}_{h}" for s in segs for h in hs]
+    sets = [set(tab["name"].astype(str)) for _, tab, _ in run_labels.values()]
+    if table is not None:
+        sets.append(set(table["name"].astype(str)))
+    common = [n for n in wanted if all(n in st for st in sets)]
+    dropped = [n for n in wanted if n not in common and any(n in st for st in sets)]
+    if not common:
+        raise SpineprintError("no horn x segment region is present in every run (native-space label images "
+                              f"{', '.join(str(p.name) for p in run_labels)}); check the registrations")
+    if dropped:
+        warnings.warn(f"regions {', '.join(dropped)} are missing in some runs and were dropped from every run "
+                      "(the group file needs the same regions everywhere)", stacklevel=3)
+    new_table = pd.DataFrame({"label": np.arange(1, len(common) + 1), "name": common,
+                              "segment": [n.split("_")[0] for n in common], "horn": [n.split("_")[1] for n in common]})
+    new_runs = {p: (_relabel(img, tab, common), tab, sha) for p, (img, tab, sha) in run_labels.items()}
+    new_grids = {key: _relabel(img, table, common) for key, img in labels_by_grid.items()}
+    return new_table, new_grids, new_runs
+
+
 def _grid_key(img):
     return (tuple(int(s) for s in img.shape[:3]), tuple(np.round(np.asarray(img.affine), 4).ravel().tolist()))
 
@@ -469,6 +506,10 @@ def connectivity_dataset(
     labels_img, names_tsv : path-like, optional
         A user's own label image (on the runs' grid) and its names TSV
         (:func:`spineprint_utils.atlas.load_label_image`) instead of the PAM50 regions.
+        Without them, a run whose folder holds ``<prefix>_atlas-PAM50horns_dseg.nii.gz``
+        (+ ``.tsv``; written by :func:`spineprint_utils.preprocess.preprocess_run` for
+        native-space runs registered to PAM50) uses those regions; the group file keeps
+        the regions present in every run (the others are dropped with a warning).
     fisher_z : bool
         Store ``arctanh`` of correlations instead of correlations.
     output_dir : path-like, optional
@@ -502,6 +543,7 @@ def connectivity_dataset(
     import nibabel as nib
 
     grids = {}
+    run_labels = {}  # run path -> (labels image, regions table, sha256) for runs with native-space regions
     for p in runs:
         try:
             hdr_img = nib.load(str(p))
@@ -525,7 +567,17 @@ def connectivity_dataset(
         atlas_params = {"atlas": ATLAS_NAME, "segments": list(segs), "horns": list(hs), "percentile": float(percentile),
                         "min_voxels": int(min_voxels), "source": resolved}
         labels_by_grid, table = {}, None
+        # native-space runs carry their own regions (written by preprocessing after registration to PAM50)
+        for members in grids.values():
+            for p, _ in members:
+                dseg = p.parent / f"{_prefix(p)}_atlas-{ATLAS_NAME}_dseg.nii.gz"
+                if dseg.is_file():
+                    tsv = p.parent / f"{_prefix(p)}_atlas-{ATLAS_NAME}_dseg.tsv"
+                    lab_img, tab = _atlas.load_label_image(dseg, tsv if tsv.is_file() else None)
+                    run_labels[p] = (lab_img, tab, _sha256(dseg))
         for key, members in grids.items():
+            if all(p in run_labels for p, _ in members):
+                continue
             lab, tab = _atlas.region_labels(members[0][1], segs, hs, percentile, resolved, min_voxels)
             if table is not None and list(tab["name"]) != list(table["name"]):
                 raise SpineprintError(
@@ -533,8 +585,11 @@ def connectivity_dataset(
                     "resample all runs to one grid"
                 )
             labels_by_grid[key], table = lab, tab
+    if run_labels:
+        table, labels_by_grid, run_labels = _common_regions(table, labels_by_grid, run_labels, segs, hs)
+        atlas_params["run_labels"] = True
     regions = [str(n) for n in table["name"]]
-    if len(grids) == 1:
+    if len(grids) == 1 and labels_by_grid:
         atomic_save_nifti(next(iter(labels_by_grid.values())), group_dir / f"atlas-{ATLAS_NAME}_dseg.nii.gz")
     atomic_write_text(group_dir / f"atlas-{ATLAS_NAME}_dseg.tsv", table.to_csv(sep="\t", index=False, lineterminator="\n"))
 
@@ -550,10 +605,12 @@ def connectivity_dataset(
             folder = out_dir / p.parent.relative_to(deriv_dir)
             ts_path = folder / f"{prefix}_atlas-{ATLAS_NAME}_timeseries.tsv"
             run_ts_params = {**ts_params, "source_sha256": _sha256(p)}  # stale if the run was re-preprocessed
+            if p in run_labels:
+                run_ts_params["labels_sha256"] = run_labels[p][2]
             if not overwrite and _sidecar_matches(ts_path, run_ts_params):
                 ts = _read_ts_tsv(ts_path, regions)
             else:
-                ts = region_timeseries(img, labels_by_grid[key])
+                ts = region_timeseries(img, run_labels[p][0] if p in run_labels else labels_by_grid[key])
                 df = pd.DataFrame(ts, columns=regions)
                 atomic_write_text(ts_path, df.to_csv(sep="\t", index=False, float_format="%.10g", lineterminator="\n"))
                 atomic_write_json(ts_path.with_suffix(".json"), {"Sources": [p.name], "Parameters": run_ts_params,

@@ -93,16 +93,26 @@ RUN_DEFAULTS = {
     "high_pass": 0.01,
     "low_pass": 0.13,
     "strategy": denoise.STRATEGY_DEFAULT,
+    "distortion": True,
+    "registration": True,
 }
+
+#: native-space steps: part of the completion key only when changed from these defaults
+_NATIVE_DEFAULTS = {"distortion": True, "registration": True}
+#: outputs written only by some runs (not required for a run to count as complete)
+_OPTIONAL_OUTPUTS = ("fig_physio", "fieldmap", "dseg", "dseg_tsv", "xfm", "fig_native")
 
 QC_COLUMNS = [
     "run", "subject", "session", "n_volumes", "tr_s", "tsnr_pre_cord", "tsnr_post_cord", "mean_fd_mm", "max_fd_mm",
     "n_spikes", "heart_rate_bpm", "respiratory_rate_bpm", "physio_model_applied", "physio_model",
     "var_motion_pct", "var_physio_pct", "var_csf_pct", "var_spikes_pct", "var_filter_pct", "var_total_pct",
-    "n_regressors", "dof_remaining", "mask_source", "runtime_s",
+    "n_regressors", "dof_remaining", "mask_source", "distortion_correction", "registration", "registration_dice",
+    "runtime_s",
 ]
 
 _BOLD_SUFFIX = "_bold.nii.gz"
+#: spinal segments whose regions native-space runs get (connectivity keeps the ones it is asked for)
+_ALL_SEGMENTS = tuple(f"C{i}" for i in range(1, 9)) + ("T1",)
 
 
 # ---------------------------------------------------------------- BIDS helpers
@@ -172,6 +182,11 @@ def run_outputs(bold_path, output_dir) -> dict:
         "fig_motion": fig / f"{p}_desc-motion_qc.png",
         "fig_tsnr": fig / f"{p}_desc-tsnr_qc.png",
         "fig_physio": fig / f"{p}_desc-physio_qc.png",
+        "fig_native": fig / f"{p}_desc-native_qc.png",
+        "fieldmap": folder / f"{p}_desc-b0_fieldmap.nii.gz",
+        "dseg": folder / f"{p}_atlas-PAM50horns_dseg.nii.gz",
+        "dseg_tsv": folder / f"{p}_atlas-PAM50horns_dseg.tsv",
+        "xfm": folder / f"{p}_from-PAM50_to-bold_xfm.npz",
         "qc": folder / f"{p}_desc-qc_metrics.json",
     }
 
@@ -461,11 +476,234 @@ def _tsnr_figure(pre, post, cord, path, title):
     motion._save_fig(fig, path)
 
 
+# ---------------------------------------------------------------- native space: distortion and registration
+def _distortion_step(bold_path: Path, img, data, meta: dict, enabled: bool, notes: list):
+    """Susceptibility distortion correction of the raw series from a reverse-PE pair.
+
+    Runs on the raw 4D series, before motion correction: the field is estimated from the
+    pair (Chang & Fitzpatrick 1992; :func:`spineprint_utils.distortion.correct_run`) on the
+    scanner grid, where the distortion happens, and motion (sub-millimetre here) is
+    estimated afterwards on undistorted images. Returns ``(data, field_hz or None, status)``;
+    ``status`` starts with ``"applied"``, ``"skip: <reason>"`` or ``"off"``. A pair that
+    exists but cannot be used (missing ``TotalReadoutTime``, identical directions, an
+    ``IntendedFor`` that does not list this run, a different grid) is a recorded skip with a
+    warning, never silent.
+    """
+    from . import distortion
+
+    if not enabled:
+        return data, None, "off: disabled by the user"
+    fmap_dir = bold_path.parent.parent / "fmap"
+    if not fmap_dir.is_dir() or not any(fmap_dir.glob("*_epi.json")):
+        return data, None, "skip: no reverse phase-encoding fieldmap (fmap/*_epi)"
+    try:
+        pair = distortion.read_fieldmap_pair(fmap_dir, bold=bold_path)
+        direction = 1
+        if "PhaseEncodingDirection" in meta:
+            _, direction = distortion.parse_pe_direction(meta["PhaseEncodingDirection"], bold_path)
+        trt = meta.get("TotalReadoutTime")
+        corrected, field = distortion.correct_run(_nifti_like(img, data), pair, direction,
+                                                  None if trt is None else float(trt))
+    except SpineprintError as exc:
+        msg = f"{bold_path.name}: distortion correction NOT applied: {exc}"
+        warnings.warn(msg, stacklevel=3)
+        notes.append(msg)
+        return data, None, f"skip: {exc}"
+    notes.extend(pair.notes)
+    status = (f"applied: reverse-PE pair {pair.up.name} / {pair.down.name} (matched by {pair.matched_by}), "
+              f"TotalReadoutTime {pair.total_readout_time:g} s")
+    return np.asarray(corrected.dataobj, dtype=np.float32), np.asarray(field, dtype=np.float32), status
+
+
+def find_anat(bold_path):
+    """The participant's T2w image and its cord segmentation for a BOLD run, or a reason.
+
+    The T2w is looked for in the run's session ``anat/`` folder, then in any session of the
+    participant; the segmentation in ``derivatives/*/`` with the T2w's name followed by
+    ``_label-SC_seg`` (spine-generic / SCT ``sct_deepseg_sc`` naming) or ``_seg``.
+
+    Returns
+    -------
+    (t2w, seg, None) or (None, None, reason)
+    """
+    bold_path = Path(bold_path)
+    root = _bids_root(bold_path)
+    if root is None:
+        return None, None, "not inside a BIDS dataset"
+    sub = _entities(run_prefix(bold_path)).get("sub")
+    sub_dir = root / f"sub-{sub}"
+    here = sorted((bold_path.parent.parent / "anat").glob("*_T2w.nii*"))
+    t2ws = here or sorted(p for p in sub_dir.glob("**/anat/*_T2w.nii*"))
+    if not t2ws:
+        return None, None, f"no T2w image in {sub_dir}/[ses-*/]anat"
+    for t2w in t2ws:
+        stem = t2w.name.split(".nii")[0]
+        for pattern in (f"{stem}_label-SC_seg.nii*", f"{stem}_seg.nii*", f"{stem}_label-SC_mask.nii*"):
+            segs = sorted(p for p in (root / "derivatives").glob(f"*/sub-{sub}/**/anat/{pattern}")
+                          if "spineprint" not in p.parts)
+            if segs:
+                return t2w, segs[0], None
+    return None, None, f"no cord segmentation (derivatives/*/sub-{sub}/**/anat/<T2w>_label-SC_seg.nii.gz) for {t2ws[0].name}"
+
+
+def _anat_registration(t2w: Path, seg: Path, output_dir: Path, root: Path, notes: list):
+    """T2w -> PAM50 registration, cached per T2w image in ``<output_dir>/sub-*/[ses-*/]anat/``."""
+    from . import registration
+
+    folder = output_dir / t2w.parent.relative_to(root)
+    stem = t2w.name.split(".nii")[0]
+    to_native_path = folder / f"{stem}_from-PAM50_to-T2w_xfm.npz"
+    to_template_path = folder / f"{stem}_from-T2w_to-PAM50_xfm.npz"
+    info_path = folder / f"{stem}_desc-registration_qc.json"
+    key = {"t2w": t2w.name, "seg": seg.name, "t2w_bytes": t2w.stat().st_size, "seg_bytes": seg.stat().st_size,
+           "version": __version__}
+    if to_native_path.is_file() and to_template_path.is_file() and info_path.is_file():
+        with contextlib.suppress(SpineprintError):
+            info = read_json(info_path)
+            if info.get("key") == key:
+                return registration.load_transforms(to_native_path), info
+    reg = registration.register_to_template(t2w, seg)
+    registration.save_transforms(to_native_path, reg.to_native)
+    registration.save_transforms(to_template_path, reg.to_template)
+    info = {"key": key, "dice": reg.dice, "dice_affine": reg.dice_affine, "z_method": reg.z_method,
+            "z_offset_mm": reg.z_offset, "z_scale": reg.z_scale, "notes": list(reg.notes),
+            "timings_s": reg.timings, "method": "register_to_template (De Leener 2017; SyN, Avants 2008; dipy)"}
+    atomic_write_json(info_path, info)  # written last: marks the cached transforms complete
+    return reg.to_native, info
+
+
+def _coarse(path, voxel_mm: float = 1.0):
+    """An image resampled (trilinear) to *voxel_mm* isotropic voxels over the same box,
+    unless already that coarse."""
+    import nibabel as nib
+
+    from . import registration
+
+    img, data = load_nifti(path, ndim=3, finite=True)
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+    if zooms.min() >= voxel_mm:
+        return nib.Nifti1Image(np.asarray(data, np.float32), img.affine)
+    factor = voxel_mm / zooms
+    shape = tuple(max(1, int(np.floor(n / f))) for n, f in zip(img.shape[:3], factor))
+    aff = img.affine.copy()
+    aff[:3, :3] = img.affine[:3, :3] * factor
+    aff[:3, 3] = img.affine[:3, :3] @ (0.5 * (factor - 1)) + img.affine[:3, 3]
+    return registration.apply_transforms(nib.Nifti1Image(np.asarray(data, np.float32), img.affine), (shape, aff), [])
+
+
+def _template_grid_for(func_shape, func_affine, chain, voxel_size, margin_mm: float = 4.0):
+    """An axis-aligned PAM50-space grid (LAS, *voxel_size*) covering the template points of a
+    functional grid mapped through *chain* (func points -> template points)."""
+    from . import registration
+
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in func_shape[:3]], indexing="ij"), -1).reshape(-1, 3)
+    pts = ijk @ np.asarray(func_affine)[:3, :3].T + np.asarray(func_affine)[:3, 3]
+    for t in chain:
+        pts = t.map_points(pts)
+    if not np.all(np.isfinite(pts)):
+        raise SpineprintError("registration produced non-finite template coordinates")
+    lo, hi = pts.min(0) - margin_mm, pts.max(0) + margin_mm
+    vs = np.asarray(voxel_size, dtype=float)
+    shape = tuple(int(np.ceil((hi[k] - lo[k]) / vs[k])) + 1 for k in range(3))
+    aff = np.diag([-vs[0], vs[1], vs[2], 1.0])
+    aff[:3, 3] = [hi[0], lo[1], lo[2]]
+    del registration
+    return shape, aff
+
+
+def _registration_step(bold_path: Path, img, mean_img, output_dir: Path, notes: list):
+    """Native-space run: T2w -> PAM50 (cached), mean BOLD -> T2w (rigid), then the PAM50 cord,
+    CSF and horn x segment regions on the BOLD grid.
+
+    The regions are built as in PAM50-space runs (:func:`spineprint_utils.atlas.region_labels`
+    on a template-space grid with the run's voxel size) and brought to the run's grid by
+    nearest neighbour through ``func -> T2w -> PAM50`` (:func:`spineprint_utils.registration.atlas_to_native`).
+
+    Returns ``dict(cord, csf, labels_img, regions, chain, dice, status)`` or ``None`` + reason.
+    """
+    import nibabel as nib
+
+    from . import atlas, registration
+
+    t2w, seg, reason = find_anat(bold_path)
+    if t2w is None:
+        return None, f"skip: {reason}"
+    root = _bids_root(bold_path)
+    to_native, info = _anat_registration(t2w, seg, Path(output_dir), root, notes)
+    mean3 = nib.Nifti1Image(np.asarray(mean_img, dtype=np.float32), img.affine)
+    # the rigid func -> anat fit runs on the T2w resampled to 1 mm (the BOLD has 1 x 1 x 5 mm voxels or
+    # coarser; a finer anat grid only slows the mutual information down)
+    anat1, seg1 = _coarse(t2w), _coarse(seg)
+    f2a = registration.register_func_to_anat(mean3, anat1, seg1, iterations=(100, 50))
+    chain = list(f2a.to_func) + list(to_native)
+    shape = tuple(int(s) for s in mean_img.shape[:3])
+    vs = tuple(float(v) for v in img.header.get_zooms()[:3])
+    t_shape, t_aff = _template_grid_for(shape, img.affine, chain, vs)
+    source = atlas.pam50_source("auto")[0]
+    maps = atlas.tissue_maps(t_aff, t_shape, source=source)
+    ref = nib.Nifti1Image(np.zeros(t_shape, np.float32), t_aff)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lab_t, regions = atlas.region_labels(ref, segments=_ALL_SEGMENTS, source=source, min_voxels=1)
+    del caught  # regions outside the coverage are expected; those missing on the BOLD grid are dropped below
+    grid = (shape, img.affine)
+    cord = np.asarray(registration.apply_transforms(nib.Nifti1Image(np.asarray(maps["cord"], np.float32), t_aff),
+                                                    grid, chain).dataobj) >= 0.5
+    csf = np.asarray(registration.apply_transforms(nib.Nifti1Image(np.asarray(maps["csf"], np.float32), t_aff),
+                                                   grid, chain).dataobj) >= 0.5
+    lab = np.asarray(registration.apply_transforms(lab_t, grid, chain, "nearest").dataobj).astype(np.int16)
+    present = np.isin(regions["label"].to_numpy(), np.unique(lab[lab > 0]))
+    regions = regions[present].reset_index(drop=True)
+    new = np.zeros_like(lab)
+    for k, old in enumerate(regions["label"].to_numpy(), start=1):
+        new[lab == old] = k
+    regions = regions.assign(label=np.arange(1, len(regions) + 1),
+                             n_voxels=[int((new == k).sum()) for k in range(1, len(regions) + 1)])
+    if not cord.any():
+        raise SpineprintError(f"{bold_path}: the PAM50 cord brought to the run through the registration is empty")
+    status = (f"applied: {t2w.name} + {seg.name} -> PAM50 (cord Dice {info['dice']:.3f}, z placement "
+              f"{info['z_method']}), mean BOLD -> T2w rigid (mutual information)")
+    return {"cord": cord, "csf": csf, "labels": new, "regions": regions, "chain": chain, "dice": float(info["dice"]),
+            "status": status, "t2w": t2w, "seg": seg, "mean": mean3}, status
+
+
+def _native_figure(before, after, field, labels, cord, path, title):
+    """QC figure of a native-space run: mean BOLD before/after distortion correction, the
+    estimated field, and the PAM50 regions and cord brought to the run (sagittal and axial)."""
+    from matplotlib.figure import Figure
+
+    z = int(np.argmax(cord.sum(axis=(0, 1)))) if cord.any() else before.shape[2] // 2
+    x = int(round(np.mean(np.nonzero(cord)[0]))) if cord.any() else before.shape[0] // 2
+    panels = [("mean BOLD, raw", before, "gray"), ("distortion corrected", after, "gray")]
+    if field is not None:
+        panels.append(("estimated field (Hz)", field, "RdBu_r"))
+    fig = Figure(figsize=(2.4 * (len(panels) + 1), 4.4), layout="constrained")
+    axes = fig.subplots(2, len(panels) + 1, squeeze=False)
+    for c, (lab, im, cmap) in enumerate(panels):
+        for r, sl in enumerate((np.s_[:, :, z], np.s_[x, :, :])):
+            ax = axes[r, c]
+            h = ax.imshow(im[sl].T, origin="lower", cmap=cmap, aspect="auto" if r else "equal")
+            if cmap != "gray":
+                fig.colorbar(h, ax=ax, shrink=0.7)
+            ax.set_title(lab if r == 0 else "", fontsize=8)
+            ax.axis("off")
+    for r, sl in enumerate((np.s_[:, :, z], np.s_[x, :, :])):
+        ax = axes[r, -1]
+        ax.imshow(after[sl].T, origin="lower", cmap="gray", aspect="auto" if r else "equal")
+        lab = np.ma.masked_equal(labels[sl].T, 0)
+        ax.imshow(lab, origin="lower", cmap="tab20", alpha=0.6, interpolation="nearest", aspect="auto" if r else "equal")
+        ax.contour(cord[sl].T.astype(float), levels=[0.5], colors="c", linewidths=0.6)
+        ax.set_title("PAM50 regions + cord" if r == 0 else "", fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    motion._save_fig(fig, path)
+
+
 def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_regularize=None,
                    motion_reference="mean", cardiac_order=4, respiratory_order=4, interaction_order=(2, 2),
                    n_csf_components=5, spike_threshold=0.5, motion_regressors=True, high_pass=0.01, low_pass=0.13,
                    strategy=denoise.STRATEGY_DEFAULT, mask_img=None, csf_mask_img=None, anatomy="auto", repetition_time=None, slice_timing=None,
-                   figures=True, overwrite=False) -> dict:
+                   figures=True, overwrite=False, distortion=True, registration=True) -> dict:
     """Preprocess one BOLD run into BIDS derivatives.
 
     Parameters
@@ -506,6 +744,20 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         Write the QC figures.
     overwrite : bool
         Recompute even if the run's completion marker exists.
+    distortion : bool
+        Correct susceptibility distortion when the session has a reverse phase-encoding
+        pair (``fmap/*_epi``), on the raw series before motion correction
+        (:func:`spineprint_utils.distortion.correct_run`); the estimated field is written as
+        ``<prefix>_desc-b0_fieldmap.nii.gz`` (Hz). A pair with bad metadata is a recorded skip.
+    registration : bool
+        For a run not in PAM50 space whose participant has a T2w image and a cord
+        segmentation (:func:`find_anat`): register T2w -> PAM50
+        (:func:`spineprint_utils.registration.register_to_template`, cached per T2w under
+        ``anat/``) and mean BOLD -> T2w, and take the cord/CSF masks and the horn x segment
+        regions from PAM50 through these transforms; writes
+        ``<prefix>_atlas-PAM50horns_dseg.nii.gz``/``.tsv`` (used by
+        :func:`spineprint_utils.connectivity.connectivity_dataset`) and
+        ``<prefix>_from-PAM50_to-bold_xfm.npz``.
 
     Returns
     -------
@@ -531,12 +783,14 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         "motion_regressors": bool(motion_regressors), "high_pass": high_pass, "low_pass": low_pass,
         "strategy": strategy,
     }
-    params_key = json.loads(json.dumps({**params, "mask_img": str(mask_img), "csf_mask_img": str(csf_mask_img),
+    native_params = {k: v for k, v in (("distortion", bool(distortion)), ("registration", bool(registration)))
+                     if v != _NATIVE_DEFAULTS[k]}  # in the key only when changed: existing derivatives stay valid
+    params_key = json.loads(json.dumps({**params, **native_params, "mask_img": str(mask_img), "csf_mask_img": str(csf_mask_img),
                                         "anatomy": anatomy, "repetition_time": repetition_time,
                                         "slice_timing": slice_timing}, default=str))
     if outs["qc"].is_file() and not overwrite and all(p.is_file() for k, p in outs.items()
                                                        if (not k.startswith("fig_") or figures)
-                                                       and k != "fig_physio"):
+                                                       and k not in _OPTIONAL_OUTPUTS):
         row = read_json(outs["qc"])
         if row.get("parameters") == params_key:  # same settings: reuse (resumable)
             return {**outs, "qc_row": row, "skipped": True}
@@ -565,8 +819,26 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         if str(w.message) not in notes:
             notes.append(str(w.message))
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    mean_raw = data.mean(axis=3)
-    cord, csf, mask_source = _masks(bold_path, meta, img, mean_raw, mask_img, csf_mask_img, anatomy)
+    # ---- native space: distortion correction of the raw series (before motion), registration to PAM50
+    mean_before = data.mean(axis=3)
+    data, field_hz, dist_status = _distortion_step(bold_path, img, data, meta, bool(distortion), notes)
+    mean_raw = data.mean(axis=3) if field_hz is not None else mean_before
+    native, reg_status = None, "off: disabled by the user"
+    if registration:
+        if mask_img is not None or csf_mask_img is not None:
+            reg_status = "not needed: masks given"
+        elif anatomy == "image":
+            reg_status = "not needed: anatomy='image'"
+        elif anatomy == "atlas" or _atlas_source(bold_path, meta) is not None:
+            reg_status = "not needed: run in PAM50 space"
+        else:
+            native, reg_status = _registration_step(bold_path, img, mean_raw, Path(output_dir), notes)
+            if native is None:
+                notes.append(f"{bold_path.name}: not registered to PAM50 ({reg_status}); masks from the mean image")
+    if native is not None:
+        cord, csf, mask_source = native["cord"], native["csf"], "atlas via registration (PAM50 -> T2w -> BOLD)"
+    else:
+        cord, csf, mask_source = _masks(bold_path, meta, img, mean_raw, mask_img, csf_mask_img, anatomy)
     vs = img.header.get_zooms()[:2]
     # ---- processing
     tsnr_pre = tsnr(data)
@@ -670,7 +942,8 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         "physio_model_applied": "yes" if applied else "no", "physio_model": phys_desc,
         **{f"var_{k}_pct": float(v) for k, v in var.items()},
         "n_regressors": int(n_reg), "dof_remaining": float(dof),
-        "mask_source": mask_source,
+        "mask_source": mask_source, "distortion_correction": dist_status, "registration": reg_status,
+        "registration_dice": native["dice"] if native is not None else float("nan"),
     }
     # ---- write (all or nothing)
     written = []
@@ -682,7 +955,8 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     try:
         preproc_meta = {"RepetitionTime": tr, "SkullStripped": False, "Sources": [str(bold_path.name)],
                         "SpineprintVersion": __version__, "Parameters": params, "Notes": notes,
-                        "PhysiologicalModel": phys_desc}
+                        "PhysiologicalModel": phys_desc, "DistortionCorrection": dist_status,
+                        "Registration": reg_status}
         if has_st:
             preproc_meta["SliceTiming"] = [float(s) for s in st]
         _w("preproc", _save_nifti_fast, _nifti_like(img, clean), outs["preproc"])
@@ -694,6 +968,19 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         _w("tsnr_post", atomic_save_nifti, _nifti_like(img.slicer[..., 0], tsnr_post), outs["tsnr_post"])
         _w("cord_mask", atomic_save_nifti, _nifti_like(img.slicer[..., 0], cord, np.uint8), outs["cord_mask"])
         _w("csf_mask", atomic_save_nifti, _nifti_like(img.slicer[..., 0], csf, np.uint8), outs["csf_mask"])
+        if field_hz is not None:
+            _w("fieldmap", atomic_save_nifti, _nifti_like(img.slicer[..., 0], field_hz), outs["fieldmap"])
+        if native is not None:
+            from . import registration as registration_mod
+
+            _w("dseg", atomic_save_nifti, _nifti_like(img.slicer[..., 0], native["labels"], np.int16), outs["dseg"])
+            _w("dseg_tsv", atomic_write_text, outs["dseg_tsv"],
+               native["regions"].to_csv(sep="\t", index=False, lineterminator="\n"))
+            _w("xfm", registration_mod.save_transforms, outs["xfm"], native["chain"])
+        if figures and (native is not None or field_hz is not None):
+            _w("fig_native", _native_figure, mean_before, mean_raw, field_hz,
+               native["labels"] if native is not None else np.zeros(cord.shape, np.int16), cord, outs["fig_native"],
+               f"{row['run']}: distortion correction and PAM50 regions")
         if figures:
             import matplotlib.pyplot as plt
 
@@ -765,7 +1052,8 @@ def preprocess_dataset(bids_dir, output_dir=None, participants=None, n_jobs: int
     desc = {
         "Name": name, "BIDSVersion": "1.9.0", "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "spineprint", "Version": __version__,
-                         "Description": "slice-wise motion correction, RETROICOR, aCompCor, spikes, band-pass",
+                         "Description": "distortion correction (reverse-PE pairs), registration to PAM50 (native "
+                                        "runs), slice-wise motion correction, RETROICOR, aCompCor, spikes, band-pass",
                          "Parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()}}],
     }
     atomic_write_json(out / "dataset_description.json", desc)
@@ -783,11 +1071,23 @@ def _cli(args) -> int:
         params["physio"] = False
     if args.no_motion:
         params["motion"] = False
+    if args.no_distortion:
+        params["distortion"] = False
+    if args.no_registration:
+        params["registration"] = False
     out = preprocess_dataset(args.bids_dir, args.out, participants=args.participant_label, n_jobs=args.n_jobs,
                              scheduler=args.scheduler, **params)
     qc = load_qc_table(out)
     print(f"preprocessed {len(qc)} run(s) into {out}")
     print(f"QC table: {out / 'qc.tsv'}")
+    for col, what in (("distortion_correction", "distortion correction"), ("registration", "registration to PAM50")):
+        done = qc[col].astype(str).str.startswith("applied")
+        if done.any():
+            print(f"{what}: applied to {int(done.sum())} run(s)")
+        bad = qc.loc[qc[col].astype(str).str.startswith("skip") & ~qc[col].astype(str).str.contains(
+            "no reverse phase-encoding|no T2w", regex=True), "run"].tolist()
+        if bad:
+            print(f"WARNING: {what} skipped for {len(bad)} run(s) (see qc.tsv): {', '.join(bad)}")
     no_phys = qc.loc[qc["physio_model_applied"] == "no", "run"].tolist()
     if no_phys:
         print(f"WARNING: no physiological noise model for {len(no_phys)} run(s): {', '.join(no_phys)}")
@@ -806,4 +1106,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--scheduler", default=None, help="Dask scheduler address (default $DASK_SCHEDULER_ADDRESS)")
     p.add_argument("--no-physio", action="store_true", help="skip the physiological noise model")
     p.add_argument("--no-motion", action="store_true", help="skip motion correction")
+    p.add_argument("--no-distortion", action="store_true",
+                   help="skip susceptibility distortion correction (done when fmap/*_epi pairs exist)")
+    p.add_argument("--no-registration", action="store_true",
+                   help="skip registration to PAM50 (done for non-PAM50 runs with anat/*_T2w + a cord segmentation)")
     p.set_defaults(func=_cli)

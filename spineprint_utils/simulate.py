@@ -847,7 +847,7 @@ def _simulate_run(p, anat, corr, subj, ses, run, phys_maps, base, native=None):
     obj = base[..., None] * (1.0 + frac)
     del frac
     if native is not None:
-        obj = _to_native(obj, affine, shape, native["transform"])
+        obj = _to_native(obj, affine, shape, native["transform"]) * _excitation_profile(shape)[..., None]
         if native.get("field") is not None:
             from . import distortion
 
@@ -902,6 +902,21 @@ def _to_native(arr, affine, shape, transform, interpolation="linear"):
     img = nib.Nifti1Image(padded, np.asarray(affine, float) @ shift)
     out = registration.apply_transforms(img, (shape, affine), transform.to_native, interpolation)
     return np.asarray(out.dataobj)
+
+
+def _excitation_profile(shape, width: int = 3) -> np.ndarray:
+    """Reduced-FOV excitation profile along the phase-encoding axis (axis 1), native data only.
+
+    Spinal cord EPI excites only a band of the neck along the phase-encoding direction
+    (2D-selective "zoomed" excitation), so that the reduced field of view does not alias;
+    the band ends smoothly (raised cosine over *width* voxels) inside the field of view.
+    Without the signal-free margin the lines would be cut by the field of view and the
+    signal-conservation model of the reverse-PE correction would not hold at their ends.
+    """
+    ny = int(shape[1])
+    j = np.arange(ny)
+    w = np.clip((np.minimum(j, ny - 1 - j) + 0.5) / width, 0.0, 1.0)
+    return (0.5 - 0.5 * np.cos(np.pi * w)).astype(np.float32)[None, :, None]
 
 
 def _native_subject(p, anat, subject: int):
@@ -1179,7 +1194,7 @@ def _write_session_fieldmap(root, p, sub, ses, i, e, native, base, affine, shape
     jac_min = 1.0 + np.min(np.gradient(field * _TRT, axis=1))
     if jac_min <= 0.2:  # keep the distortion invertible (no folding)
         field = field * (0.8 / (1.0 - jac_min))
-    ref = _to_native(base, affine, shape, native["transform"])
+    ref = _to_native(base, affine, shape, native["transform"]) * _excitation_profile(shape)
     fmap = root / f"sub-{sub}" / f"ses-{ses}" / "fmap"
     intended = [f"ses-{ses}/func/sub-{sub}_ses-{ses}_task-rest_run-{r + 1}_bold.nii.gz" for r in range(p["n_runs"])]
     # written into the temporary dataset folder (renamed into place at the end)

@@ -48,8 +48,11 @@ def test_outputs_and_qc_table(sim, deriv):
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "spineprint"
     qc = pd.read_csv(out / "qc.tsv", sep="\t")
     assert list(qc["run"]) == [_prefix("01"), _prefix("02")]
+    native_only = {"fieldmap", "dseg", "dseg_tsv", "xfm", "fig_native"}  # native-space runs (tests/test_native.py)
     for key, path in preprocess.run_outputs(sim / "sub-01/ses-01/func" / f"{_prefix('01')}_bold.nii.gz", out).items():
-        assert path.is_file(), key
+        assert path.is_file() != (key in native_only), key
+    assert qc["registration"].eq("not needed: run in PAM50 space").all()
+    assert qc["distortion_correction"].str.startswith("skip: no reverse phase-encoding").all()
     # no physio QC figure for the run without physio
     assert not preprocess.run_outputs(sim / "sub-02/ses-01/func" / f"{_prefix('02')}_bold.nii.gz",
                                       out)["fig_physio"].exists()
