@@ -24,6 +24,14 @@ computation:
 
 Everything is vectorised with numpy; no ``edges x n x n`` array is ever built and
 large inputs are processed in blocks of edges (see ``benchmarks/README.md``).
+
+Cohorts whose ``(n_subjects, n_edges)`` edge matrix does not fit in memory can be
+given as a chunked or on-disk array instead of a numpy array: a ``dask.array``, a
+``numpy.memmap`` (e.g. ``np.load(path, mmap_mode="r")``), a zarr or h5py dataset -
+anything with ``shape``, ``dtype`` and 2D slicing. :func:`identifiability_matrix` and
+:func:`edgewise_icc` then read ``(n_subjects, 4096)`` column blocks one at a time
+(validation included) and never hold the whole matrix; results equal the in-memory
+ones (tested).
 Results are small frozen dataclasses whose scalar fields are plain Python floats,
 so that a notebook can ``glue`` them directly; ``as_dict()`` gives a plain dict.
 """
@@ -174,8 +182,53 @@ def matrices_from_edges(edges, n_rois: int | None = None, diagonal: float = 1.0)
     return out[0] if single else out
 
 
+def _is_chunked(x) -> bool:
+    """A 2D array read by blocks (dask, memmap, zarr, h5py...) rather than loaded."""
+    if isinstance(x, np.memmap):
+        return True
+    return (not isinstance(x, (np.ndarray, list, tuple)) and hasattr(x, "shape") and hasattr(x, "dtype")
+            and hasattr(x, "__getitem__") and len(getattr(x, "shape", ())) == 2)
+
+
+def _block(x, start: int, stop: int) -> np.ndarray:
+    """Columns ``start:stop`` of a 2D array as an in-memory numpy array (computes a
+    dask block, reads a memmap/zarr/h5py slice; a view for numpy arrays)."""
+    blk = x[:, start:stop]
+    if hasattr(blk, "compute") and not isinstance(blk, np.ndarray):
+        blk = blk.compute()
+    return np.asarray(blk)
+
+
+def _check_chunked(x, name: str):
+    """Validate a chunked (n, E) edge array block by block, without loading it."""
+    if np.dtype(x.dtype).kind not in "biuf":
+        raise SpineprintError(f"{name}: expected a numeric array, found dtype {x.dtype}")
+    n, n_edges = (int(v) for v in x.shape)
+    if n < 2:
+        raise SpineprintError(f"{name}: fingerprinting needs at least 2 subjects, found {n}")
+    if n_edges < 3:
+        raise SpineprintError(f"{name}: at least 3 edges are needed to correlate connectomes, found {n_edges}")
+    bad_rows = np.zeros(n, dtype=bool)
+    n_bad = 0
+    for s in range(0, n_edges, _BLOCK):
+        finite = np.isfinite(_block(x, s, s + _BLOCK))
+        bad_rows |= ~finite.all(axis=1)
+        n_bad += int(finite.size - np.count_nonzero(finite))
+    if n_bad:
+        raise SpineprintError(
+            f"{name}: NaN or infinite edges in subject index(es) {np.nonzero(bad_rows)[0][:10].tolist()} "
+            f"({n_bad} values)"
+        )
+    return x, None
+
+
 def _as_edges(fc, name: str) -> tuple[np.ndarray, int | None]:
-    """Validate one session; return (edges (n, E), n_rois or None)."""
+    """Validate one session; return (edges (n, E), n_rois or None).
+
+    Chunked 2D inputs (see :func:`_is_chunked`) are validated by blocks and returned
+    as they are; everything downstream reads them through :func:`_block`."""
+    if _is_chunked(fc):
+        return _check_chunked(fc, name)
     if isinstance(fc, (list, tuple)):
         fc = np.asarray(fc)
     if not isinstance(fc, np.ndarray):
@@ -227,11 +280,11 @@ def _row_stats(x: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     n, n_edges = x.shape
     mean = np.zeros(n)
     for s in range(0, n_edges, _BLOCK):
-        mean += x[:, s : s + _BLOCK].sum(axis=1, dtype=np.float64)
+        mean += _block(x, s, s + _BLOCK).sum(axis=1, dtype=np.float64)
     mean /= n_edges
     ss = np.zeros(n)
     for s in range(0, n_edges, _BLOCK):
-        d = x[:, s : s + _BLOCK].astype(np.float64) - mean[:, None]
+        d = _block(x, s, s + _BLOCK).astype(np.float64) - mean[:, None]
         ss += np.einsum("ij,ij->i", d, d)
     norm = np.sqrt(ss)
     scale = np.maximum(np.abs(mean), 1.0) * np.sqrt(n_edges)
@@ -250,8 +303,8 @@ def _corr_cross(a: np.ndarray, b: np.ndarray, names=("fc_a", "fc_b"), dtype=np.f
     mb, nb = _row_stats(b, names[1])
     out = np.zeros((a.shape[0], b.shape[0]), dtype=np.float64)
     for s in range(0, a.shape[1], _BLOCK):
-        za = ((a[:, s : s + _BLOCK] - ma[:, None]) / na[:, None]).astype(dtype, copy=False)
-        zb = ((b[:, s : s + _BLOCK] - mb[:, None]) / nb[:, None]).astype(dtype, copy=False)
+        za = ((_block(a, s, s + _BLOCK) - ma[:, None]) / na[:, None]).astype(dtype, copy=False)
+        zb = ((_block(b, s, s + _BLOCK) - mb[:, None]) / nb[:, None]).astype(dtype, copy=False)
         out += za @ zb.T
     return out
 
@@ -271,7 +324,9 @@ def identifiability_matrix(fc_a, fc_b, *, dtype=np.float64) -> np.ndarray:
     fc_a, fc_b : array_like
         Test and retest sessions, ``(n_subjects, n_rois, n_rois)`` symmetric matrices
         (upper triangle without diagonal used) or ``(n_subjects, n_edges)`` edge
-        vectors, subjects in the same order.
+        vectors, subjects in the same order. Edge vectors may be a chunked or on-disk
+        array (``dask.array``, ``numpy.memmap``, zarr, h5py): it is read in blocks of
+        edges and never loaded whole.
     dtype : numpy dtype
         Precision of the products (``float64`` by default; ``float32`` halves the
         time on very large inputs at ~1e-6 absolute error). Means and norms are
@@ -530,6 +585,7 @@ def pca_reconstruction(fc_a, fc_b, components=None, *, method: str = "auto") -> 
     reconstructed connectome is constant gives NaN and is ignored when choosing ``m*``.
     """
     a, b, n_rois = _check_pair(fc_a, fc_b)
+    a, b = np.asarray(a), np.asarray(b)  # the reconstruction is in memory; chunked inputs are loaded here
     n, n_edges = a.shape
     two_n = 2 * n
     ms = _components_list(components, two_n)
@@ -718,7 +774,7 @@ def edgewise_icc(fc_a, fc_b, kind: str = "ICC(1,1)", *, more_sessions=(), as_mat
     keys = ICC_KINDS if want == "all" else (want,)
     out = {k: np.empty(n_edges) for k in keys}
     for s in range(0, n_edges, _BLOCK):
-        Y = np.stack([e[:, s : s + _BLOCK] for e in edges], axis=1).astype(np.float64)
+        Y = np.stack([_block(e, s, s + _BLOCK) for e in edges], axis=1).astype(np.float64)
         res = _icc_block(Y)
         for k in keys:
             out[k][s : s + _BLOCK] = res[k]
