@@ -540,7 +540,7 @@ def find_anat(bold_path):
         stem = t2w.name.split(".nii")[0]
         for pattern in (f"{stem}_label-SC_seg.nii*", f"{stem}_seg.nii*", f"{stem}_label-SC_mask.nii*"):
             segs = sorted(p for p in (root / "derivatives").glob(f"*/sub-{sub}/**/anat/{pattern}")
-                          if "spineprint" not in p.parts)
+                          if p.relative_to(root / "derivatives").parts[0] != "spineprint")
             if segs:
                 return t2w, segs[0], None
     return None, None, f"no cord segmentation (derivatives/*/sub-{sub}/**/anat/<T2w>_label-SC_seg.nii.gz) for {t2ws[0].name}"
@@ -628,6 +628,9 @@ def _registration_step(bold_path: Path, img, mean_img, output_dir: Path, notes: 
     t2w, seg, reason = find_anat(bold_path)
     if t2w is None:
         return None, f"skip: {reason}"
+    if atlas.pam50_source("auto")[0] != "pam50":
+        return None, ("skip: the PAM50 template is not available offline (set SPINEPRINT_DATA_DIR or run "
+                      "spineprint_utils.datasets.fetch_pam50())")
     root = _bids_root(bold_path)
     to_native, info = _anat_registration(t2w, seg, Path(output_dir), root, notes)
     mean3 = nib.Nifti1Image(np.asarray(mean_img, dtype=np.float32), img.affine)

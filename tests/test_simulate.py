@@ -433,11 +433,17 @@ def _validator():
     return None
 
 
-def test_bids_validator(tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"space": "native", "distortion": True, "n_subjects": 1, "n_sessions": 2,
+                                        "segments": ("C4", "C5")}], ids=["PAM50", "native+distortion"])
+def test_bids_validator(tmp_path, extra):
     cmd = _validator()
     if cmd is None:
         pytest.skip("bids-validator not installed: run `npm install --prefix .tools bids-validator@1.15.0`")
-    out = sim.simulate_dataset(tmp_path / "bids", n_subjects=2, n_sessions=2, n_volumes=20)
+    out = sim.simulate_dataset(tmp_path / "bids", **{"n_subjects": 2, "n_sessions": 2, "n_volumes": 20, **extra})
+    if extra:
+        assert sorted(p.name for p in out.glob("sub-01/ses-02/fmap/*")) == [
+            "sub-01_ses-02_dir-AP_epi.json", "sub-01_ses-02_dir-AP_epi.nii.gz",
+            "sub-01_ses-02_dir-PA_epi.json", "sub-01_ses-02_dir-PA_epi.nii.gz"]
     proc = subprocess.run(cmd + [str(out), "--json"], capture_output=True, text=True, timeout=300)
     try:
         report = json.loads(proc.stdout)
