@@ -658,7 +658,8 @@ def connectivity_dataset(
         atomic_write_json(out_dir / "dataset_description.json", {
             "Name": "spineprint connectivity", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
             "GeneratedBy": [{"Name": "spineprint", "Version": __version__,
-                             "Description": "PAM50 horn x segment time series and functional connectivity"}],
+                             "Description": "PAM50 horn x segment time series and functional connectivity",
+                             "Parameters": fc_params}],
         })
     group_path = group_dir / f"{stem}_connectomes.npz"
     atomic_save_npz(
