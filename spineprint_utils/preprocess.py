@@ -4,9 +4,18 @@ One run (:func:`preprocess_run`):
 
 1. read the BOLD series (4D, finite) and its sidecar (``RepetitionTime``
    required; ``SliceTiming`` optional, volume onsets are used without it);
+1b. susceptibility distortion correction of the raw series when the session has a
+   reverse phase-encoding pair (``fmap/*_epi``; Chang & Fitzpatrick 1992,
+   :mod:`spineprint_utils.distortion`), before motion correction; a pair with bad
+   metadata is a recorded skip (QC column ``distortion_correction``, JSON
+   ``DistortionCorrection``, a warning);
 2. cord and CSF masks: given images, else the PAM50 tissue maps on the run's grid
    (:func:`spineprint_utils.atlas.tissue_maps`, thresholded at 0.5) when the run
-   is in PAM50 space, else masks from the mean image
+   is in PAM50 space, else - when the participant has ``anat/*_T2w`` and a cord
+   segmentation in ``derivatives/*/`` (:func:`find_anat`) - the PAM50 maps brought to
+   the run through T2w -> PAM50 and mean BOLD -> T2w registrations
+   (:mod:`spineprint_utils.registration`; QC column ``registration``), which also give
+   the run's horn x segment regions; else masks from the mean image
    (:func:`spineprint_utils.motion.auto_cord_mask`: a 10 mm disk around the
    bright spinal canal; CSF = the brightest 25 % of the disk);
 3. slice-wise motion correction (:mod:`spineprint_utils.motion`) estimated in the
@@ -39,6 +48,13 @@ Outputs (``<prefix>`` = raw name without ``_bold.nii.gz``), under
   unless ``overwrite``; different parameters recompute the run)
 - ``figures/<prefix>_desc-motion_qc.png``, ``figures/<prefix>_desc-tsnr_qc.png`` and,
   when the physiological model was applied, ``figures/<prefix>_desc-physio_qc.png``
+- native-space runs only: ``<prefix>_desc-b0_fieldmap.nii.gz`` (estimated field, Hz),
+  ``<prefix>_atlas-PAM50horns_dseg.nii.gz``/``.tsv`` (regions on the run's grid, used by
+  the connectivity step), ``<prefix>_from-PAM50_to-bold_xfm.npz`` (transform chain,
+  :func:`spineprint_utils.registration.load_transforms`),
+  ``figures/<prefix>_desc-native_qc.png``; and per T2w image, under ``anat/``,
+  ``<T2w>_from-T2w_to-PAM50_xfm.npz``, ``<T2w>_from-PAM50_to-T2w_xfm.npz`` and
+  ``<T2w>_desc-registration_qc.json`` (reused by the participant's other runs)
 
 and dataset-level ``dataset_description.json`` and ``qc.tsv``. If a run fails,
 every file it wrote is removed: no partial derivative is left behind.

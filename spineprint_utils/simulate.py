@@ -85,6 +85,13 @@ session ``sub-XX_ses-YY_desc-model_connectivity.tsv``, and per run
 ``<prefix>_desc-motion_timeseries.tsv`` (columns ``x_slice00..``, ``y_slice00..`` in mm,
 as :mod:`spineprint_utils.motion`) and ``<prefix>_desc-physio_timeseries.tsv``
 (acquisition time, cardiac and respiratory phase, B0 shift of every slice and volume).
+With ``space="native"``: the T2w is on a 0.5 x 0.5 x 1 mm grid, its cord segmentation in
+``derivatives/labels/sub-XX/ses-01/anat/sub-XX_ses-01_T2w_label-SC_seg.nii.gz``, and the
+ground truth adds ``sub-XX/sub-XX_from-native_to-PAM50_desc-true_xfm.npz``,
+``sub-XX/sub-XX_space-native_atlas-PAM50horns_dseg.nii.gz`` and
+``sub-XX/sub-XX_space-native_label-cord_mask.nii.gz``; with ``distortion=True`` also
+``sub-XX/ses-YY/fmap/sub-XX_ses-YY_dir-{PA,AP}_epi.nii.gz/.json`` (raw) and
+``sub-XX/ses-YY/fmap/sub-XX_ses-YY_desc-true_fieldmap.nii.gz`` (ground truth, Hz).
 A hidden marker ``.spineprint-simulation.json`` (parameter hash) is written last.
 
 References
