@@ -48,7 +48,9 @@ def make_parser() -> argparse.ArgumentParser:
 def _sigterm_as_interrupt(signum, frame):
     """SIGTERM (e.g. a batch scheduler or ``kill``) stops like Ctrl-C: the
     ``KeyboardInterrupt`` unwinds through the atomic writers, which remove their
-    temporary files, and completed runs stay on disk for the rerun."""
+    temporary files, and completed runs stay on disk for the rerun. Further SIGTERMs
+    are ignored so that they cannot interrupt that clean-up (SIGKILL still works)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 

@@ -8,8 +8,11 @@ back in input order, so a stage gives the same output whichever backend ran it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import as_completed as _as_completed
 
 __all__ = ["parallel_map"]
 
@@ -46,7 +49,8 @@ def parallel_map(func, items, n_jobs: int = 1, scheduler: str | None = None, des
     -------
     list
         ``[func(item) for item in items]``, in input order. The first exception
-        raised by *func* propagates.
+        raised by *func* propagates (local processes: the other items are then
+        cancelled and the running ones interrupted, see :func:`_stop_pool`).
     """
     items = list(items)
     if not items:
@@ -66,6 +70,76 @@ def parallel_map(func, items, n_jobs: int = 1, scheduler: str | None = None, des
         n_jobs = os.cpu_count() or 1
     if n_jobs == 1 or len(items) == 1:
         return [func(item) for item in _progress(items, len(items), desc, disable)]
-    with ProcessPoolExecutor(max_workers=min(n_jobs, len(items))) as pool:
-        # Executor.map yields in input order.
-        return list(_progress(pool.map(func, items), len(items), desc, disable))
+    pool = ProcessPoolExecutor(max_workers=min(n_jobs, len(items)), initializer=_worker_init)
+    futures = []
+    try:
+        futures = [pool.submit(_run_task, func, item) for item in items]
+        for f in _progress(_as_completed(futures), len(futures), desc, disable):
+            f.result()  # the first error is raised as soon as it happens
+        results = [f.result() for f in futures]  # input order
+    except BaseException:
+        _stop_pool(pool, futures)
+        raise
+    pool.shutdown(wait=True)
+    return results
+
+
+_BUSY = False
+_STOPPING = False
+
+
+def _on_sigint(signum, frame):
+    """Worker SIGINT/SIGTERM: interrupt the running item once (its writers then remove
+    what it wrote; further signals do not interrupt that clean-up), skip any item
+    still queued; an idle worker just exits, without a traceback."""
+    global _STOPPING
+    if not _BUSY:
+        os._exit(130)
+    if not _STOPPING:
+        _STOPPING = True
+        raise KeyboardInterrupt
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGINT, _on_sigint)
+    signal.signal(signal.SIGTERM, _on_sigint)
+
+
+def _run_task(func, item):
+    global _BUSY
+    _BUSY = True
+    try:
+        if _STOPPING:
+            raise KeyboardInterrupt
+        return func(item)
+    finally:
+        _BUSY = False
+
+
+def _stop_pool(pool: ProcessPoolExecutor, futures, grace: float = 60.0) -> None:
+    """Stop a pool after an error or an interruption (Ctrl-C, SIGTERM) of the caller.
+
+    Without this, leaving a ``with ProcessPoolExecutor`` block waits for *every*
+    submitted item to finish. Here pending items are cancelled and the workers get
+    SIGINT (repeated until they exit, at most *grace* seconds, then they are
+    terminated), so a running item raises ``KeyboardInterrupt`` inside its worker and
+    its atomic writers remove their temporary files; completed items are kept.
+    """
+    import time
+
+    for f in futures:
+        f.cancel()
+    procs = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + grace
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        for proc in procs:
+            if proc.is_alive():
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    os.kill(proc.pid, signal.SIGINT)
+        for proc in procs:
+            proc.join(timeout=0.2)
+    for proc in procs:
+        if proc.is_alive():  # pragma: no cover - a worker ignoring SIGINT
+            proc.terminate()
+            proc.join()

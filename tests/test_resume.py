@@ -112,10 +112,12 @@ def _run_outputs_complete_or_absent(out: Path, reference: Path) -> list:
     return done
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_preprocess_interrupted_then_resumed(study, clean_run, tmp_path, sig):
+@pytest.mark.parametrize("sig, extra", [(signal.SIGINT, ()), (signal.SIGTERM, ()),
+                                        (signal.SIGTERM, ("--n-jobs", "2"))],
+                         ids=["SIGINT", "SIGTERM", "SIGTERM-2-processes"])
+def test_preprocess_interrupted_then_resumed(study, clean_run, tmp_path, sig, extra):
     out = tmp_path / "deriv"
-    cmd = [sys.executable, "-m", "spineprint_utils.cli", "preprocess", str(study), "--out", str(out)]
+    cmd = [sys.executable, "-m", "spineprint_utils.cli", "preprocess", str(study), "--out", str(out), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
     _wait_for(lambda: any(out.glob(f"sub-*/ses-*/func/{MARKER}")), proc, what="the first run's marker")
     proc.send_signal(sig)
@@ -125,7 +127,10 @@ def test_preprocess_interrupted_then_resumed(study, clean_run, tmp_path, sig):
     # nothing corrupt: no temporary file, every run complete or absent, not all done
     assert not _temporary(out)
     done = _run_outputs_complete_or_absent(out, clean_run)
-    assert len(done) == 1  # the first run, not the one being processed
+    if extra:  # two runs in parallel: the second may have finished too
+        assert len(done) >= 1
+    else:
+        assert len(done) == 1  # the first run, not the one being processed
     stamps = {name: p.stat().st_mtime_ns for name, p in _files(out).items() if "sub-" in name or "figures" in name}
     # rerun: finishes, reuses the completed runs (files not rewritten), equals a clean run
     proc2 = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT)
@@ -136,6 +141,35 @@ def test_preprocess_interrupted_then_resumed(study, clean_run, tmp_path, sig):
     assert len(_run_outputs_complete_or_absent(out, clean_run)) == 2
     assert not _temporary(out)
     assert_same_derivatives(out, clean_run)
+
+
+# ----------------------------------------------------------------- local process pool
+def _slow_item(args):
+    """Module-level task: records its start, sleeps, records its end; item 1 fails."""
+    folder, x = args
+    Path(folder, f"started-{x}").touch()
+    if x == 1:
+        raise ValueError("planted failure in item 1")
+    time.sleep(1.5)
+    Path(folder, f"finished-{x}").touch()
+    return x
+
+
+def test_process_pool_stops_at_the_first_error(tmp_path):
+    """An error cancels the pending items and interrupts the running ones, instead of
+    waiting for the whole list (leaving a ``with ProcessPoolExecutor`` block waits)."""
+    from spineprint_utils.parallel import parallel_map
+
+    with pytest.raises(ValueError, match="planted failure in item 1"):
+        parallel_map(_slow_item, [(str(tmp_path), x) for x in range(12)], n_jobs=2, progress=False)
+    time.sleep(2.0)  # anything still running would finish (or start) now
+    started = {int(p.name.split("-")[1]) for p in tmp_path.glob("started-*")}
+    finished = {int(p.name.split("-")[1]) for p in tmp_path.glob("finished-*")}
+    # items already handed to a worker's queue may start before being interrupted, but
+    # most of the list never starts and the running items do not finish
+    assert {0, 1} <= started and len(started) <= 8, started
+    assert finished <= started and len(finished) <= 2, (started, finished)
+    assert parallel_map(abs, [-1, -2, -3], n_jobs=2, progress=False) == [1, 2, 3]  # a new pool works
 
 
 # ----------------------------------------------------------------- book build
