@@ -1,6 +1,9 @@
 """Test configuration: real data come from ../shared/data through the loaders' override."""
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,13 @@ if "SPINEPRINT_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# Generated data (simulated studies, derivatives) go to a fresh cache for the whole test
+# session, also for session-scoped fixtures and the notebook kernels they start: tests never
+# read or write the user's ~/.cache/spineprint.
+_CACHE = tempfile.mkdtemp(prefix="spineprint-test-cache-")
+os.environ["SPINEPRINT_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
@@ -24,7 +34,6 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Each test session uses its own generated-data cache, never the user's."""
-    cache = tmp_path_factory.getbasetemp() / "spineprint-cache"
-    monkeypatch.setenv("SPINEPRINT_CACHE_DIR", str(cache))
+def _isolated_cache(monkeypatch):
+    """Tests that change the cache variable get it restored afterwards."""
+    monkeypatch.setenv("SPINEPRINT_CACHE_DIR", _CACHE)
