@@ -150,7 +150,7 @@ def _slow_item(args):
     Path(folder, f"started-{x}").touch()
     if x == 1:
         raise ValueError("planted failure in item 1")
-    time.sleep(1.5)
+    time.sleep(3.0)  # long enough that a slow parent (loaded machine) still stops the pool first
     Path(folder, f"finished-{x}").touch()
     return x
 
@@ -162,7 +162,7 @@ def test_process_pool_stops_at_the_first_error(tmp_path):
 
     with pytest.raises(ValueError, match="planted failure in item 1"):
         parallel_map(_slow_item, [(str(tmp_path), x) for x in range(12)], n_jobs=2, progress=False)
-    time.sleep(2.0)  # anything still running would finish (or start) now
+    time.sleep(3.5)  # anything still running would finish (or start) now
     started = {int(p.name.split("-")[1]) for p in tmp_path.glob("started-*")}
     finished = {int(p.name.split("-")[1]) for p in tmp_path.glob("finished-*")}
     # items already handed to a worker's queue may start before being interrupted, but
