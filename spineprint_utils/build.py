@@ -342,6 +342,7 @@ def build_book(root=None, output=None, params_file=None, only=None, execute=True
     cmd = [
         str(jb) if jb.exists() else "jupyter-book", "build", str(staging),
         "--path-output", str(output / "jb"), "-W", "--keep-going",
+        "--all",  # re-render every page: Sphinx misses some changes (e.g. to references.bib)
     ]
     print("building HTML:", " ".join(cmd[1:]), flush=True)
     result = subprocess.run(cmd, cwd=str(staging))
