@@ -71,6 +71,14 @@ __all__ = [
     "fingerprint_connectomes",
     "physio_timeseries",
     "physio_fingerprint",
+    "SWEEP_SHORT_NAMES",
+    "sweep_specs",
+    "summarise_sweeps",
+    "sweep_endpoints",
+    "base_study_values",
+    "physio_caution_table",
+    "physio_caution_values",
+    "plot_physio_caution",
 ]
 
 #: Base parameters of the small study of every sweep point (any
@@ -703,3 +711,257 @@ def physio_fingerprint(bids_dir, *, design: str = "within", preprocess_params=No
                                                            "identification_ba", "iself", "iothers", "idiff",
                                                            "chance", "n_subjects")}})
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ chapter 5 tables and glued values
+#: short names of the swept parameters in the values glued by chapter 5 (``<short>_<stat>_<end>``)
+SWEEP_SHORT_NAMES = {"n_volumes": "scan", "tsnr": "tsnr", "physio_amplitude": "physio",
+                     "motion_amplitude": "motion", "fingerprint_strength": "strength"}
+
+#: display labels and colours of the rows of :func:`physio_fingerprint` (chapter 5 caution figure)
+PHYSIO_SOURCE_LABELS = {"physiological noise alone, maps shared by all": "physiology alone\n(shared maps)",
+                        "physiological noise alone": "physiology alone",
+                        "preprocessed without physiological model": "without\nphysio model",
+                        "preprocessed with physiological model": "with\nphysio model"}
+PHYSIO_SOURCE_COLORS = {"physiological noise alone, maps shared by all": "0.6",
+                        "physiological noise alone": "tab:red",
+                        "preprocessed without physiological model": "tab:orange",
+                        "preprocessed with physiological model": "tab:blue"}
+
+
+def sweep_specs(scan_lengths=(), tsnr_values=(), physio_amplitudes=(), motion_amplitudes=(),
+                fingerprint_strengths=()) -> list:
+    """The sweep specifications of chapter 5, for :func:`sweep_many`.
+
+    One ``(parameter, values)`` spec per non-empty list, in the order scan length
+    (``n_volumes``), ``tsnr``, ``physio_amplitude``, ``motion_amplitude``,
+    ``fingerprint_strength``, then, if ``physio_amplitudes`` is non-empty, the same
+    physiological-noise studies preprocessed without the RETROICOR model (Glover et al.
+    2000): ``("physio_amplitude", physio_amplitudes, False)``.
+
+    Parameters
+    ----------
+    scan_lengths, tsnr_values, physio_amplitudes, motion_amplitudes, fingerprint_strengths : sequence of float
+        Values of each sweep; an empty sequence skips that sweep.
+
+    Returns
+    -------
+    list of tuple
+        Specs accepted by :func:`sweep_many` (empty if every sequence is empty).
+    """
+    sweeps = {"n_volumes": scan_lengths, "tsnr": tsnr_values, "physio_amplitude": physio_amplitudes,
+              "motion_amplitude": motion_amplitudes, "fingerprint_strength": fingerprint_strengths}
+    specs = [(p, list(v)) for p, v in sweeps.items() if len(v)]
+    if len(physio_amplitudes):
+        specs.append(("physio_amplitude", list(physio_amplitudes), False))
+    return specs
+
+
+def _check_results(results) -> pd.DataFrame:
+    if not isinstance(results, pd.DataFrame):
+        raise SpineprintError(f"sweep results: expected a pandas DataFrame, got {type(results).__name__}")
+    missing = [c for c in ("parameter", "physio_model", "value") if c not in results.columns]
+    if missing:
+        raise SpineprintError(f"sweep results: missing column(s) {missing} (see drivers.SWEEP_COLUMNS)")
+    return results
+
+
+def summarise_sweeps(results) -> pd.DataFrame:
+    """Mean over repeats of every sweep point.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        Rows of :func:`sweep` / :func:`sweep_many` (columns :data:`SWEEP_COLUMNS`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``(parameter, physio_model, value)`` (sorted), one column per numeric
+        column of ``results`` (identification, Iself, Iothers, Idiff of Finn et al. 2015 and
+        Amico & Goñi 2018, tSNR, ...), each the mean over repeats. Empty (same index names)
+        for empty results.
+    """
+    results = _check_results(results)
+    keys = ["parameter", "physio_model", "value"]
+    if not len(results):  # no dtypes to go by: every column but the keys and the design
+        numeric = [c for c in results.columns if c not in keys and c != "design"]
+        index = pd.MultiIndex.from_tuples([], names=keys)
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in numeric}, index=index)
+    numeric = [c for c in results.columns if c not in keys and pd.api.types.is_numeric_dtype(results[c])]
+    return results.groupby(keys)[numeric].mean()
+
+
+def _sweep_by_value(results: pd.DataFrame, parameter: str, physio_model: bool):
+    model = results["physio_model"].astype(bool)
+    sub = results[(results["parameter"] == parameter) & (model if physio_model else ~model)]
+    return sub.groupby("value").mean(numeric_only=True) if len(sub) else None
+
+
+def sweep_endpoints(results) -> dict:
+    """The values chapter 5 glues from its sweeps: first and last point of each sweep.
+
+    For every swept parameter of :data:`SWEEP_SHORT_NAMES` (short name ``s``), with the
+    physiological model on, after averaging the repeats at each value (points sorted by
+    value): ``s_first``/``s_last`` (the smallest and largest value), ``s_id_first``/
+    ``s_id_last`` (identification rate in %, Finn et al. 2015), ``s_idiff_first``/
+    ``s_idiff_last`` (Idiff, Amico & Goñi 2018) and ``s_truth_idiff_first``/
+    ``s_truth_idiff_last`` (Idiff of the planted neural signals). For the
+    physiological-noise sweep without the model: ``physio_off_idiff_last`` and
+    ``physio_off_id_last`` (%). A sweep without rows gives NaN.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        Rows of :func:`sweep_many` (columns :data:`SWEEP_COLUMNS`), possibly empty.
+
+    Returns
+    -------
+    dict of str to float
+    """
+    results = _check_results(results)
+    nan = float("nan")
+    out = {}
+    for parameter, name in SWEEP_SHORT_NAMES.items():
+        by = _sweep_by_value(results, parameter, True)
+        for end, pos in (("first", 0), ("last", -1)):
+            out[f"{name}_{end}"] = float(by.index[pos]) if by is not None else nan
+            out[f"{name}_id_{end}"] = float(100 * by["identification"].iloc[pos]) if by is not None else nan
+            out[f"{name}_idiff_{end}"] = float(by["idiff"].iloc[pos]) if by is not None else nan
+            out[f"{name}_truth_idiff_{end}"] = float(by["idiff_truth"].iloc[pos]) if by is not None else nan
+    by_off = _sweep_by_value(results, "physio_amplitude", False)
+    out["physio_off_idiff_last"] = float(by_off["idiff"].iloc[-1]) if by_off is not None else nan
+    out["physio_off_id_last"] = float(100 * by_off["identification"].iloc[-1]) if by_off is not None else nan
+    return out
+
+
+def base_study_values(base: dict, base_df=None, n_repeats: int = 1) -> dict:
+    """The values chapter 5 glues about its base study.
+
+    Parameters
+    ----------
+    base : dict
+        Base study parameters (e.g. ``{**BASE_STUDY, **study_params}``); ``tr`` defaults to
+        :data:`spineprint_utils.simulate.DEFAULTS`.
+    base_df : pandas.DataFrame, optional
+        Rows of :func:`sweep` at the base parameters; adds their means over repeats.
+    n_repeats : int
+        Repeats per sweep point.
+
+    Returns
+    -------
+    dict
+        ``n_subjects`` (int), ``base_n_volumes`` (int), ``base_minutes`` (run length in
+        min, ``n_volumes * tr / 60``), ``chance`` (``100 / n_subjects`` %), ``n_repeats``
+        (int) and, with ``base_df``, ``base_identification`` (%), ``base_idiff``,
+        ``base_idiff_truth``, ``base_tsnr_clean``.
+    """
+    from . import simulate
+
+    try:
+        n_subjects, n_volumes = int(base["n_subjects"]), int(base["n_volumes"])
+    except KeyError as err:
+        raise SpineprintError(f"base study parameters: missing {err.args[0]!r}") from None
+    if n_subjects < 1:
+        raise SpineprintError(f"base study parameters: n_subjects must be >= 1, got {n_subjects}")
+    out = {"n_subjects": n_subjects, "base_n_volumes": n_volumes,
+           "base_minutes": float(n_volumes * base.get("tr", simulate.DEFAULTS["tr"]) / 60),
+           "chance": float(100 / n_subjects), "n_repeats": int(n_repeats)}
+    if base_df is not None:
+        out.update(base_identification=float(100 * base_df["identification"].mean()),
+                   base_idiff=float(base_df["idiff"].mean()),
+                   base_idiff_truth=float(base_df["idiff_truth"].mean()),
+                   base_tsnr_clean=float(base_df["tsnr_clean"].mean()))
+    return out
+
+
+def physio_caution_table(caution, shared=None) -> pd.DataFrame:
+    """The table of the physiology-only section of chapter 5.
+
+    Parameters
+    ----------
+    caution : pandas.DataFrame
+        :func:`physio_fingerprint` of the study with participant-specific physiological
+        noise maps (rows: alone, without model, with model).
+    shared : pandas.DataFrame, optional
+        :func:`physio_fingerprint` (``with_data=False``) of the same study with maps shared
+        by all participants; its row is relabelled ``"physiological noise alone, maps
+        shared by all"`` and put first.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of ``shared`` (if given) then of ``caution``, with a fresh index.
+    """
+    if shared is None:
+        return caution.copy()
+    shared = shared.copy()
+    shared["source"] = "physiological noise alone, maps shared by all"
+    return pd.concat([shared, caution], ignore_index=True)
+
+
+def physio_caution_values(caution, shared=None) -> dict:
+    """The values chapter 5 glues from its physiology-only section.
+
+    ``caution_<key>_id`` (identification, %), ``caution_<key>_idiff`` and
+    ``caution_<key>_iself`` for the rows of ``caution`` in order with keys ``alone``,
+    ``nomodel``, ``model`` (see :func:`physio_fingerprint`; Kaptan et al. 2023), and
+    ``shared_alone_id`` (%), ``shared_alone_idiff`` from the first row of ``shared`` (NaN
+    without it).
+
+    Parameters
+    ----------
+    caution, shared : pandas.DataFrame
+        As in :func:`physio_caution_table`.
+
+    Returns
+    -------
+    dict of str to float
+    """
+    out = {}
+    for key, row in zip(("alone", "nomodel", "model"), caution.itertuples()):
+        out[f"caution_{key}_id"] = float(100 * row.identification)
+        out[f"caution_{key}_idiff"] = float(row.idiff)
+        out[f"caution_{key}_iself"] = float(row.iself)
+    nan = float("nan")
+    out["shared_alone_id"] = float(100 * shared["identification"].iloc[0]) if shared is not None else nan
+    out["shared_alone_idiff"] = float(shared["idiff"].iloc[0]) if shared is not None else nan
+    return out
+
+
+def plot_physio_caution(table):
+    """Bar plots of identification and Idiff per source of :func:`physio_caution_table`.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Rows of :func:`physio_caution_table` (columns ``source``, ``identification``,
+        ``idiff``, ``chance``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Left: identification rate (%) with chance (dotted); right: Idiff.
+    """
+    import matplotlib.pyplot as plt
+
+    unknown = sorted(set(table["source"]) - set(PHYSIO_SOURCE_LABELS))
+    if unknown:
+        raise SpineprintError(f"physiology table: unknown source(s) {unknown}")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    names = [PHYSIO_SOURCE_LABELS[s] for s in table["source"]]
+    colors = [PHYSIO_SOURCE_COLORS[s] for s in table["source"]]
+    axes[0].bar(names, 100 * table["identification"], color=colors)
+    axes[0].axhline(100 * table["chance"].iloc[0], color="0.3", ls=":", label="chance")
+    axes[0].set_ylabel("identification rate (%)")
+    axes[0].set_xlabel("data")
+    axes[0].set_ylim(0, 103)
+    axes[0].legend(fontsize=8)
+    axes[1].bar(names, table["idiff"], color=colors)
+    axes[1].axhline(0.0, color="0.3", lw=1)
+    axes[1].set_ylabel("$I_{diff}$ (x 100 correlation)")
+    axes[1].set_xlabel("data")
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle("No neural fingerprint: what physiology alone can do")
+    return fig

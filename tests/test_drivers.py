@@ -339,3 +339,132 @@ def test_notebook_halving_scan_length_lowers_idiff(tmp_path):
     assert glued[N // 2]["base_n_volumes"] == N // 2 and glued[N]["base_n_volumes"] == N
     assert glued[N // 2]["base_idiff"] < glued[N]["base_idiff"]
     assert list(tmp_path.glob("*.ipynb")) and not list((ROOT / "notebooks").glob("*.json"))
+
+
+# ------------------------------------------------------------------ chapter 5 tables and glued values (no simulation)
+def _toy_results() -> pd.DataFrame:
+    """Hand-built sweep rows: values given out of order, 2 repeats, model on/off for physio."""
+    rows = []
+    rng = np.random.default_rng(0)
+    points = [("n_volumes", True, v) for v in (200, 50, 100)] + \
+             [("physio_amplitude", m, v) for m in (True, False) for v in (2.0, 0.0, 1.0)] + \
+             [("fingerprint_strength", True, 0.25)]
+    for parameter, model, value in points:
+        for repeat in range(2):
+            rows.append({"parameter": parameter, "value": value, "repeat": repeat, "seed": repeat,
+                         "design": "within", "physio_model": model, "n_subjects": 4,
+                         "identification": rng.integers(0, 5) / 4, "idiff": rng.normal(10, 5),
+                         "idiff_truth": rng.normal(20, 5), "iself": rng.random(), "tsnr_clean": rng.normal(15, 2)})
+    return pd.DataFrame(rows)
+
+
+def _manual_mean(df, parameter, model, value, column):
+    vals = [r[column] for _, r in df.iterrows()
+            if r["parameter"] == parameter and bool(r["physio_model"]) == model and r["value"] == value]
+    return sum(vals) / len(vals)
+
+
+def test_sweep_specs_match_the_chapter_construction():
+    assert drivers.sweep_specs() == []
+    assert drivers.sweep_specs([30, 60], [], [1.0], [], [0.0]) == [
+        ("n_volumes", [30, 60]), ("physio_amplitude", [1.0]), ("fingerprint_strength", [0.0]),
+        ("physio_amplitude", [1.0], False)]
+    specs = drivers.sweep_specs([50], [6.0, 12.0], [0.0, 2.0], [0.2], [1.0])
+    assert [s[0] for s in specs] == ["n_volumes", "tsnr", "physio_amplitude", "motion_amplitude",
+                                     "fingerprint_strength", "physio_amplitude"]
+    assert specs[-1] == ("physio_amplitude", [0.0, 2.0], False) and all(len(s) == 2 for s in specs[:-1])
+    assert drivers.sweep_specs(tsnr_values=(24.0,)) == [("tsnr", [24.0])]  # no physio: no model-off spec
+
+
+def test_summarise_sweeps_is_the_mean_over_repeats():
+    df = _toy_results()
+    summary = drivers.summarise_sweeps(df)
+    assert summary.index.names == ["parameter", "physio_model", "value"]
+    assert len(summary) == 10 and "design" not in summary.columns
+    for (parameter, model, value), row in summary.iterrows():
+        for column in ("identification", "idiff", "idiff_truth", "tsnr_clean"):
+            assert row[column] == pytest.approx(_manual_mean(df, parameter, model, value, column))
+    # values sorted within each sweep, whatever the row order
+    assert list(summary.loc[("n_volumes", True)].index) == [50, 100, 200]
+    empty = drivers.summarise_sweeps(pd.DataFrame(columns=drivers.SWEEP_COLUMNS))
+    assert len(empty) == 0 and {"identification", "idiff", "idiff_truth", "tsnr_clean"} <= set(empty.columns)
+    with pytest.raises(SpineprintError, match="physio_model"):
+        drivers.summarise_sweeps(df.drop(columns="physio_model"))
+    with pytest.raises(SpineprintError, match="DataFrame"):
+        drivers.summarise_sweeps([1, 2])
+
+
+def test_sweep_endpoints_pick_smallest_and_largest_values_and_nan_for_empty_sweeps():
+    df = _toy_results()
+    ends = drivers.sweep_endpoints(df)
+    expected_names = {f"{s}{stat}_{end}" for s in ("scan", "tsnr", "physio", "motion", "strength")
+                      for stat in ("", "_id", "_idiff", "_truth_idiff") for end in ("first", "last")}
+    assert set(ends) == expected_names | {"physio_off_idiff_last", "physio_off_id_last"}
+    assert all(isinstance(v, float) for v in ends.values())
+    assert ends["scan_first"] == 50 and ends["scan_last"] == 200
+    assert ends["scan_id_first"] == pytest.approx(100 * _manual_mean(df, "n_volumes", True, 50, "identification"))
+    assert ends["scan_idiff_last"] == pytest.approx(_manual_mean(df, "n_volumes", True, 200, "idiff"))
+    assert ends["scan_truth_idiff_first"] == pytest.approx(_manual_mean(df, "n_volumes", True, 50, "idiff_truth"))
+    # the physio sweep with the model on only; the model-off values separately
+    assert ends["physio_first"] == 0.0 and ends["physio_last"] == 2.0
+    assert ends["physio_idiff_last"] == pytest.approx(_manual_mean(df, "physio_amplitude", True, 2.0, "idiff"))
+    assert ends["physio_off_idiff_last"] == pytest.approx(_manual_mean(df, "physio_amplitude", False, 2.0, "idiff"))
+    assert ends["physio_off_id_last"] == pytest.approx(
+        100 * _manual_mean(df, "physio_amplitude", False, 2.0, "identification"))
+    assert ends["physio_off_idiff_last"] != ends["physio_idiff_last"]
+    # a one-point sweep: first == last
+    assert ends["strength_first"] == ends["strength_last"] == 0.25
+    assert ends["strength_idiff_first"] == ends["strength_idiff_last"]
+    # empty sweeps give NaN
+    assert all(np.isnan(ends[k]) for k in expected_names if k.startswith(("tsnr", "motion")))
+    empty = drivers.sweep_endpoints(pd.DataFrame(columns=drivers.SWEEP_COLUMNS))
+    assert set(empty) == set(ends) and all(np.isnan(v) for v in empty.values())
+    # without the model-off rows the physio_off values are NaN, the model-on values unchanged
+    on_only = drivers.sweep_endpoints(df[df["physio_model"]])
+    assert np.isnan(on_only["physio_off_idiff_last"]) and on_only["physio_idiff_last"] == ends["physio_idiff_last"]
+
+
+def test_base_study_values():
+    base = {"n_subjects": 5, "n_volumes": 90, "tr": 2.0}
+    values = drivers.base_study_values(base, n_repeats=3)
+    assert values == {"n_subjects": 5, "base_n_volumes": 90, "base_minutes": 3.0, "chance": 20.0, "n_repeats": 3}
+    no_tr = drivers.base_study_values({"n_subjects": 4, "n_volumes": 60})
+    assert no_tr["base_minutes"] == pytest.approx(60 * simulate.DEFAULTS["tr"] / 60)
+    base_df = pd.DataFrame({"identification": [0.5, 1.0], "idiff": [10.0, 20.0], "idiff_truth": [30.0, 40.0],
+                            "tsnr_clean": [12.0, 14.0]})
+    values = drivers.base_study_values(base, base_df)
+    assert (values["base_identification"], values["base_idiff"], values["base_idiff_truth"],
+            values["base_tsnr_clean"]) == (75.0, 15.0, 35.0, 13.0)
+    with pytest.raises(SpineprintError, match="n_volumes"):
+        drivers.base_study_values({"n_subjects": 4})
+
+
+def test_physio_caution_table_values_and_plot():
+    caution = pd.DataFrame({"source": ["physiological noise alone", "preprocessed without physiological model",
+                                       "preprocessed with physiological model"],
+                            "identification": [1.0, 0.5, 0.25], "idiff": [30.0, 5.0, 1.0],
+                            "iself": [0.9, 0.4, 0.3], "chance": [0.25] * 3})
+    shared = pd.DataFrame({"source": ["physiological noise alone"], "identification": [0.75], "idiff": [8.0],
+                           "iself": [0.8], "chance": [0.25]})
+    table = drivers.physio_caution_table(caution, shared)
+    assert list(table["source"]) == ["physiological noise alone, maps shared by all"] + list(caution["source"])
+    assert list(table.index) == [0, 1, 2, 3] and list(shared["source"]) == ["physiological noise alone"]
+    assert drivers.physio_caution_table(caution).equals(caution)
+    values = drivers.physio_caution_values(caution, shared)
+    assert values == {"caution_alone_id": 100.0, "caution_alone_idiff": 30.0, "caution_alone_iself": 0.9,
+                      "caution_nomodel_id": 50.0, "caution_nomodel_idiff": 5.0, "caution_nomodel_iself": 0.4,
+                      "caution_model_id": 25.0, "caution_model_idiff": 1.0, "caution_model_iself": 0.3,
+                      "shared_alone_id": 75.0, "shared_alone_idiff": 8.0}
+    no_shared = drivers.physio_caution_values(caution)
+    assert np.isnan(no_shared["shared_alone_id"]) and np.isnan(no_shared["shared_alone_idiff"])
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig = drivers.plot_physio_caution(table)
+    left, right = fig.axes
+    assert [p.get_height() for p in left.patches] == [75.0, 100.0, 50.0, 25.0]
+    assert [p.get_height() for p in right.patches] == [8.0, 30.0, 5.0, 1.0]
+    assert left.lines[0].get_ydata()[0] == 25.0
+    plt.close(fig)
+    with pytest.raises(SpineprintError, match="unknown source"):
+        drivers.plot_physio_caution(table.assign(source="something else"))
