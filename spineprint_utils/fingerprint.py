@@ -67,6 +67,14 @@ __all__ = [
     "PCAResult",
     "PermutationResult",
     "BootstrapResult",
+    "Design",
+    "designs_from_connectomes",
+    "identifiability_summary",
+    "FingerprintReport",
+    "fingerprint_design",
+    "summary_table",
+    "IDENTIFICATION_KEYS",
+    "ICC_CATEGORIES",
 ]
 
 #: Number of edges processed at once by the blocked computations (memory bound:
@@ -1200,3 +1208,305 @@ def pair_runs(records, run_a, run_b, *, session=None, on_missing: str = "raise")
     sel_a = _select(df, f"run {run_a}", session=session, run=run_a)
     sel_b = _select(df, f"run {run_b}", session=session, run=run_b)
     return _pair(df, sel_a, sel_b, f"run {run_a}", f"run {run_b}", on_missing)
+
+
+# ============================================================ chapter workflow
+#: Which connectome of a run each design uses: index into the ``fc`` axis 1 of
+#: :func:`spineprint_utils.connectivity.load_connectomes` ([full, half1, half2]).
+_FULL, _HALF1, _HALF2 = 0, 1, 2
+
+#: Summary keys shown in the identification table of chapter 4 (:func:`summary_table`).
+IDENTIFICATION_KEYS = (
+    "id_ab", "id_ba", "id_mean", "p_id", "chance", "iself", "iothers", "idiff", "p_idiff",
+    "idiff_lo", "idiff_hi", "id_lo", "id_hi",
+)
+
+#: Cicchetti & Sparrow (1981) categories, from worst to best.
+ICC_CATEGORIES = ("poor", "fair", "good", "excellent")
+
+
+@dataclass(frozen=True)
+class Design:
+    """One test-retest fingerprinting design built by :func:`designs_from_connectomes`.
+
+    Attributes
+    ----------
+    fc_a, fc_b : ndarray, shape (n_subjects, n_rois, n_rois)
+        Test and retest connectomes, subjects in the same order.
+    subjects : ndarray of str
+        Subject labels (sorted), the row order of ``fc_a`` and ``fc_b``.
+    title : str
+        Human-readable name, e.g. ``"within-session (split half)"``.
+    idx_a, idx_b : ndarray of int
+        Rows of the run records (``data["fc"]``) used for the test and retest scans.
+    part_a, part_b : int
+        Which connectome of those runs: 0 full run, 1 first half, 2 second half.
+    """
+
+    fc_a: np.ndarray
+    fc_b: np.ndarray
+    subjects: np.ndarray
+    title: str
+    idx_a: np.ndarray
+    idx_b: np.ndarray
+    part_a: int
+    part_b: int
+
+
+def designs_from_connectomes(data: Mapping, kind: str = "both") -> dict:
+    """Within- and between-scan fingerprinting designs from a dataset's connectomes.
+
+    - ``"within"``: first half vs second half of each subject's first run of the first
+      session (split-half design of Ricchi et al. 2025), aligned with :func:`pair_sessions`;
+    - ``"between"``: full run of session 1 vs full run of session 2 (first run label of
+      each), or, when the dataset has a single session, run 1 vs run 2 (:func:`pair_runs`).
+
+    Sessions and runs are taken in sorted label order, as chapter 4 always did.
+
+    Parameters
+    ----------
+    data : mapping
+        As returned by :func:`spineprint_utils.connectivity.load_connectomes`: ``fc``
+        (n_runs, 3, R, R) for [full, half1, half2], and ``subjects``, ``sessions``,
+        ``runs`` (one label per run, ``""`` when absent).
+    kind : {"both", "within", "between"}
+        Which design(s) to build.
+
+    Returns
+    -------
+    dict of str to Design
+        ``{"within": ..., "between": ...}`` (in that order) or the one requested.
+
+    Raises
+    ------
+    SpineprintError
+        Missing keys or inconsistent lengths, an unknown *kind*, a between design with
+        neither two sessions nor two runs, or subjects missing from one scan.
+    """
+    if kind not in ("both", "within", "between"):
+        raise SpineprintError(f"kind must be 'both', 'within' or 'between', got {kind!r}")
+    if not isinstance(data, Mapping):
+        raise SpineprintError(f"connectome data must be a mapping (load_connectomes), got {type(data).__name__}")
+    missing = [k for k in ("fc", "subjects", "sessions", "runs") if k not in data]
+    if missing:
+        raise SpineprintError(f"connectome data: missing key(s) {missing} (expected the output of load_connectomes)")
+    fc = np.asarray(data["fc"])
+    if fc.ndim != 4 or fc.shape[1] != 3 or fc.shape[2] != fc.shape[3]:
+        raise SpineprintError(
+            f"connectome data: fc must have shape (n_runs, 3 [full, half1, half2], R, R), found {fc.shape}"
+        )
+    import pandas as pd
+
+    cols = {k: np.asarray(data[k + "s"]).astype(str) for k in ("subject", "session", "run")}
+    lengths = {k: len(v) for k, v in cols.items()}
+    if any(n != fc.shape[0] for n in lengths.values()):
+        raise SpineprintError(f"connectome data: fc has {fc.shape[0]} runs but label lengths are {lengths}")
+    records = pd.DataFrame(cols)
+    sessions = sorted(records["session"].unique())
+    run_labels = sorted(records["run"].unique())
+    first_run = run_labels[0]
+
+    out = {}
+    if kind in ("both", "within"):
+        iw, _, subj = pair_sessions(records, sessions[0], sessions[0], run=first_run)
+        out["within"] = Design(fc[iw, _HALF1], fc[iw, _HALF2], subj, "within-session (split half)",
+                               iw, iw.copy(), _HALF1, _HALF2)
+    if kind in ("both", "between"):
+        if len(sessions) > 1:
+            ia, ib, subj = pair_sessions(records, sessions[0], sessions[1], run=first_run)
+            title = f"between-session (ses-{sessions[0]} vs ses-{sessions[1]})"
+        else:  # a single session: compare its first two runs instead
+            if len(run_labels) < 2:
+                raise SpineprintError(
+                    "connectome data: the between-scan design needs two sessions or two runs per subject, "
+                    f"found one session ({sessions[0]!r}) and one run label ({first_run!r})"
+                )
+            ia, ib, subj = pair_runs(records, run_labels[0], run_labels[1])
+            title = f"between-run (run-{run_labels[0]} vs run-{run_labels[1]})"
+        out["between"] = Design(fc[ia, _FULL], fc[ib, _FULL], subj, title, ia, ib, _FULL, _FULL)
+    return out
+
+
+def identifiability_summary(fc_a=None, fc_b=None, *, A=None) -> dict:
+    """Identification rates and Idiff of one design, as plain floats (no resampling).
+
+    Parameters
+    ----------
+    fc_a, fc_b : array_like, optional
+        Test and retest connectomes (see :func:`identifiability_matrix`).
+    A : array_like, shape (n, n), optional
+        A precomputed identifiability matrix (instead of *fc_a*, *fc_b*).
+
+    Returns
+    -------
+    dict
+        ``id_ab``, ``id_ba``, ``id_mean`` (identification rates in %, Finn et al. 2015),
+        ``chance`` (100 / n %), ``iself``, ``iothers``, ``idiff`` (Amico & Goñi 2018).
+    """
+    if A is None:
+        if fc_a is None or fc_b is None:
+            raise SpineprintError("identifiability_summary: give fc_a and fc_b, or A")
+        A = identifiability_matrix(fc_a, fc_b)
+    A = _check_A(A)
+    ident = identification_rate(A)
+    idd = differential_identifiability(A)
+    return {
+        "id_ab": float(100 * ident.rate_ab), "id_ba": float(100 * ident.rate_ba),
+        "id_mean": float(100 * ident.rate_mean), "chance": float(100 / len(A)),
+        "iself": float(idd.iself), "iothers": float(idd.iothers), "idiff": float(idd.idiff),
+    }
+
+
+@dataclass(frozen=True)
+class FingerprintReport(_Result):
+    """All fingerprinting results of one design (:func:`fingerprint_design`).
+
+    Attributes
+    ----------
+    A : ndarray, shape (n, n)
+        Identifiability matrix.
+    identification : IdentificationResult
+    idiff : IdiffResult
+    permutation : PermutationResult
+    bootstrap : BootstrapResult
+    pca : PCAResult
+    icc : ndarray, shape (n_rois, n_rois) or (n_edges,)
+        Edgewise ICC (matrix when matrices were given).
+    icc_kind : str
+    """
+
+    A: np.ndarray
+    identification: IdentificationResult
+    idiff: IdiffResult
+    permutation: PermutationResult
+    bootstrap: BootstrapResult
+    pca: PCAResult
+    icc: np.ndarray
+    icc_kind: str
+
+    def icc_edges(self) -> np.ndarray:
+        """The edgewise ICC as an edge vector (upper triangle without diagonal, row-major)."""
+        icc = np.asarray(self.icc)
+        if icc.ndim == 2:
+            return icc[np.triu_indices(icc.shape[0], k=1)]
+        return icc
+
+    def icc_categories(self) -> dict:
+        """Percentage of edges in each Cicchetti & Sparrow (1981) category.
+
+        Returns
+        -------
+        dict of str to float
+            ``{"poor": %, "fair": %, "good": %, "excellent": %}`` (NaN ICCs count in none).
+        """
+        cat = cicchetti_category(self.icc_edges())
+        return {c: 100 * float(np.mean(cat == c)) for c in ICC_CATEGORIES}
+
+    def summary(self) -> dict:
+        """The numbers chapter 4 reports, as plain Python floats (``m_opt`` an int).
+
+        Returns
+        -------
+        dict
+            ``id_ab``, ``id_ba``, ``id_mean``: identification rates in % (Finn et al. 2015);
+            ``p_id``: permutation p-value of ``id_mean``; ``chance``: 100 / n %;
+            ``iself``, ``iothers``, ``idiff``, ``p_idiff`` (Amico & Goñi 2018);
+            ``idiff_lo``, ``idiff_hi``, ``id_lo``, ``id_hi``: bootstrap intervals of Idiff and
+            of ``id_mean`` (in %); ``m_opt``, ``idiff_opt``, ``idiff_orig``: PCA reconstruction;
+            ``icc_median``: median edgewise ICC (NaN ignored); ``icc_fair_or_better``: % of
+            edges with ICC >= 0.40 (Cicchetti & Sparrow 1981).
+        """
+        perm, boot, pca = self.permutation, self.bootstrap, self.pca
+        out = identifiability_summary(A=self.A)
+        out = {
+            "id_ab": out["id_ab"], "id_ba": out["id_ba"], "id_mean": out["id_mean"],
+            "p_id": float(perm.p_rate_mean), "chance": out["chance"],
+            "iself": out["iself"], "iothers": out["iothers"], "idiff": out["idiff"],
+            "p_idiff": float(perm.p_idiff),
+            "idiff_lo": float(boot.idiff[0]), "idiff_hi": float(boot.idiff[1]),
+            "id_lo": float(100 * boot.rate_mean[0]), "id_hi": float(100 * boot.rate_mean[1]),
+            "m_opt": int(pca.m_opt), "idiff_opt": float(pca.idiff_opt), "idiff_orig": float(pca.idiff_orig),
+        }
+        values = self.icc_edges()
+        cat = cicchetti_category(values)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN ICC -> NaN median
+            out["icc_median"] = float(np.nanmedian(values))
+        out["icc_fair_or_better"] = 100 * float(np.mean(np.isin(cat, ICC_CATEGORIES[1:])))
+        return out
+
+
+def fingerprint_design(fc_a, fc_b, *, n_permutations: int = 1000, n_bootstrap: int = 1000, seed=0,
+                       icc_kind: str = "ICC(1,1)") -> FingerprintReport:
+    """Run every fingerprinting statistic of chapter 4 on one test-retest design.
+
+    Computes the identifiability matrix (:func:`identifiability_matrix`), identification
+    rates (:func:`identification_rate`, Finn et al. 2015), Iself/Iothers/Idiff
+    (:func:`differential_identifiability`, Amico & Goñi 2018), the permutation test
+    (:func:`permutation_test`) and bootstrap intervals (:func:`bootstrap_ci`) with the same
+    *seed*, the PCA reconstruction curve (:func:`pca_reconstruction`) and the edgewise ICC
+    (:func:`edgewise_icc`, Shrout & Fleiss 1979).
+
+    Parameters
+    ----------
+    fc_a, fc_b : array_like
+        Test and retest connectomes, ``(n, R, R)`` matrices or ``(n, E)`` edges.
+    n_permutations, n_bootstrap : int
+    seed : int
+        Seed of both the permutations and the bootstrap resamples.
+    icc_kind : str
+        ICC form (see :data:`ICC_KINDS`).
+
+    Returns
+    -------
+    FingerprintReport
+    """
+    A = identifiability_matrix(fc_a, fc_b)
+    return FingerprintReport(
+        A=A,
+        identification=identification_rate(A),
+        idiff=differential_identifiability(A),
+        permutation=permutation_test(A, n_permutations=n_permutations, seed=seed),
+        bootstrap=bootstrap_ci(A, n_bootstrap=n_bootstrap, seed=seed),
+        pca=pca_reconstruction(fc_a, fc_b),
+        icc=edgewise_icc(fc_a, fc_b, kind=icc_kind),
+        icc_kind=_icc_kind(icc_kind),
+    )
+
+
+def summary_table(reports: Mapping, titles: Mapping | None = None, columns=None):
+    """One row per design with the :meth:`FingerprintReport.summary` values.
+
+    Parameters
+    ----------
+    reports : mapping of str to FingerprintReport
+        E.g. ``{"within": ..., "between": ...}``.
+    titles : mapping of str to str (or to Design), optional
+        Row labels per design (a :class:`Design`'s ``title`` is used); default the keys.
+    columns : sequence of str, optional
+        Summary keys to keep, in order; default all.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by ``design``.
+    """
+    import pandas as pd
+
+    if not isinstance(reports, Mapping) or not reports:
+        raise SpineprintError("summary_table: expected a non-empty mapping of design name to FingerprintReport")
+    rows = []
+    for name, rep in reports.items():
+        if not isinstance(rep, FingerprintReport):
+            raise SpineprintError(f"summary_table: {name!r} is a {type(rep).__name__}, not a FingerprintReport")
+        values = rep.summary()
+        if columns is not None:
+            unknown = [c for c in columns if c not in values]
+            if unknown:
+                raise SpineprintError(f"summary_table: unknown column(s) {unknown}; available {list(values)}")
+            values = {c: values[c] for c in columns}
+        label = name
+        if titles is not None and name in titles:
+            label = getattr(titles[name], "title", titles[name])
+        rows.append({"design": label, **values})
+    return pd.DataFrame(rows).set_index("design")

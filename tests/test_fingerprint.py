@@ -512,3 +512,141 @@ def test_property_permutation_invariance_pca_and_icc(n, n_edges, seed):
     np.testing.assert_allclose(rp.fc_a_opt, r.fc_a_opt[perm], atol=1e-8)
     for kind in fp.ICC_KINDS:
         np.testing.assert_allclose(fp.edgewise_icc(a[perm], b[perm], kind), fp.edgewise_icc(a, b, kind), atol=1e-12)
+
+
+# ------------------------------------------------------- chapter-4 workflow
+def fake_connectomes(subjects=("02", "01", "03"), sessions=("1", "2"), runs=("1",), n_rois=5, seed=0):
+    """load_connectomes-like dict whose every matrix encodes (run index, part) in its edges."""
+    rng = np.random.default_rng(seed)
+    recs = [(s, e, r) for e in sessions for s in subjects for r in runs]  # not sorted by subject
+    n = len(recs)
+    e = n_rois * (n_rois - 1) // 2
+    edges = rng.standard_normal((n, 3, e))
+    fc = np.stack([to_matrices(edges[:, k], n_rois) for k in range(3)], axis=1)
+    return {
+        "fc": fc,
+        "subjects": np.array([r[0] for r in recs]),
+        "sessions": np.array([r[1] for r in recs]),
+        "runs": np.array([r[2] for r in recs]),
+        "regions": [f"R{i}" for i in range(n_rois)],
+    }, recs
+
+
+def find(recs, s, e, r):
+    return [k for k, rec in enumerate(recs) if rec == (s, e, r)][0]
+
+
+def test_designs_two_sessions_pairing():
+    data, recs = fake_connectomes(runs=("1", "2"))
+    d = fp.designs_from_connectomes(data)
+    assert list(d) == ["within", "between"]
+    w, b = d["within"], d["between"]
+    assert list(w.subjects) == ["01", "02", "03"] and list(b.subjects) == ["01", "02", "03"]
+    for i, s in enumerate(["01", "02", "03"]):
+        k1 = find(recs, s, "1", "1")
+        np.testing.assert_array_equal(w.fc_a[i], data["fc"][k1, 1])  # half 1
+        np.testing.assert_array_equal(w.fc_b[i], data["fc"][k1, 2])  # half 2
+        np.testing.assert_array_equal(b.fc_a[i], data["fc"][k1, 0])  # ses 1 full
+        np.testing.assert_array_equal(b.fc_b[i], data["fc"][find(recs, s, "2", "1"), 0])  # ses 2 full
+    assert b.title == "between-session (ses-1 vs ses-2)"
+    assert w.title == "within-session (split half)"
+    assert (w.part_a, w.part_b, b.part_a, b.part_b) == (1, 2, 0, 0)
+    assert list(fp.designs_from_connectomes(data, kind="within")) == ["within"]
+
+
+def test_designs_one_session_falls_back_to_runs():
+    data, recs = fake_connectomes(sessions=("1",), runs=("2", "1"))
+    b = fp.designs_from_connectomes(data, kind="between")["between"]
+    assert b.title == "between-run (run-1 vs run-2)"
+    for i, s in enumerate(["01", "02", "03"]):
+        np.testing.assert_array_equal(b.fc_a[i], data["fc"][find(recs, s, "1", "1"), 0])
+        np.testing.assert_array_equal(b.fc_b[i], data["fc"][find(recs, s, "1", "2"), 0])
+
+
+def test_designs_errors():
+    data, _ = fake_connectomes(sessions=("1",), runs=("1",))
+    assert list(fp.designs_from_connectomes(data, kind="within")) == ["within"]
+    with pytest.raises(SpineprintError, match="two sessions or two runs"):
+        fp.designs_from_connectomes(data)
+    data2, _ = fake_connectomes()
+    with pytest.raises(SpineprintError, match="kind"):
+        fp.designs_from_connectomes(data2, kind="across")
+    with pytest.raises(SpineprintError, match="missing key"):
+        fp.designs_from_connectomes({k: v for k, v in data2.items() if k != "runs"})
+    with pytest.raises(SpineprintError, match="runs but label lengths"):
+        fp.designs_from_connectomes({**data2, "subjects": data2["subjects"][:-1]})
+    with pytest.raises(SpineprintError, match=r"shape \(n_runs, 3"):
+        fp.designs_from_connectomes({**data2, "fc": data2["fc"][:, :2]})
+    # a subject missing from session 2
+    keep = ~((data2["subjects"] == "03") & (data2["sessions"] == "2"))
+    broken = {k: (v[keep] if isinstance(v, np.ndarray) else v) for k, v in data2.items()}
+    with pytest.raises(SpineprintError, match="03"):
+        fp.designs_from_connectomes(broken)
+
+
+def test_fingerprint_design_summary_matches_direct_computation():
+    a, b = planted(n=6, n_rois=6, signal=1.0, noise=1.5, seed=3)
+    rep = fp.fingerprint_design(a, b, n_permutations=40, n_bootstrap=30, seed=7)
+    s = rep.summary()
+    # independent: loop identifiability matrix + the existing building blocks
+    A = loop_A(loop_edges(a), loop_edges(b))
+    np.testing.assert_allclose(rep.A, A, atol=1e-12)
+    ident = fp.identification_rate(rep.A)
+    idd = fp.differential_identifiability(rep.A)
+    perm = fp.permutation_test(rep.A, n_permutations=40, seed=7)
+    boot = fp.bootstrap_ci(rep.A, n_bootstrap=30, seed=7)
+    pca = fp.pca_reconstruction(a, b)
+    icc = fp.edgewise_icc(a, b, kind="ICC(1,1)")
+    iu = np.triu_indices(6, k=1)
+    cats = fp.cicchetti_category(icc[iu])
+    expected = {
+        "id_ab": 100 * ident.rate_ab, "id_ba": 100 * ident.rate_ba, "id_mean": 100 * ident.rate_mean,
+        "p_id": perm.p_rate_mean, "chance": 100 / 6, "iself": idd.iself, "iothers": idd.iothers,
+        "idiff": idd.idiff, "p_idiff": perm.p_idiff, "idiff_lo": boot.idiff[0], "idiff_hi": boot.idiff[1],
+        "id_lo": 100 * boot.rate_mean[0], "id_hi": 100 * boot.rate_mean[1], "m_opt": pca.m_opt,
+        "idiff_opt": pca.idiff_opt, "idiff_orig": pca.idiff_orig, "icc_median": np.nanmedian(icc[iu]),
+        "icc_fair_or_better": 100 * np.mean(np.isin(cats, ["fair", "good", "excellent"])),
+    }
+    assert set(s) == set(expected)
+    for k, v in expected.items():
+        assert s[k] == v, k  # exactly: the chapter's glued numbers must not change
+        assert type(s[k]) is (int if k == "m_opt" else float), k
+    # an Idiff computed by hand from the loop matrix
+    off = A[~np.eye(6, dtype=bool)]
+    assert s["idiff"] == pytest.approx(100 * (np.mean(np.diag(A)) - off.mean()), abs=1e-10)
+    cat_pct = rep.icc_categories()
+    assert sum(cat_pct.values()) == pytest.approx(100.0)
+    assert cat_pct["fair"] + cat_pct["good"] + cat_pct["excellent"] == pytest.approx(s["icc_fair_or_better"])
+    np.testing.assert_array_equal(rep.permutation.null_idiff, perm.null_idiff)
+
+
+def test_fingerprint_design_planted_identity():
+    # identical sessions: every subject identified, Iself = 1, ICC = 1 everywhere
+    a, _ = planted(n=5, n_rois=5, seed=1)
+    s = fp.fingerprint_design(a, a, n_permutations=20, n_bootstrap=20).summary()
+    assert s["id_mean"] == 100.0 and s["iself"] == pytest.approx(1.0)
+    assert s["icc_median"] == pytest.approx(1.0) and s["icc_fair_or_better"] == 100.0
+
+
+def test_identifiability_summary_and_summary_table():
+    a, b = planted(n=5, n_rois=5, seed=2)
+    A = fp.identifiability_matrix(a, b)
+    s1 = fp.identifiability_summary(a, b)
+    assert s1 == fp.identifiability_summary(A=A)
+    assert s1["idiff"] == fp.differential_identifiability(A).idiff
+    with pytest.raises(SpineprintError):
+        fp.identifiability_summary(a)
+    data, _ = fake_connectomes(subjects=("01", "02", "03", "04"))
+    designs = fp.designs_from_connectomes(data)
+    reports = {n: fp.fingerprint_design(d.fc_a, d.fc_b, n_permutations=10, n_bootstrap=10)
+               for n, d in designs.items()}
+    t = fp.summary_table(reports, designs, columns=fp.IDENTIFICATION_KEYS)
+    assert list(t.index) == [designs["within"].title, designs["between"].title]
+    assert list(t.columns) == list(fp.IDENTIFICATION_KEYS)
+    assert t.loc[designs["between"].title, "idiff"] == reports["between"].summary()["idiff"]
+    full = fp.summary_table(reports)
+    assert list(full.index) == ["within", "between"] and "icc_median" in full.columns
+    with pytest.raises(SpineprintError, match="unknown column"):
+        fp.summary_table(reports, columns=["nope"])
+    with pytest.raises(SpineprintError):
+        fp.summary_table({})
