@@ -1507,6 +1507,6 @@ def summary_table(reports: Mapping, titles: Mapping | None = None, columns=None)
             values = {c: values[c] for c in columns}
         label = name
         if titles is not None and name in titles:
-            label = getattr(titles[name], "title", titles[name])
+            label = titles[name].title if isinstance(titles[name], Design) else str(titles[name])
         rows.append({"design": label, **values})
     return pd.DataFrame(rows).set_index("design")

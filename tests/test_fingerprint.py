@@ -644,6 +644,8 @@ def test_identifiability_summary_and_summary_table():
     assert list(t.index) == [designs["within"].title, designs["between"].title]
     assert list(t.columns) == list(fp.IDENTIFICATION_KEYS)
     assert t.loc[designs["between"].title, "idiff"] == reports["between"].summary()["idiff"]
+    by_str = fp.summary_table(reports, {n: d.title for n, d in designs.items()}, columns=["idiff"])
+    assert list(by_str.index) == list(t.index) and list(by_str.columns) == ["idiff"]
     full = fp.summary_table(reports)
     assert list(full.index) == ["within", "between"] and "icc_median" in full.columns
     with pytest.raises(SpineprintError, match="unknown column"):
