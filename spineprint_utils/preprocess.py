@@ -111,6 +111,7 @@ RUN_DEFAULTS = {
     "strategy": denoise.STRATEGY_DEFAULT,
     "distortion": True,
     "registration": True,
+    "hr_rvt": False,
 }
 
 #: native-space steps: part of the completion key only when changed from these defaults
@@ -420,22 +421,26 @@ def _physio_model(bold_path, data_shape, tr, st, params, notes):
             f"(Brooks 2008): cardiac order {params['cardiac_order']}, respiratory order "
             f"{params['respiratory_order']}, interaction order {list(params['interaction_order'])}, "
             f"{regs.shape[2]} regressors per slice, from {path.name}")
-    return regs, list(names), desc, summary
+    names = list(names)
+    if params.get("hr_rvt"):
+        # low-frequency physiology: heart rate convolved with the cardiac response function
+        # (Chang 2009) and respiration volume per time with the respiration response function
+        # (Birn 2006, 2008), sampled at the volume onsets; the same regressors for every slice
+        hr = physio.hr_rvt_regressors(rec, T, tr)[["hr_crf", "rvt_rrf"]].to_numpy(dtype=np.float64)
+        regs = np.concatenate([regs, np.broadcast_to(hr, (Z, T, 2))], axis=2)
+        names += ["hr_crf", "rvt_rrf"]
+        desc += ("; plus heart rate convolved with the cardiac response function (Chang 2009) and "
+                 "respiration volume per time convolved with the respiration response function (Birn 2008)")
+    return regs, names, desc, summary
 
 
 def _save_nifti_fast(img, path) -> Path:
-    """Like :func:`spineprint_utils._io.atomic_save_nifti` (atomic, gzip mtime 0: same
-    bytes for the same image) but with gzip level 1: the float32 4D output of a
-    real-size run compresses ~5x faster than at level 6 for a few % more bytes."""
-    import gzip
+    """:func:`spineprint_utils._io.atomic_save_nifti` (atomic, streamed, gzip mtime 0: same
+    bytes for the same image) with gzip level 1: the float32 4D output of a real-size run
+    compresses ~5x faster than at level 6 for a few % more bytes."""
+    from ._io import atomic_save_nifti
 
-    from ._io import atomic_write
-
-    data = img.to_bytes()
-    with atomic_write(path, "wb") as fh:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=1) as gz:
-            gz.write(data)
-    return Path(path)
+    return atomic_save_nifti(img, path, compresslevel=1)
 
 
 def _nifti_like(img, data, dtype=np.float32):
@@ -722,7 +727,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
                    motion_reference="mean", cardiac_order=4, respiratory_order=4, interaction_order=(2, 2),
                    n_csf_components=5, spike_threshold=0.5, motion_regressors=True, high_pass=0.01, low_pass=0.13,
                    strategy=denoise.STRATEGY_DEFAULT, mask_img=None, csf_mask_img=None, anatomy="auto", repetition_time=None, slice_timing=None,
-                   figures=True, overwrite=False, distortion=True, registration=True) -> dict:
+                   figures=True, overwrite=False, distortion=True, registration=True, hr_rvt=False) -> dict:
     """Preprocess one BOLD run into BIDS derivatives.
 
     Parameters
@@ -777,6 +782,13 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         ``<prefix>_atlas-PAM50horns_dseg.nii.gz``/``.tsv`` (used by
         :func:`spineprint_utils.connectivity.connectivity_dataset`) and
         ``<prefix>_from-PAM50_to-bold_xfm.npz``.
+    hr_rvt : bool
+        Add two low-frequency physiological regressors to the physiological model (when a
+        physio file exists): heart rate convolved with the cardiac response function
+        (Chang, Cunningham & Glover 2009, NeuroImage 44:857) and respiration volume per time
+        (Birn et al. 2006) convolved with the respiration response function (Birn et al.
+        2008, NeuroImage 40:644), from :func:`spineprint_utils.physio.hr_rvt_regressors`;
+        listed in the confounds as ``physio_hr_crf_slice*`` / ``physio_rvt_rrf_slice*``.
 
     Returns
     -------
@@ -802,6 +814,8 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         "motion_regressors": bool(motion_regressors), "high_pass": high_pass, "low_pass": low_pass,
         "strategy": strategy,
     }
+    if hr_rvt:  # in the key only when switched on: existing derivatives stay valid
+        params["hr_rvt"] = True
     native_params = {k: v for k, v in (("distortion", bool(distortion)), ("registration", bool(registration)))
                      if v != _NATIVE_DEFAULTS[k]}  # in the key only when changed: existing derivatives stay valid
     params_key = json.loads(json.dumps({**params, **native_params, "mask_img": str(mask_img), "csf_mask_img": str(csf_mask_img),
@@ -1094,6 +1108,8 @@ def _cli(args) -> int:
         params["distortion"] = False
     if args.no_registration:
         params["registration"] = False
+    if args.hr_rvt:
+        params["hr_rvt"] = True
     out = preprocess_dataset(args.bids_dir, args.out, participants=args.participant_label, n_jobs=args.n_jobs,
                              scheduler=args.scheduler, **params)
     qc = load_qc_table(out)
@@ -1125,6 +1141,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--scheduler", default=None, help="Dask scheduler address (default $DASK_SCHEDULER_ADDRESS)")
     p.add_argument("--no-physio", action="store_true", help="skip the physiological noise model")
     p.add_argument("--no-motion", action="store_true", help="skip motion correction")
+    p.add_argument("--hr-rvt", action="store_true",
+                   help="add heart-rate (CRF) and respiration-volume (RRF) regressors to the physio model")
     p.add_argument("--no-distortion", action="store_true",
                    help="skip susceptibility distortion correction (done when fmap/*_epi pairs exist)")
     p.add_argument("--no-registration", action="store_true",

@@ -250,3 +250,34 @@ def test_parameter_change_recomputes(sim, tmp_path):
     assert not first["skipped"] and again["skipped"] and not other["skipped"]
     conf = pd.read_csv(other["confounds"], sep="\t")
     assert [c for c in conf.columns if c.startswith("csf_comp")] == ["csf_comp00", "csf_comp01", "csf_comp02"]
+
+
+def test_hr_rvt_regressors_added_to_the_physio_model(sim, tmp_path):
+    """--hr-rvt adds the CRF-convolved heart rate and RRF-convolved RVT of the physio module,
+    identical for every slice, to the slice-wise physiological design; the default run is not
+    recomputed by it (the option enters the completion key only when switched on)."""
+    from spineprint_utils import physio
+
+    out = tmp_path / "d"
+    bold = sim / "sub-01/ses-01/func" / f"{_prefix('01')}_bold.nii.gz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = preprocess.preprocess_run(bold, out, figures=False, n_csf_components=2)
+        base_columns = list(pd.read_csv(base["confounds"], sep="\t").columns)
+        again = preprocess.preprocess_run(bold, out, figures=False, n_csf_components=2, hr_rvt=False)
+        extra = preprocess.preprocess_run(bold, out, figures=False, n_csf_components=2, hr_rvt=True)
+    assert not any("hr_crf" in c or "rvt_rrf" in c for c in base_columns)
+    assert again["skipped"] and not extra["skipped"]
+    conf = pd.read_csv(extra["confounds"], sep="\t")
+    z_slices = nib.load(bold).shape[2]
+    rec = physio.load_physio(physio.find_physio(bold))
+    n_vol = nib.load(bold).shape[3]
+    tr = json.loads(bold.with_name(f"{_prefix('01')}_bold.json").read_text())["RepetitionTime"]
+    expected = physio.hr_rvt_regressors(rec, n_vol, tr)
+    for name in ("hr_crf", "rvt_rrf"):
+        cols = [f"physio_{name}_slice{z:02d}" for z in range(z_slices)]
+        assert all(c in conf.columns for c in cols)
+        for c in cols:
+            np.testing.assert_allclose(conf[c].to_numpy(), expected[name].to_numpy(), rtol=1e-10, atol=1e-12)
+    meta = json.loads(extra["confounds"].with_suffix(".json").read_text())
+    assert "respiration volume per time" in meta["PhysiologicalModel"]
