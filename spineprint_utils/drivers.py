@@ -76,6 +76,7 @@ __all__ = [
     "summarise_sweeps",
     "sweep_endpoints",
     "base_study_values",
+    "base_point_values",
     "physio_caution_table",
     "physio_caution_values",
     "plot_physio_caution",
@@ -853,8 +854,7 @@ def base_study_values(base: dict, base_df=None, n_repeats: int = 1) -> dict:
     dict
         ``n_subjects`` (int), ``base_n_volumes`` (int), ``base_minutes`` (run length in
         min, ``n_volumes * tr / 60``), ``chance`` (``100 / n_subjects`` %), ``n_repeats``
-        (int) and, with ``base_df``, ``base_identification`` (%), ``base_idiff``,
-        ``base_idiff_truth``, ``base_tsnr_clean``.
+        (int) and, with ``base_df``, the values of :func:`base_point_values`.
     """
     from . import simulate
 
@@ -868,11 +868,32 @@ def base_study_values(base: dict, base_df=None, n_repeats: int = 1) -> dict:
            "base_minutes": float(n_volumes * base.get("tr", simulate.DEFAULTS["tr"]) / 60),
            "chance": float(100 / n_subjects), "n_repeats": int(n_repeats)}
     if base_df is not None:
-        out.update(base_identification=float(100 * base_df["identification"].mean()),
-                   base_idiff=float(base_df["idiff"].mean()),
-                   base_idiff_truth=float(base_df["idiff_truth"].mean()),
-                   base_tsnr_clean=float(base_df["tsnr_clean"].mean()))
+        out.update(base_point_values(base_df))
     return out
+
+
+def base_point_values(base_df) -> dict:
+    """The values chapter 5 glues about the sweep point at the base parameters.
+
+    Parameters
+    ----------
+    base_df : pandas.DataFrame
+        Rows of :func:`sweep` at the base parameters (one per repeat).
+
+    Returns
+    -------
+    dict of str to float
+        Means over repeats: ``base_identification`` (%, Finn et al. 2015), ``base_idiff``
+        (Amico & Goñi 2018), ``base_idiff_truth`` (planted neural signals) and
+        ``base_tsnr_clean`` (cord tSNR of the preprocessed data).
+    """
+    missing = [c for c in ("identification", "idiff", "idiff_truth", "tsnr_clean") if c not in base_df.columns]
+    if missing or not len(base_df):
+        raise SpineprintError(f"base sweep point: no rows or missing column(s) {missing}")
+    return {"base_identification": float(100 * base_df["identification"].mean()),
+            "base_idiff": float(base_df["idiff"].mean()),
+            "base_idiff_truth": float(base_df["idiff_truth"].mean()),
+            "base_tsnr_clean": float(base_df["tsnr_clean"].mean())}
 
 
 def physio_caution_table(caution, shared=None) -> pd.DataFrame:

@@ -435,8 +435,14 @@ def test_base_study_values():
     values = drivers.base_study_values(base, base_df)
     assert (values["base_identification"], values["base_idiff"], values["base_idiff_truth"],
             values["base_tsnr_clean"]) == (75.0, 15.0, 35.0, 13.0)
+    assert drivers.base_point_values(base_df) == {k: values[k] for k in (
+        "base_identification", "base_idiff", "base_idiff_truth", "base_tsnr_clean")}
     with pytest.raises(SpineprintError, match="n_volumes"):
         drivers.base_study_values({"n_subjects": 4})
+    with pytest.raises(SpineprintError, match="tsnr_clean"):
+        drivers.base_point_values(base_df.drop(columns="tsnr_clean"))
+    with pytest.raises(SpineprintError, match="no rows"):
+        drivers.base_point_values(base_df.iloc[:0])
 
 
 def test_physio_caution_table_values_and_plot():
