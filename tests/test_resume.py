@@ -33,7 +33,9 @@ VOLATILE_KEYS = ("runtime_s",)
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("resume") / "bids"
-    simulate.simulate_dataset(path, n_subjects=2, n_sessions=1, n_volumes=40)
+    # 4 runs: with two worker processes there is still work left when the first run's
+    # marker appears, so the signal always lands while runs are being processed
+    simulate.simulate_dataset(path, n_subjects=4, n_sessions=1, n_volumes=40)
     return path
 
 
@@ -128,7 +130,7 @@ def test_preprocess_interrupted_then_resumed(study, clean_run, tmp_path, sig, ex
     assert not _temporary(out)
     done = _run_outputs_complete_or_absent(out, clean_run)
     if extra:  # two runs in parallel: the second may have finished too
-        assert len(done) >= 1
+        assert 1 <= len(done) < 4
     else:
         assert len(done) == 1  # the first run, not the one being processed
     stamps = {name: p.stat().st_mtime_ns for name, p in _files(out).items() if "sub-" in name or "figures" in name}
@@ -138,7 +140,7 @@ def test_preprocess_interrupted_then_resumed(study, clean_run, tmp_path, sig, ex
     files = _files(out)
     for name, stamp in stamps.items():
         assert files[name].stat().st_mtime_ns == stamp, f"{name} was recomputed"
-    assert len(_run_outputs_complete_or_absent(out, clean_run)) == 2
+    assert len(_run_outputs_complete_or_absent(out, clean_run)) == 4
     assert not _temporary(out)
     assert_same_derivatives(out, clean_run)
 
