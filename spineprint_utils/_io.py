@@ -30,11 +30,13 @@ __all__ = [
     "read_json",
     "load_nifti",
     "check_label",
+    "bids_entities",
     "cache_dir",
     "data_dir",
 ]
 
 _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
+_ENTITY_RE = re.compile(r"(?:^|_)([a-zA-Z]+)-([a-zA-Z0-9]+)")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -249,3 +251,9 @@ def check_label(label: str, entity: str = "sub") -> str:
     if not _LABEL_RE.match(label):
         raise SpineprintError(f"invalid {entity} label {label!r}: BIDS labels are alphanumeric only")
     return label
+
+
+def bids_entities(name: str) -> dict:
+    """BIDS entities of a file name or prefix, e.g.
+    ``sub-01_ses-02_task-rest_run-1_bold.nii.gz`` -> ``{"sub": "01", "ses": "02", "task": "rest", "run": "1"}``."""
+    return dict(_ENTITY_RE.findall(Path(name).name))

@@ -56,6 +56,7 @@ import pandas as pd
 from . import atlas as _atlas
 from ._io import (
     SpineprintError,
+    bids_entities,
     atomic_save_nifti,
     atomic_save_npz,
     atomic_write_json,
@@ -89,7 +90,6 @@ ATLAS_NAME = "PAM50horns"
 HALVES = ("full", "half1", "half2")
 _GROUP_DIR = "group"
 _DEFAULT_PATTERN = "sub-*/ses-*/func/*_desc-preproc_bold.nii.gz"
-_ENTITY_RE = re.compile(r"(?:^|_)(sub|ses|run)-([A-Za-z0-9]+)")
 
 
 def _check_kind(kind: str) -> str:
@@ -331,7 +331,7 @@ def split_half_connectivity(timeseries, kind: str = "correlation", fisher_z: boo
 
 # ------------------------------------------------------------------ dataset level
 def _entities(path: Path) -> dict:
-    ent = dict(_ENTITY_RE.findall(path.name))
+    ent = {k: v for k, v in bids_entities(path.name).items() if k in ("sub", "ses", "run")}
     if "sub" not in ent:
         raise SpineprintError(f"{path}: file name has no sub-<label> entity")
     ent.setdefault("ses", "")

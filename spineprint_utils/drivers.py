@@ -48,14 +48,13 @@ import contextlib
 import functools
 import hashlib
 import json
-import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ._io import SpineprintError, atomic_write_json, cache_dir, load_nifti, read_json
+from ._io import SpineprintError, atomic_write_json, bids_entities, cache_dir, load_nifti, read_json
 from .parallel import parallel_map
 
 __all__ = [
@@ -124,7 +123,6 @@ SWEEP_COLUMNS = [
 ]
 
 DESIGNS = ("within", "between")
-_ENTITY_RE = re.compile(r"(?:^|_)(sub|ses|run)-([A-Za-z0-9]+)")
 
 
 # ============================================================ fingerprint of one set of connectomes
@@ -638,7 +636,7 @@ def _physio_connectomes(bids_dir: Path, orders, segments, n_jobs=1, scheduler=No
         warnings.simplefilter("ignore")
         fc = np.stack(parallel_map(func, runs, n_jobs=n_jobs, scheduler=scheduler, desc="physio FC",
                                    progress=progress))
-    ents = [dict(_ENTITY_RE.findall(p.name)) for p in runs]
+    ents = [bids_entities(p.name) for p in runs]
     records = pd.DataFrame({"subject": [e.get("sub", "") for e in ents], "session": [e.get("ses", "") for e in ents],
                             "run": [e.get("run", "") for e in ents]})
     return records, fc

@@ -65,7 +65,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import re
 import time
 import warnings
 from pathlib import Path
@@ -76,8 +75,8 @@ from scipy import ndimage
 
 from . import __version__, denoise, motion
 from . import motion as motion_mod
-from ._io import (SpineprintError, atomic_save_nifti, atomic_write_json, atomic_write_text, check_label,
-                  load_nifti, read_json)
+from ._io import (SpineprintError, atomic_save_nifti, atomic_write_json, atomic_write_text, bids_entities,
+                  check_label, load_nifti, read_json)
 from .parallel import parallel_map
 
 __all__ = [
@@ -142,10 +141,6 @@ def run_prefix(bold_path) -> str:
     raise SpineprintError(f"{bold_path}: not a NIfTI BOLD file name")
 
 
-def _entities(prefix: str) -> dict:
-    return dict(re.findall(r"([a-zA-Z]+)-([a-zA-Z0-9]+)", prefix))
-
-
 def _bids_root(bold_path: Path) -> Path | None:
     for parent in bold_path.parents:
         if parent.name.startswith("sub-"):
@@ -168,11 +163,11 @@ def find_bold_runs(bids_dir, participants=None) -> list[Path]:
     runs = sorted(p for p in bids_dir.glob("sub-*/**/func/*" + _BOLD_SUFFIX) if "derivatives" not in p.parts)
     if participants:
         keep = {check_label(p, "sub") for p in participants}
-        found = {_entities(run_prefix(p)).get("sub") for p in runs}
+        found = {bids_entities(run_prefix(p)).get("sub") for p in runs}
         missing = sorted(keep - found)
         if missing:
             raise SpineprintError(f"{bids_dir}: participant(s) {', '.join(missing)} not found")
-        runs = [p for p in runs if _entities(run_prefix(p)).get("sub") in keep]
+        runs = [p for p in runs if bids_entities(run_prefix(p)).get("sub") in keep]
     if not runs:
         raise SpineprintError(f"{bids_dir}: no BOLD runs (sub-*/[ses-*/]func/*_bold.nii.gz) found")
     return runs
@@ -551,7 +546,7 @@ def find_anat(bold_path):
     root = _bids_root(bold_path)
     if root is None:
         return None, None, "not inside a BIDS dataset"
-    sub = _entities(run_prefix(bold_path)).get("sub")
+    sub = bids_entities(run_prefix(bold_path)).get("sub")
     sub_dir = root / f"sub-{sub}"
     here = sorted((bold_path.parent.parent / "anat").glob("*_T2w.nii*"))
     t2ws = here or sorted(p for p in sub_dir.glob("**/anat/*_T2w.nii*"))
@@ -961,7 +956,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         if (hp or lp) else "none",
         "Notes": notes,
     }
-    ents = _entities(run_prefix(bold_path))
+    ents = bids_entities(run_prefix(bold_path))
     row = {
         "run": run_prefix(bold_path), "subject": ents.get("sub", ""), "session": ents.get("ses", ""),
         "n_volumes": T, "tr_s": tr,

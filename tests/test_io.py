@@ -86,3 +86,10 @@ def test_tsv_gz_reproducible(tmp_path):
     a = _io.atomic_write_tsv_gz(tmp_path / "a.tsv.gz", "1\t2\n").read_bytes()
     b = _io.atomic_write_tsv_gz(tmp_path / "b.tsv.gz", "1\t2\n").read_bytes()
     assert a == b and gzip.decompress(a) == b"1\t2\n"
+
+
+def test_bids_entities():
+    assert _io.bids_entities("sub-01_ses-02_task-rest_run-1_desc-preproc_bold.nii.gz") == {
+        "sub": "01", "ses": "02", "task": "rest", "run": "1", "desc": "preproc"}
+    assert _io.bids_entities("/data/sub-ZS001/func/sub-ZS001_task-rest_bold.json") == {"sub": "ZS001", "task": "rest"}
+    assert _io.bids_entities("README") == {}
