@@ -596,6 +596,16 @@ def _bandpass(x, fs, low, high, order=2):
     return sosfiltfilt(sos, x - np.mean(x), padlen=padlen)
 
 
+def _check_trace(trace, what: str) -> np.ndarray:
+    """A physiological trace as a finite 1-D float array of >= 3 samples, else a clear error."""
+    x = np.asarray(trace, dtype=float)
+    if x.ndim != 1 or x.size < 3:
+        raise SpineprintError(f"{what} trace must be 1-D with >= 3 samples, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise SpineprintError(f"{what} trace contains NaN or infinite values")
+    return x
+
+
 def detect_cardiac_peaks(
     cardiac,
     fs: float,
@@ -641,12 +651,8 @@ def detect_cardiac_peaks(
     """
     from scipy.signal import find_peaks
 
-    x = np.asarray(cardiac, dtype=float)
+    x = _check_trace(cardiac, "cardiac")
     fs = float(fs)
-    if x.ndim != 1 or x.size < 3:
-        raise SpineprintError(f"cardiac trace must be 1-D with >= 3 samples, got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise SpineprintError("cardiac trace contains NaN or infinite values")
     filt = _bandpass(x, fs, 0.5, 15.0)
     centred = filt - filt.mean()
     skewness = float(np.mean(centred**3) / max(np.mean(centred**2), 1e-300) ** 1.5)
@@ -852,13 +858,9 @@ def respiratory_phase(resp, fs: float, t, *, n_bins: int = 100, hist_window=None
     -------
     ndarray, same shape as *t*, values in [-pi, pi]
     """
-    r = np.asarray(resp, dtype=float)
+    r = _check_trace(resp, "respiratory")
     t = np.asarray(t, dtype=float)
     fs = float(fs)
-    if r.ndim != 1 or r.size < 3:
-        raise SpineprintError(f"respiratory trace must be 1-D with >= 3 samples, got shape {r.shape}")
-    if not np.all(np.isfinite(r)):
-        raise SpineprintError("respiratory trace contains NaN or infinite values")
     k = np.rint(t * fs).astype(int)
     if k.size and (k.min() < 0 or k.max() >= r.size):
         raise SpineprintError(
