@@ -226,32 +226,13 @@ def tsnr(data, axis=-1) -> np.ndarray:
 # ---------------------------------------------------------------- masks
 @functools.lru_cache(maxsize=8)
 def _tissue_maps_cached(affine_bytes: bytes, shape: tuple, source: str):
-    """:func:`spineprint_utils.atlas.tissue_maps`, cached in memory and on disk.
-
-    Building the maps from the 0.5 mm PAM50 takes seconds per process; every run of
-    a study shares its grid, so the maps are kept in
-    ``cache_dir("tissue_maps")/<hash>.npz`` (keyed by grid, anatomy source and
-    package version), which also serves parallel workers.
-    """
-    import hashlib
-
+    """:func:`spineprint_utils.atlas.tissue_maps`, kept in memory for the runs of a study
+    (they share their grid). The expensive part, loading the 0.5 mm PAM50, is cached on
+    disk by :mod:`spineprint_utils.atlas` itself, which also serves parallel workers."""
     from . import atlas
-    from ._io import atomic_save_npz, cache_dir
 
     affine = np.frombuffer(affine_bytes).reshape(4, 4)
-    kind, _ = atlas.pam50_source(source)
-    key = hashlib.sha256(affine_bytes + repr((tuple(shape), kind, __version__)).encode()).hexdigest()[:16]
-    path = cache_dir("tissue_maps") / f"{key}.npz"
-    if path.is_file():
-        with contextlib.suppress(Exception), np.load(path) as z:
-            maps = {k: z[k] for k in z.files if k != "source"}
-            maps["source"] = str(z["source"])
-            return maps
-    maps = atlas.tissue_maps(affine, shape, source=source)
-    with contextlib.suppress(OSError):
-        atomic_save_npz(path, source=np.array(maps["source"]),
-                        **{k: v for k, v in maps.items() if k != "source"})
-    return maps
+    return atlas.tissue_maps(affine, shape, source=source)
 
 
 def _atlas_source(bold_path: Path, meta: dict) -> str | None:
