@@ -1182,10 +1182,8 @@ def _write_native_subject(root: Path, sub: str, ses: str, native: dict, affine) 
                  labels_root / f"sub-{sub}" / f"ses-{ses}" / "anat" / f"sub-{sub}_ses-{ses}_T2w_label-SC_seg.nii.gz",
                  np.uint8)
     gt = root / "derivatives" / "groundtruth" / f"sub-{sub}"
-    buf = io.BytesIO()
-    nt = native["transform"]
-    np.savez(buf, matrix=nt.matrix, field=nt.field, affine=nt.affine, inverse_field=nt.inverse_field)
-    _put(gt / f"sub-{sub}_from-native_to-PAM50_desc-true_xfm.npz", buf.getvalue())
+    # NativeTransform.save: the same arrays, through the byte-reproducible npz writer of _io
+    native["transform"].save(gt / f"sub-{sub}_from-native_to-PAM50_desc-true_xfm.npz")
     _write_nifti(native["labels"], affine, gt / f"sub-{sub}_space-native_atlas-PAM50horns_dseg.nii.gz", np.int16)
     _write_nifti(native["cord"].astype(np.uint8), affine, gt / f"sub-{sub}_space-native_label-cord_mask.nii.gz", np.uint8)
 
