@@ -56,14 +56,15 @@ import pandas as pd
 from . import atlas as _atlas
 from ._io import (
     SpineprintError,
-    bids_entities,
     atomic_save_nifti,
     atomic_save_npz,
     atomic_write_json,
     atomic_write_text,
+    bids_entities,
     check_label,
     load_nifti,
 )
+from .fingerprint import split_half  # first/second half of a run: the within-session design
 
 __all__ = [
     "KINDS",
@@ -300,12 +301,6 @@ def connectivity_matrices(list_of_timeseries, kind: str = "correlation", fisher_
     return np.stack([connectivity_matrix(ts, kind, fisher_z) for ts in series])
 
 
-def _halves(ts):
-    t = ts.shape[0]
-    h = t // 2
-    return ts[:h], ts[t - h :]
-
-
 def split_half_connectivity(timeseries, kind: str = "correlation", fisher_z: bool = False):
     """Full-run FC and the FCs of the first and second halves of the volumes.
 
@@ -325,7 +320,7 @@ def split_half_connectivity(timeseries, kind: str = "correlation", fisher_z: boo
     ts = _check_ts(timeseries)
     if ts.shape[0] < 6:
         raise SpineprintError(f"time series: {ts.shape[0]} volumes are too few to split in halves")
-    h1, h2 = _halves(ts)
+    h1, h2 = split_half(ts, axis=0)
     return tuple(connectivity_matrix(x, kind, fisher_z) for x in (ts, h1, h2))
 
 
@@ -631,7 +626,7 @@ def connectivity_dataset(
     fc = np.zeros((n, 3, len(regions), len(regions)))
     if kind == "tangent":
         fulls = [r["ts"] for r in records]
-        halves = [_halves(r["ts"]) for r in records]
+        halves = [split_half(r["ts"], axis=0) for r in records]
         out = _tangent(fulls, transform=[fulls, [h[0] for h in halves], [h[1] for h in halves]])
         for j in range(3):
             fc[:, j] = out[j]
