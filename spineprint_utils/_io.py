@@ -101,8 +101,27 @@ def atomic_write_text(path, text: str) -> Path:
 
 
 def atomic_write_json(path, obj) -> Path:
-    """Write *obj* as indented, key-sorted JSON atomically (byte-reproducible)."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """Write *obj* as indented, key-sorted JSON atomically (byte-reproducible).
+
+    NaN and infinite floats (Python or numpy, also inside arrays) are written as ``null``:
+    bare ``NaN``/``Infinity`` are not JSON (RFC 8259) and break other readers (the BIDS
+    validator, browsers' ``JSON.parse``). Reading back gives ``None``.
+    """
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def _finite(obj):
+    """A copy of *obj* with NaN/inf floats replaced by ``None`` (recursively)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _finite(obj.tolist())
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    return obj
 
 
 def _json_default(obj):

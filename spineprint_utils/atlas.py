@@ -648,7 +648,7 @@ def load_label_image(path, names_tsv=None, ref_img=None):
     path : path-like
         3D integer NIfTI, 0 = background, 1..R = regions.
     names_tsv : path-like, optional
-        TSV with columns ``label`` and ``name`` (``<segment>_<horn>`` names allow the
+        TSV with columns ``index`` (BIDS dseg look-up table; ``label`` also accepted) and ``name`` (``<segment>_<horn>`` names allow the
         coupling summaries); without it regions are named ``region<label>``.
     ref_img : nibabel image, optional
         If given, the label image must be on the same grid (shape and affine).
@@ -686,8 +686,10 @@ def load_label_image(path, names_tsv=None, ref_img=None):
             table = pd.read_csv(names_tsv, sep="\t", dtype={"name": str})
         except Exception as exc:  # noqa: BLE001
             raise SpineprintError(f"{names_tsv}: cannot read TSV ({exc})") from None
+        if "index" in table.columns and "label" not in table.columns:  # BIDS dseg look-up table
+            table = table.rename(columns={"index": "label"})
         if not {"label", "name"} <= set(table.columns):
-            raise SpineprintError(f"{names_tsv}: needs columns 'label' and 'name'")
+            raise SpineprintError(f"{names_tsv}: needs columns 'index' (or 'label') and 'name'")
         given = dict(zip(table["label"].astype(int), table["name"].astype(str)))
         missing = [v for v in present if v not in given]
         if missing:

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "simulate",
     "preprocess",
     "connectivity",
+    "report",
     "build",
 )
 

@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 
 from . import atlas as _atlas
+from . import derivatives as _derivatives
 from ._io import (
     SpineprintError,
     atomic_save_nifti,
@@ -86,10 +87,8 @@ _KIND_ALIASES = {"correlation": "correlation", "pearson": "correlation",
                  "partial_correlation": "partial correlation", "partial-correlation": "partial correlation",
                  "tangent": "tangent"}
 #: ``meas-`` entity used in file names for kinds other than the default correlation
-_KIND_MEAS = {"correlation": None, "partial correlation": "partial", "tangent": "tangent"}
-ATLAS_NAME = "PAM50horns"
+ATLAS_NAME = _derivatives.ATLAS_NAME
 HALVES = ("full", "half1", "half2")
-_GROUP_DIR = "group"
 _DEFAULT_PATTERN = "sub-*/ses-*/func/*_desc-preproc_bold.nii.gz"
 
 
@@ -342,11 +341,6 @@ def _prefix(path: Path) -> str:
     return re.sub(r"(_desc-[A-Za-z0-9]+)?_bold$", "", name)
 
 
-def _stem(kind: str) -> str:
-    meas = _KIND_MEAS[kind]
-    return f"atlas-{ATLAS_NAME}" + (f"_meas-{meas}" if meas else "")
-
-
 def _write_matrix_tsv(path, mat, regions):
     df = pd.DataFrame(mat, index=pd.Index(regions, name="region"), columns=regions)
     atomic_write_text(path, df.to_csv(sep="\t", float_format="%.10g", lineterminator="\n"))
@@ -517,9 +511,10 @@ def connectivity_dataset(
         ``<output_dir>/group/atlas-PAM50horns[_meas-<kind>]_connectomes.npz`` (read it
         with :func:`load_connectomes`). Per run, in the run's sub-folder:
         ``<prefix>_atlas-PAM50horns_timeseries.tsv`` and
-        ``<prefix>_atlas-PAM50horns[_meas-<kind>]_desc-{full,half1,half2}_connectivity.tsv``
-        with JSON sidecars; the region image and table go to ``group/``
-        (``atlas-PAM50horns_dseg.nii.gz``/``.tsv``). Per-run files that exist with the
+        ``<prefix>_atlas-PAM50horns_meas-<measure>_desc-{full,half1,half2}_relmat.tsv``
+        with JSON sidecars; the region image and table (``index``, ``name``, ...) go to
+        ``group/`` (``atlas-PAM50horns_dseg.nii.gz``/``.tsv``); every name comes from
+        :mod:`spineprint_utils.derivatives`. Per-run files that exist with the
         same parameters are reused unless *overwrite*.
     """
     kind = _check_kind(kind)
@@ -532,7 +527,7 @@ def connectivity_dataset(
     if output_dir is None:
         _refuse_raw(deriv_dir)
     runs = _find_runs(deriv_dir, pattern, participants)
-    group_dir = out_dir / _GROUP_DIR
+    group_names = _derivatives.connectivity_group_outputs(out_dir, kind)
 
     # ---- regions: one label image per distinct grid, same region names everywhere
     import nibabel as nib
@@ -565,9 +560,8 @@ def connectivity_dataset(
         # native-space runs carry their own regions (written by preprocessing after registration to PAM50)
         for members in grids.values():
             for p, _ in members:
-                dseg = p.parent / f"{_prefix(p)}_atlas-{ATLAS_NAME}_dseg.nii.gz"
+                dseg, tsv = _derivatives.run_dseg(p)
                 if dseg.is_file():
-                    tsv = p.parent / f"{_prefix(p)}_atlas-{ATLAS_NAME}_dseg.tsv"
                     lab_img, tab = _atlas.load_label_image(dseg, tsv if tsv.is_file() else None)
                     run_labels[p] = (lab_img, tab, _sha256(dseg))
         for key, members in grids.items():
@@ -585,20 +579,20 @@ def connectivity_dataset(
         atlas_params["run_labels"] = True
     regions = [str(n) for n in table["name"]]
     if len(grids) == 1 and labels_by_grid:
-        atomic_save_nifti(next(iter(labels_by_grid.values())), group_dir / f"atlas-{ATLAS_NAME}_dseg.nii.gz")
-    atomic_write_text(group_dir / f"atlas-{ATLAS_NAME}_dseg.tsv", table.to_csv(sep="\t", index=False, lineterminator="\n"))
+        atomic_save_nifti(next(iter(labels_by_grid.values())), group_names["dseg"])
+    atomic_write_text(group_names["dseg_tsv"], table.rename(columns={"label": "index"}).to_csv(
+        sep="\t", index=False, lineterminator="\n"))
 
     # ---- per-run time series (kind independent)
-    stem = _stem(kind)
     ts_params = {**atlas_params, "regions": regions}
     fc_params = {**ts_params, "kind": kind, "fisher_z": bool(fisher_z)}
     records = []
     for key, members in grids.items():
         for p, img in members:
             ent = _entities(p)
-            prefix = _prefix(p)
-            folder = out_dir / p.parent.relative_to(deriv_dir)
-            ts_path = folder / f"{prefix}_atlas-{ATLAS_NAME}_timeseries.tsv"
+            names = _derivatives.connectivity_run_outputs(p, deriv_dir, out_dir, kind)
+            ts_path = names["timeseries"]
+            source_uri = _derivatives.bids_uri(p, deriv_dir, name="" if out_dir == deriv_dir else "preprocessed")
             run_ts_params = {**ts_params, "source_sha256": _sha256(p)}  # stale if the run was re-preprocessed
             if p in run_labels:
                 run_ts_params["labels_sha256"] = run_labels[p][2]
@@ -608,7 +602,7 @@ def connectivity_dataset(
                 ts = region_timeseries(img, run_labels[p][0] if p in run_labels else labels_by_grid[key])
                 df = pd.DataFrame(ts, columns=regions)
                 atomic_write_text(ts_path, df.to_csv(sep="\t", index=False, float_format="%.10g", lineterminator="\n"))
-                atomic_write_json(ts_path.with_suffix(".json"), {"Sources": [p.name], "Parameters": run_ts_params,
+                atomic_write_json(ts_path.with_suffix(".json"), {"Sources": [source_uri], "Parameters": run_ts_params,
                                                                  "Description": "mean BOLD of each region"})
             try:
                 _check_ts(ts, str(ts_path))
@@ -616,8 +610,8 @@ def connectivity_dataset(
                 raise SpineprintError(f"{p}: {exc}") from None
             if ts.shape[0] < 6:
                 raise SpineprintError(f"{p}: {ts.shape[0]} volumes are too few to split in halves")
-            fc_paths = {h: folder / f"{prefix}_{stem}_desc-{h}_connectivity.tsv" for h in HALVES}
-            records.append({"path": p, "ent": ent, "ts": ts, "fc_paths": fc_paths,
+            fc_paths = names["relmat"]
+            records.append({"path": p, "ent": ent, "ts": ts, "fc_paths": fc_paths, "uri": source_uri,
                             "fc_params": {**fc_params, "source_sha256": run_ts_params["source_sha256"]}})
 
     records.sort(key=lambda r: str(r["path"]))  # dataset order: by file name, whatever the grids
@@ -643,7 +637,8 @@ def connectivity_dataset(
         for j, h in enumerate(HALVES):
             _write_matrix_tsv(paths[h], fc[i, j], regions)
             atomic_write_json(paths[h].with_suffix(".json"), {
-                "Sources": [rec["path"].name], "Parameters": rec["fc_params"], "Part": h,
+                "Sources": [rec["uri"]], "Parameters": rec["fc_params"], "Part": h,
+                "Measure": kind + (" (Fisher z)" if fisher_z else ""), "RowNames": "first column (region)",
                 "NumberOfVolumes": int(rec["ts"].shape[0] if h == "full" else rec["ts"].shape[0] // 2),
             })
 
@@ -656,7 +651,7 @@ def connectivity_dataset(
                              "Description": "PAM50 horn x segment time series and functional connectivity",
                              "Parameters": fc_params}],
         })
-    group_path = group_dir / f"{stem}_connectomes.npz"
+    group_path = group_names["connectomes"]
     atomic_save_npz(
         group_path,
         fc=fc,

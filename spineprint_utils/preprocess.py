@@ -73,7 +73,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from . import __version__, denoise, motion
+from . import __version__, confounds as confounds_mod, denoise, derivatives, motion
 from . import motion as motion_mod
 from ._io import (SpineprintError, atomic_save_nifti, atomic_write_json, atomic_write_text, bids_entities,
                   check_label, load_nifti, read_json)
@@ -116,7 +116,8 @@ RUN_DEFAULTS = {
 #: native-space steps: part of the completion key only when changed from these defaults
 _NATIVE_DEFAULTS = {"distortion": True, "registration": True}
 #: outputs written only by some runs (not required for a run to count as complete)
-_OPTIONAL_OUTPUTS = ("fig_physio", "fieldmap", "dseg", "dseg_tsv", "xfm", "fig_native")
+_OPTIONAL_OUTPUTS = ("fig_physio", "fieldmap", "fieldmap_json", "magnitude", "magnitude_json", "dseg", "dseg_tsv",
+                     "dseg_json", "xfm", "fig_native")
 
 QC_COLUMNS = [
     "run", "subject", "session", "n_volumes", "tr_s", "tsnr_pre_cord", "tsnr_post_cord", "mean_fd_mm", "max_fd_mm",
@@ -132,20 +133,8 @@ _ALL_SEGMENTS = tuple(f"C{i}" for i in range(1, 9)) + ("T1",)
 
 
 # ---------------------------------------------------------------- BIDS helpers
-def run_prefix(bold_path) -> str:
-    """BIDS prefix of a BOLD file: its name without ``_bold.nii[.gz]``."""
-    name = Path(bold_path).name
-    for suf in (_BOLD_SUFFIX, "_bold.nii", ".nii.gz", ".nii"):
-        if name.endswith(suf):
-            return name[: -len(suf)]
-    raise SpineprintError(f"{bold_path}: not a NIfTI BOLD file name")
-
-
-def _bids_root(bold_path: Path) -> Path | None:
-    for parent in bold_path.parents:
-        if parent.name.startswith("sub-"):
-            return parent.parent
-    return None
+run_prefix = derivatives.run_prefix
+_bids_root = derivatives.bids_root
 
 
 def find_bold_runs(bids_dir, participants=None) -> list[Path]:
@@ -173,34 +162,8 @@ def find_bold_runs(bids_dir, participants=None) -> list[Path]:
     return runs
 
 
-def run_outputs(bold_path, output_dir) -> dict:
-    """Output paths of one run (see the module docstring)."""
-    bold_path = Path(bold_path)
-    output_dir = Path(output_dir)
-    root = _bids_root(bold_path)
-    folder = output_dir / bold_path.parent.relative_to(root) if root is not None else output_dir
-    p = run_prefix(bold_path)
-    fig = output_dir / "figures"
-    return {
-        "preproc": folder / f"{p}_desc-preproc_bold.nii.gz",
-        "preproc_json": folder / f"{p}_desc-preproc_bold.json",
-        "confounds": folder / f"{p}_desc-confounds_timeseries.tsv",
-        "confounds_json": folder / f"{p}_desc-confounds_timeseries.json",
-        "motion": folder / f"{p}_desc-motion_timeseries.tsv",
-        "tsnr_pre": folder / f"{p}_desc-tsnrpre_boldmap.nii.gz",
-        "tsnr_post": folder / f"{p}_desc-tsnrpost_boldmap.nii.gz",
-        "cord_mask": folder / f"{p}_desc-cord_mask.nii.gz",
-        "csf_mask": folder / f"{p}_desc-csf_mask.nii.gz",
-        "fig_motion": fig / f"{p}_desc-motion_qc.png",
-        "fig_tsnr": fig / f"{p}_desc-tsnr_qc.png",
-        "fig_physio": fig / f"{p}_desc-physio_qc.png",
-        "fig_native": fig / f"{p}_desc-native_qc.png",
-        "fieldmap": folder / f"{p}_desc-b0_fieldmap.nii.gz",
-        "dseg": folder / f"{p}_atlas-PAM50horns_dseg.nii.gz",
-        "dseg_tsv": folder / f"{p}_atlas-PAM50horns_dseg.tsv",
-        "xfm": folder / f"{p}_from-PAM50_to-bold_xfm.npz",
-        "qc": folder / f"{p}_desc-qc_metrics.json",
-    }
+#: output paths of one run (:func:`spineprint_utils.derivatives.run_outputs`, the one place for names)
+run_outputs = derivatives.run_outputs
 
 
 def tsnr(data, axis=-1) -> np.ndarray:
@@ -429,50 +392,6 @@ def _nifti_like(img, data, dtype=np.float32):
     return out
 
 
-def _physio_figure(rec, path, title, seconds: float = 30.0):
-    """QC figure: the first *seconds* of the cardiac trace with the detected beats, and
-    the respiratory trace."""
-    from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
-
-    from . import physio
-
-    fs = rec.sampling_frequency
-    n = min(rec.n_samples, int(seconds * fs))
-    t = np.arange(n) / fs
-    fig = Figure(figsize=(7, 3.6), layout="constrained")
-    axes = fig.subplots(2, 1, sharex=True)
-    if rec.cardiac is not None:
-        peaks, q = physio.detect_cardiac_peaks(rec.cardiac, fs)
-        pk = peaks[peaks < n]
-        axes[0].plot(t, rec.cardiac[:n], lw=0.7)
-        axes[0].plot(pk / fs, rec.cardiac[pk], "o", ms=3, color="tab:red")
-        axes[0].set_title(f"cardiac: {q.get('mean_hr_bpm', float('nan')):.0f} bpm, "
-                          f"{q.get('n_missing_beats', 0)} missed beat(s)", fontsize=8)
-    if rec.respiratory is not None:
-        axes[1].plot(t, rec.respiratory[:n], lw=0.7, color="tab:green")
-        axes[1].set_title("respiratory belt", fontsize=8)
-    axes[1].set_xlabel("time since the first physio sample (s)")
-    fig.suptitle(title, fontsize=9)
-    motion._save_fig(fig, path)
-
-
-def _tsnr_figure(pre, post, cord, path, title):
-    from matplotlib.figure import Figure  # no pyplot: never touches the caller's backend
-
-    z = int(np.argmax(cord.sum(axis=(0, 1))))
-    vmax = float(np.percentile(post[cord], 99)) if cord.any() else float(post.max())
-    fig = Figure(figsize=(6, 3), layout="constrained")
-    axes = fig.subplots(1, 2)
-    for ax, im, lab in zip(axes, (pre, post), ("tSNR before", "tSNR after")):
-        h = ax.imshow(im[:, :, z].T, origin="lower", cmap="inferno", vmin=0, vmax=vmax)
-        ax.contour(cord[:, :, z].T.astype(float), levels=[0.5], colors="c", linewidths=0.6)
-        ax.set_title(f"{lab} (slice {z})", fontsize=9)
-        ax.axis("off")
-    fig.colorbar(h, ax=axes, shrink=0.8)
-    fig.suptitle(title, fontsize=9)
-    motion._save_fig(fig, path)
-
-
 # ---------------------------------------------------------------- native space: distortion and registration
 def _distortion_step(bold_path: Path, img, data, meta: dict, enabled: bool, notes: list):
     """Susceptibility distortion correction of the raw series from a reverse-PE pair.
@@ -480,7 +399,7 @@ def _distortion_step(bold_path: Path, img, data, meta: dict, enabled: bool, note
     Runs on the raw 4D series, before motion correction: the field is estimated from the
     pair (Chang & Fitzpatrick 1992; :func:`spineprint_utils.distortion.correct_run`) on the
     scanner grid, where the distortion happens, and motion (sub-millimetre here) is
-    estimated afterwards on undistorted images. Returns ``(data, field_hz or None, status)``;
+    estimated afterwards on undistorted images. Returns ``(data, field_hz or None, status, pair_paths)``;
     ``status`` starts with ``"applied"``, ``"skip: <reason>"`` or ``"off"``. A pair that
     exists but cannot be used (missing ``TotalReadoutTime``, identical directions, an
     ``IntendedFor`` that does not list this run, a different grid) is a recorded skip with a
@@ -489,10 +408,10 @@ def _distortion_step(bold_path: Path, img, data, meta: dict, enabled: bool, note
     from . import distortion
 
     if not enabled:
-        return data, None, "off: disabled by the user"
+        return data, None, "off: disabled by the user", []
     fmap_dir = bold_path.parent.parent / "fmap"
     if not fmap_dir.is_dir() or not any(fmap_dir.glob("*_epi.json")):
-        return data, None, "skip: no reverse phase-encoding fieldmap (fmap/*_epi)"
+        return data, None, "skip: no reverse phase-encoding fieldmap (fmap/*_epi)", []
     try:
         pair = distortion.read_fieldmap_pair(fmap_dir, bold=bold_path)
         direction = 1
@@ -505,11 +424,12 @@ def _distortion_step(bold_path: Path, img, data, meta: dict, enabled: bool, note
         msg = f"{bold_path.name}: distortion correction NOT applied: {exc}"
         warnings.warn(msg, stacklevel=3)
         notes.append(msg)
-        return data, None, f"skip: {exc}"
+        return data, None, f"skip: {exc}", []
     notes.extend(pair.notes)
     status = (f"applied: reverse-PE pair {pair.up.name} / {pair.down.name} (matched by {pair.matched_by}), "
               f"TotalReadoutTime {pair.total_readout_time:g} s")
-    return np.asarray(corrected.dataobj, dtype=np.float32), np.asarray(field, dtype=np.float32), status
+    return (np.asarray(corrected.dataobj, dtype=np.float32), np.asarray(field, dtype=np.float32), status,
+            [Path(pair.up), Path(pair.down)])
 
 
 def find_anat(bold_path):
@@ -547,11 +467,8 @@ def _anat_registration(t2w: Path, seg: Path, output_dir: Path, root: Path, notes
     """T2w -> PAM50 registration, cached per T2w image in ``<output_dir>/sub-*/[ses-*/]anat/``."""
     from . import registration
 
-    folder = output_dir / t2w.parent.relative_to(root)
-    stem = t2w.name.split(".nii")[0]
-    to_native_path = folder / f"{stem}_from-PAM50_to-T2w_xfm.npz"
-    to_template_path = folder / f"{stem}_from-T2w_to-PAM50_xfm.npz"
-    info_path = folder / f"{stem}_desc-registration_qc.json"
+    names = derivatives.anat_outputs(t2w, output_dir)
+    to_native_path, to_template_path, info_path = names["to_native"], names["to_template"], names["info"]
     key = {"t2w": t2w.name, "seg": seg.name, "t2w_bytes": t2w.stat().st_size, "seg_bytes": seg.stat().st_size,
            "version": __version__}
     if to_native_path.is_file() and to_template_path.is_file() and info_path.is_file():
@@ -665,38 +582,6 @@ def _registration_step(bold_path: Path, img, mean_img, output_dir: Path, notes: 
               f"{info['z_method']}), mean BOLD -> T2w rigid (mutual information)")
     return {"cord": cord, "csf": csf, "labels": new, "regions": regions, "chain": chain, "dice": float(info["dice"]),
             "status": status, "t2w": t2w, "seg": seg, "mean": mean3}, status
-
-
-def _native_figure(before, after, field, labels, cord, path, title):
-    """QC figure of a native-space run: mean BOLD before/after distortion correction, the
-    estimated field, and the PAM50 regions and cord brought to the run (sagittal and axial)."""
-    from matplotlib.figure import Figure
-
-    z = int(np.argmax(cord.sum(axis=(0, 1)))) if cord.any() else before.shape[2] // 2
-    x = int(round(np.mean(np.nonzero(cord)[0]))) if cord.any() else before.shape[0] // 2
-    panels = [("mean BOLD, raw", before, "gray"), ("distortion corrected", after, "gray")]
-    if field is not None:
-        panels.append(("estimated field (Hz)", field, "RdBu_r"))
-    fig = Figure(figsize=(2.4 * (len(panels) + 1), 4.4), layout="constrained")
-    axes = fig.subplots(2, len(panels) + 1, squeeze=False)
-    for c, (lab, im, cmap) in enumerate(panels):
-        for r, sl in enumerate((np.s_[:, :, z], np.s_[x, :, :])):
-            ax = axes[r, c]
-            h = ax.imshow(im[sl].T, origin="lower", cmap=cmap, aspect="auto" if r else "equal")
-            if cmap != "gray":
-                fig.colorbar(h, ax=ax, shrink=0.7)
-            ax.set_title(lab if r == 0 else "", fontsize=8)
-            ax.axis("off")
-    for r, sl in enumerate((np.s_[:, :, z], np.s_[x, :, :])):
-        ax = axes[r, -1]
-        ax.imshow(after[sl].T, origin="lower", cmap="gray", aspect="auto" if r else "equal")
-        lab = np.ma.masked_equal(labels[sl].T, 0)
-        ax.imshow(lab, origin="lower", cmap="tab20", alpha=0.6, interpolation="nearest", aspect="auto" if r else "equal")
-        ax.contour(cord[sl].T.astype(float), levels=[0.5], colors="c", linewidths=0.6)
-        ax.set_title("PAM50 regions + cord" if r == 0 else "", fontsize=8)
-        ax.axis("off")
-    fig.suptitle(title, fontsize=9)
-    motion._save_fig(fig, path)
 
 
 def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_regularize=None,
@@ -830,7 +715,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     # ---- native space: distortion correction of the raw series (before motion), registration to PAM50
     mean_before = data.mean(axis=3)
-    data, field_hz, dist_status = _distortion_step(bold_path, img, data, meta, bool(distortion), notes)
+    data, field_hz, dist_status, pair_paths = _distortion_step(bold_path, img, data, meta, bool(distortion), notes)
     mean_raw = data.mean(axis=3) if field_hz is not None else mean_before
     native, reg_status = None, "off: disabled by the user"
     if registration:
@@ -861,8 +746,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     else:
         moco, shifts_mm, fd = data.astype(np.float32), np.zeros((Z, T, 2)), np.zeros(T)
     del data
-    motion_table = motion_mod.params_table(shifts_mm)
-    motion_table["framewise_displacement"] = fd
+    motion_table, motion_meta = confounds_mod.motion_table(shifts_mm, fd)
     n_csf = params["n_csf_components"]
     n_csf_vox = int(np.count_nonzero(moco[csf].std(axis=-1) > 0)) if csf.any() else 0
     if n_csf > 0 and n_csf > min(T, n_csf_vox) - 1:
@@ -872,7 +756,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     csf_comps, csf_expl = (denoise.acompcor(moco, csf, n_csf, return_variance=True) if n_csf > 0
                            else (np.zeros((T, 0)), np.zeros(0)))
     spikes = denoise.spike_regressors(fd, spike_threshold)
-    dv = denoise.dvars(moco, cord)
+    dv, std_dv = confounds_mod.std_dvars(moco, cord)
     motion_design = shifts_mm if (params["motion_regressors"] and params["motion"]) else np.zeros((Z, T, 0))
     phys_design = phys_regs if phys_regs is not None else np.zeros((Z, T, 0))
     slice_design = np.concatenate([motion_design, phys_design], axis=2)
@@ -892,38 +776,15 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     var = denoise.variance_removed(moco, cord, {"motion": motion_design, "physio": phys_design, "csf": csf_comps,
                                                 "spikes": spikes}, t_r=tr, high_pass=hp, low_pass=lp,
                                    cleaned=clean)
-    # ---- tables
-    conf = {}
-    conf_desc = {}
-    for k in range(csf_comps.shape[1]):
-        conf[f"csf_comp{k:02d}"] = csf_comps[:, k]
-        conf_desc[f"csf_comp{k:02d}"] = {"Description": f"aCompCor (Behzadi 2007) principal component {k} of the "
-                                         f"CSF mask ({csf_expl[k] * 100:.1f}% of CSF variance)"}
-    for k in range(spikes.shape[1]):
-        vol = int(np.flatnonzero(spikes[:, k])[0])
-        conf[f"spike{k:02d}"] = spikes[:, k]
-        conf_desc[f"spike{k:02d}"] = {"Description": f"spike regressor for volume {vol} (FD > {spike_threshold} mm)"}
-    if motion_design.shape[2]:
-        for z in range(Z):
-            for a, lab in enumerate("xy"):
-                conf[f"trans_{lab}_slice{z:02d}"] = shifts_mm[z, :, a]
-                conf_desc[f"trans_{lab}_slice{z:02d}"] = {
-                    "Description": f"slice-wise {lab} translation of slice {z} (mm), regressed from slice {z} only",
-                    "Units": "mm"}
-    for z in range(Z):
-        for p in range(phys_design.shape[2]):
-            name = phys_names[p] if p < len(phys_names) else f"r{p:02d}"
-            col = f"physio_{name}_slice{z:02d}"
-            conf[col] = phys_design[z, :, p]
-            conf_desc[col] = {"Description": f"RETROICOR regressor {name} sampled at the acquisition time of slice "
-                              f"{z}, regressed from slice {z} only"}
-    conf["framewise_displacement"] = fd
-    conf_desc["framewise_displacement"] = {"Description": "Power 2012 FD from slice-averaged in-plane translations "
-                                           "(not regressed)", "Units": "mm"}
-    conf["dvars"] = dv
-    conf_desc["dvars"] = {"Description": "DVARS (Power 2012) in the cord mask after motion correction "
-                          "(not regressed)"}
-    conf_df = pd.DataFrame(conf)
+    # ---- tables (fMRIPrep's confound names: spineprint_utils.confounds)
+    regressed = {name for name, on in (("slice_motion", motion_design.shape[2] > 0),
+                                       ("physio", phys_design.shape[2] > 0), ("compcor", csf_comps.shape[1] > 0),
+                                       ("outliers", spikes.shape[1] > 0)) if on}
+    csf_mean = moco[csf].mean(axis=0) if csf.any() else np.full(T, np.nan)
+    conf_df, conf_desc = confounds_mod.confounds_table(
+        shifts_mm, fd, dv, std_dv, csf_mean, csf_comps, csf_expl, spike_threshold,
+        confounds_mod.cosine_basis(T, tr, hp), phys_design if phys_design.shape[2] else None, phys_names,
+        regressed)
     applied = phys_regs is not None
     conf_json = {
         **conf_desc,
@@ -954,6 +815,13 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         "mask_source": mask_source, "distortion_correction": dist_status, "registration": reg_status,
         "registration_dice": native["dice"] if native is not None else float("nan"),
     }
+    # QC of the confounds (report): the largest |r| of the mean cord signal with the motion traces
+    cord_mean = moco[cord].mean(axis=0) if cord.any() else np.zeros(T)
+    motion_cols = conf_df[["trans_x", "trans_y", "framewise_displacement"]].iloc[1:].to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rs = [np.corrcoef(cord_mean[1:], c)[0, 1] for c in motion_cols.T if np.std(c) > 0]
+    row["max_abs_r_motion"] = float(np.nanmax(np.abs(rs))) if rs and np.isfinite(rs).any() else float("nan")
+    row["notes"] = list(notes)
     # ---- write (all or nothing)
     written = []
 
@@ -962,44 +830,88 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         written.append(outs[key])
 
     try:
-        preproc_meta = {"RepetitionTime": tr, "SkullStripped": False, "Sources": [str(bold_path.name)],
+        root = _bids_root(bold_path)
+        raw_uri = derivatives.bids_uri(bold_path, root) if root is not None else f"bids:raw:{bold_path.name}"
+
+        def _own(key):  # BIDS URI of one of this run's outputs, inside the derivative dataset
+            return derivatives.bids_uri(outs[key], output_dir, name="")
+
+        preproc_meta = {"RepetitionTime": tr, "SkullStripped": False, "Sources": [raw_uri],
                         "SpineprintVersion": __version__, "Parameters": params, "Notes": notes,
                         "PhysiologicalModel": phys_desc, "DistortionCorrection": dist_status,
                         "Registration": reg_status}
         if has_st:
             preproc_meta["SliceTiming"] = [float(s) for s in st]
-        _w("preproc", _save_nifti_fast, _nifti_like(img, clean), outs["preproc"])
+        preproc_img = _nifti_like(img, clean)
+        preproc_img.header.set_xyzt_units("mm", "sec")
+        zooms = list(preproc_img.header.get_zooms())
+        zooms[3] = tr  # the header's TR is the sidecar's (the one used), never a contradicting one
+        preproc_img.header.set_zooms(zooms)
+        _w("preproc", _save_nifti_fast, preproc_img, outs["preproc"])
         _w("preproc_json", atomic_write_json, outs["preproc_json"], preproc_meta)
         _w("confounds", atomic_write_text, outs["confounds"], conf_df.to_csv(sep="\t", index=False, na_rep="n/a"))
         _w("confounds_json", atomic_write_json, outs["confounds_json"], conf_json)
-        _w("motion", atomic_write_text, outs["motion"], motion_table.to_csv(sep="\t", index=False))
-        _w("tsnr_pre", atomic_save_nifti, _nifti_like(img.slicer[..., 0], tsnr_pre), outs["tsnr_pre"])
-        _w("tsnr_post", atomic_save_nifti, _nifti_like(img.slicer[..., 0], tsnr_post), outs["tsnr_post"])
-        _w("cord_mask", atomic_save_nifti, _nifti_like(img.slicer[..., 0], cord, np.uint8), outs["cord_mask"])
-        _w("csf_mask", atomic_save_nifti, _nifti_like(img.slicer[..., 0], csf, np.uint8), outs["csf_mask"])
+        _w("motion", atomic_write_text, outs["motion"], motion_table.to_csv(sep="\t", index=False, na_rep="n/a"))
+        _w("motion_json", atomic_write_json, outs["motion_json"],
+           {**motion_meta, "Sources": [raw_uri, _own("cord_mask"), _own("csf_mask")],
+            "Description": "slice-wise in-plane motion (spineprint_utils.motion); the same column names as the "
+                           "confounds"})
+        ref = img.slicer[..., 0]
+        _w("tsnr_pre", atomic_save_nifti, _nifti_like(ref, tsnr_pre), outs["tsnr_pre"])
+        _w("tsnr_post", atomic_save_nifti, _nifti_like(ref, tsnr_post), outs["tsnr_post"])
+        _w("tsnr_json", atomic_write_json, outs["tsnr_json"], {
+            "Description": "temporal SNR (temporal mean / temporal SD): desc-raw before any processing, "
+                           "desc-clean after the cleaning", "SkullStripped": False,
+            "Sources": [raw_uri, _own("preproc")]})
+        _w("cord_mask", atomic_save_nifti, _nifti_like(ref, cord, np.uint8), outs["cord_mask"])
+        _w("cord_mask_json", atomic_write_json, outs["cord_mask_json"], {
+            "Type": "ROI", "Description": f"spinal cord mask on the run's grid ({mask_source})",
+            "Sources": [raw_uri]})
+        _w("csf_mask", atomic_save_nifti, _nifti_like(ref, csf, np.uint8), outs["csf_mask"])
+        _w("csf_mask_json", atomic_write_json, outs["csf_mask_json"], {
+            "Type": "ROI", "Description": f"cerebrospinal fluid mask around the cord ({mask_source})",
+            "Sources": [raw_uri]})
         if field_hz is not None:
-            _w("fieldmap", atomic_save_nifti, _nifti_like(img.slicer[..., 0], field_hz), outs["fieldmap"])
+            _w("fieldmap", atomic_save_nifti, _nifti_like(ref, field_hz), outs["fieldmap"])
+            _w("fieldmap_json", atomic_write_json, outs["fieldmap_json"], {
+                "Units": "Hz", "SkullStripped": False, "Description": f"B0 field estimated for {bold_path.name} "
+                "from its reverse phase-encoding pair (Chang & Fitzpatrick 1992)",
+                "Sources": [raw_uri] + [derivatives.bids_uri(q, root) for q in pair_paths]})
+            _w("magnitude", atomic_save_nifti, _nifti_like(ref, mean_raw), outs["magnitude"])
+            _w("magnitude_json", atomic_write_json, outs["magnitude_json"], {
+                "SkullStripped": False, "Description": "mean distortion-corrected BOLD image (the field's reference)",
+                "Sources": [raw_uri]})
         if native is not None:
             from . import registration as registration_mod
 
-            _w("dseg", atomic_save_nifti, _nifti_like(img.slicer[..., 0], native["labels"], np.int16), outs["dseg"])
+            _w("dseg", atomic_save_nifti, _nifti_like(ref, native["labels"], np.int16), outs["dseg"])
             _w("dseg_tsv", atomic_write_text, outs["dseg_tsv"],
-               native["regions"].to_csv(sep="\t", index=False, lineterminator="\n"))
+               native["regions"].rename(columns={"label": "index"}).to_csv(sep="\t", index=False,
+                                                                            lineterminator="\n"))
+            _w("dseg_json", atomic_write_json, outs["dseg_json"], {
+                "Description": "PAM50 gray-matter horn x spinal segment regions brought to the run's grid through "
+                               "the registrations (nearest neighbour)", "Atlas": "PAM50 (De Leener 2018)",
+                "Sources": [raw_uri, _own("xfm")]})
             _w("xfm", registration_mod.save_transforms, outs["xfm"], native["chain"])
-        if figures and (native is not None or field_hz is not None):
-            _w("fig_native", _native_figure, mean_before, mean_raw, field_hz,
-               native["labels"] if native is not None else np.zeros(cord.shape, np.int16), cord, outs["fig_native"],
-               f"{row['run']}: distortion correction and PAM50 regions")
-        if figures:
-            import matplotlib.pyplot as plt
+        if figures:  # the reportlets of the participant report (spineprint_utils.report)
+            from . import qcfigures
 
-            fig = motion_mod.plot_motion(motion_table.drop(columns="framewise_displacement"), fd,
-                                         title=f"{row['run']}: slice-wise motion", path=outs["fig_motion"])
-            plt.close(fig)
-            written.append(outs["fig_motion"])
-            _w("fig_tsnr", _tsnr_figure, tsnr_pre, tsnr_post, cord, outs["fig_tsnr"], row["run"])
+            title = row["run"]
+            _w("fig_masks", qcfigures.masks_figure, moco.mean(axis=3), cord, csf, outs["fig_masks"], title,
+               mask_source)
+            _w("fig_motion", qcfigures.motion_figure, motion_table, outs["fig_motion"], title, spike_threshold)
+            _w("fig_tsnr", qcfigures.tsnr_figure, tsnr_pre, tsnr_post, cord, outs["fig_tsnr"], title)
+            _w("fig_carpet", qcfigures.carpet_figure, moco, clean, cord, csf,
+               conf_df["framewise_displacement"].to_numpy(), conf_df["std_dvars"].to_numpy(), outs["fig_carpet"],
+               title)
+            _w("fig_confcorr", qcfigures.confounds_correlation_figure, conf_df, cord_mean, outs["fig_confcorr"], title)
             if applied:
-                _w("fig_physio", _physio_figure, phys_summary["_recording"], outs["fig_physio"], row["run"])
+                _w("fig_physio", qcfigures.physio_figure, phys_summary["_recording"], outs["fig_physio"], title)
+            if native is not None or field_hz is not None:
+                _w("fig_native", qcfigures.native_figure, mean_before, mean_raw, field_hz,
+                   native["labels"] if native is not None else np.zeros(cord.shape, np.int16), cord,
+                   outs["fig_native"], f"{title}: distortion correction and PAM50 regions",
+                   f"distortion correction: {dist_status.split(':')[0]}; registration: {reg_status.split(':')[0]}")
         row["runtime_s"] = round(time.perf_counter() - t_start, 2)
         row["parameters"] = params_key
         _w("qc", atomic_write_json, outs["qc"], row)  # completion marker, last
@@ -1058,18 +970,29 @@ def preprocess_dataset(bids_dir, output_dir=None, participants=None, n_jobs: int
     src = bids_dir / "dataset_description.json"
     if src.is_file():
         name = f"{read_json(src).get('Name', bids_dir.name)} - spineprint preprocessing"
+    import os
+
+    try:
+        link = Path(os.path.relpath(bids_dir.resolve(), out.resolve())).as_posix()
+    except ValueError:  # another drive (Windows)
+        link = bids_dir.resolve().as_uri()
     desc = {
-        "Name": name, "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "Name": name, "BIDSVersion": "1.10.0", "DatasetType": "derivative",
+        "DatasetLinks": {"raw": link},
         "GeneratedBy": [{"Name": "spineprint", "Version": __version__,
                          "Description": "distortion correction (reverse-PE pairs), registration to PAM50 (native "
                                         "runs), slice-wise motion correction, RETROICOR, aCompCor, spikes, band-pass",
                          "Parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()}}],
     }
     atomic_write_json(out / "dataset_description.json", desc)
+    derivatives.write_bidsignore(out)
     parallel_map(functools.partial(_run_one, output_dir=out, params=params), runs, n_jobs=n_jobs,
                  scheduler=scheduler, desc="preprocess", progress=progress)
     qc = load_qc_table(out)
     atomic_write_text(out / "qc.tsv", qc.to_csv(sep="\t", index=False, na_rep="n/a"))
+    from . import report
+
+    report.build_reports(out)  # sub-<label>.html per participant and group.html (spineprint_utils.report)
     return out
 
 

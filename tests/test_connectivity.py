@@ -270,7 +270,8 @@ def test_connectivity_dataset_outputs_and_recovery(dataset):
     ts = pd.read_csv(ts_tsv, sep="\t")
     assert list(ts.columns) == data["regions"]
     for j, part in enumerate(("full", "half1", "half2")):
-        m = pd.read_csv(first.parent / f"{prefix}_atlas-PAM50horns_desc-{part}_connectivity.tsv", sep="\t", index_col=0)
+        m = pd.read_csv(first.parent / f"{prefix}_atlas-PAM50horns_meas-pearsoncorrelation_desc-{part}_relmat.tsv",
+                        sep="\t", index_col=0)
         assert list(m.index) == data["regions"]
         np.testing.assert_allclose(m.to_numpy(), data["fc"][0, j], atol=1e-9)
     x = ts.to_numpy()

@@ -68,7 +68,8 @@ def test_distortion_correction_against_the_planted_field(study):
     for key, true_path in gt["b0_field"].items():
         sub, ses = key.split("_")
         true = np.asarray(nib.load(true_path).dataobj, dtype=float)
-        est_path = deriv / sub / ses / "func" / f"{key}_task-rest_run-1_desc-b0_fieldmap.nii.gz"
+        est_path = preprocess.run_outputs(root / sub / ses / "func" / f"{key}_task-rest_run-1_bold.nii.gz",
+                                          deriv)["fieldmap"]
         est = np.asarray(nib.load(est_path).dataobj, dtype=float)
         cord = np.asarray(nib.load(gt["native_cord"][sub]).dataobj) > 0
         err_vox = np.abs(est - true)[cord] * 0.03  # Hz x TotalReadoutTime = voxels
@@ -82,8 +83,7 @@ def test_distortion_correction_against_the_planted_field(study):
     pair = distortion.read_fieldmap_pair(fmap, bold=_first_run(root))
     up = nib.load(pair.up)
     true = np.asarray(nib.load(gt["b0_field"]["sub-01_ses-01"]).dataobj, dtype=float)
-    est = np.asarray(nib.load(deriv / "sub-01/ses-01/func/sub-01_ses-01_task-rest_run-1_desc-b0_fieldmap.nii.gz").dataobj,
-                     dtype=float)
+    est = np.asarray(nib.load(preprocess.run_outputs(_first_run(root), deriv)["fieldmap"]).dataobj, dtype=float)
     undist_true = distortion.apply_displacement(np.asarray(up.dataobj, float), distortion.displacement_from_field(
         true, 0.03, 1), 1, 1)
     corr = distortion.apply_displacement(np.asarray(up.dataobj, float), distortion.displacement_from_field(est, 0.03, 1),
@@ -117,7 +117,7 @@ def test_registration_brings_the_atlas_back(study):
         rec = np.asarray(nib.load(deriv / sub / ses / "func" / f"{run}_atlas-PAM50horns_dseg.nii.gz").dataobj)
         tab = pd.read_csv(deriv / sub / ses / "func" / f"{run}_atlas-PAM50horns_dseg.tsv", sep="\t")
         for _, row in regions.iterrows():
-            hit = tab.loc[tab["name"] == row["name"], "label"]
+            hit = tab.loc[tab["name"] == row["name"], "index"]
             assert len(hit) == 1, f"{run}: region {row['name']} missing"
             rec_d.append(registration.dice(truth == row["label"], rec == int(hit.iloc[0])))
             none_d.append(registration.dice(truth == row["label"], pam == row["label"]))
@@ -163,13 +163,13 @@ def test_connectivity_drops_regions_missing_in_a_run(study, tmp_path):
     """A run lacking one region: the region is dropped from every run, with a warning."""
     _, deriv = study
     copy = tmp_path / "deriv"
-    shutil.copytree(deriv, copy, ignore=shutil.ignore_patterns("*connectivity*", "*timeseries.tsv*", "group"))
+    shutil.copytree(deriv, copy, ignore=shutil.ignore_patterns("*relmat*", "*timeseries.tsv*", "group"))
     dseg = copy / "sub-02/ses-02/func/sub-02_ses-02_task-rest_run-1_atlas-PAM50horns_dseg.nii.gz"
     tab = pd.read_csv(dseg.with_suffix("").with_suffix(".tsv"), sep="\t")
     img = nib.load(dseg)
     data = np.asarray(img.dataobj).copy()
     gone = tab.loc[0, "name"]
-    data[data == tab.loc[0, "label"]] = 0
+    data[data == tab.loc[0, "index"]] = 0
     nib.save(nib.Nifti1Image(data, img.affine), dseg)
     tab.iloc[1:].to_csv(dseg.with_suffix("").with_suffix(".tsv"), sep="\t", index=False)
     with pytest.warns(UserWarning, match=f"{gone}.*dropped"):

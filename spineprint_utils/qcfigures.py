@@ -1,0 +1,316 @@
+"""QC figures of one preprocessed run (the reportlets of the participant report).
+
+Figures only: every function takes arrays that the pipeline already computed and writes a
+PNG (atomically, without a timestamp, so that the same inputs give the same bytes); no
+computation of the pipeline lives here. Matplotlib's object API is used (no ``pyplot``), so
+the caller's backend is never touched. A step that was not applied is drawn as a labelled
+"not applied" panel, never as if it had been.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "masks_figure",
+    "motion_figure",
+    "physio_figure",
+    "tsnr_figure",
+    "carpet_figure",
+    "confounds_correlation_figure",
+    "native_figure",
+    "not_applied_figure",
+]
+
+_DPI = 90
+
+
+def _figure(w, h):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), layout="constrained")
+
+
+def _save(fig, path):
+    import io
+
+    from ._io import atomic_write
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI, metadata={"Software": None})
+    with atomic_write(path, "wb") as fh:
+        fh.write(buf.getvalue())
+    return path
+
+
+def _slices(mask, n_max=12):
+    """Slices to show: those holding the mask (all when <= n_max, else evenly spaced)."""
+    zs = np.flatnonzero(mask.any(axis=(0, 1))) if mask.any() else np.arange(mask.shape[2])
+    if zs.size > n_max:
+        zs = zs[np.linspace(0, zs.size - 1, n_max).round().astype(int)]
+    return zs
+
+
+def _crop(mask, margin=6):
+    """In-plane bounding box of *mask* (all slices) with a margin, or the full plane."""
+    if not mask.any():
+        return np.s_[:, :]
+    xs, ys = np.nonzero(mask.any(axis=2))
+    return np.s_[max(xs.min() - margin, 0):xs.max() + margin + 1, max(ys.min() - margin, 0):ys.max() + margin + 1]
+
+
+def not_applied_figure(path, title, reason):
+    """A small panel that says a step was not applied, and why."""
+    fig = _figure(6, 1.2)
+    ax = fig.subplots()
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"{title}: not applied\n{reason}", ha="center", va="center", fontsize=10)
+    return _save(fig, path)
+
+
+def masks_figure(mean, cord, csf, path, title, source=""):
+    """Mean EPI of every slice holding the cord, with the cord (cyan) and CSF (orange) contours.
+
+    Parameters
+    ----------
+    mean : ndarray, (X, Y, Z)
+        Temporal mean of the motion-corrected series.
+    cord, csf : ndarray, (X, Y, Z) bool
+    source : str
+        Where the masks come from (printed, e.g. "mean image (guess)").
+    """
+    zs = _slices(cord | csf)
+    box = _crop(cord | csf)
+    n = len(zs)
+    cols = min(n, 6)
+    rows = int(np.ceil(n / cols))
+    fig = _figure(1.6 * cols, 1.7 * rows + 0.5)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, z in zip(axes, zs):
+        im = mean[box + (z,)]
+        ax.imshow(im.T, origin="lower", cmap="gray", vmin=np.percentile(mean, 1), vmax=np.percentile(mean, 99.5))
+        for m, colour in ((cord, "c"), (csf, "tab:orange")):
+            if m[box + (z,)].any():
+                ax.contour(m[box + (z,)].T.astype(float), levels=[0.5], colors=colour, linewidths=0.8)
+        ax.set_title(f"slice {z}", fontsize=8)
+    fig.suptitle(f"{title}\ncord (cyan) and CSF (orange) masks" + (f" - {source}" if source else ""), fontsize=9)
+    return _save(fig, path)
+
+
+def motion_figure(table, path, title, threshold=None):
+    """Slice-wise translations (one line per slice, colour = slice; black: their mean) and
+    framewise displacement with the outlier threshold and the outlier volumes marked.
+
+    Parameters
+    ----------
+    table : DataFrame
+        The run's motion table (``trans_{x,y}_sliceNN``, ``trans_x``, ``trans_y``,
+        ``framewise_displacement``; :func:`spineprint_utils.confounds.motion_table`).
+    threshold : float, optional
+        FD threshold (mm) of the outlier volumes.
+    """
+    from matplotlib import colormaps
+
+    fig = _figure(7.5, 5.0)
+    axes = fig.subplots(3, 1, sharex=True)
+    cmap = colormaps["viridis"]
+    for k, ax_name in enumerate("xy"):
+        cols = sorted(c for c in table.columns if c.startswith(f"trans_{ax_name}_slice"))
+        for i, c in enumerate(cols):
+            axes[k].plot(table[c].to_numpy(), color=cmap(i / max(len(cols) - 1, 1)), lw=0.7)
+        axes[k].plot(table[f"trans_{ax_name}"].to_numpy(), color="k", lw=1.2, label="mean over slices")
+        axes[k].set_ylabel(f"{ax_name} (mm)")
+    axes[0].legend(fontsize=7, loc="upper right")
+    fd = table["framewise_displacement"].to_numpy(dtype=float)
+    axes[2].plot(fd, color="k", lw=0.8)
+    if threshold is not None and np.isfinite(threshold):
+        axes[2].axhline(threshold, color="tab:red", ls="--", lw=0.8, label=f"outlier threshold {threshold} mm")
+        out = np.flatnonzero(np.nan_to_num(fd) > threshold)
+        axes[2].plot(out, fd[out], "o", color="tab:red", ms=4, label=f"{out.size} outlier volume(s)")
+        axes[2].legend(fontsize=7, loc="upper right")
+    axes[2].set_ylabel("FD (mm)")
+    axes[2].set_xlabel("volume")
+    fig.suptitle(f"{title}: slice-wise motion ({len(cols)} slices, colour = slice)", fontsize=9)
+    return _save(fig, path)
+
+
+def physio_figure(rec, path, title, seconds: float = 30.0):
+    """Cardiac trace with the detected beats and the respiratory trace with its phase
+    (Glover 2000 histogram phase), over the first *seconds* of the recording."""
+    from . import physio
+
+    fs = rec.sampling_frequency
+    n = min(rec.n_samples, int(seconds * fs))
+    t = np.arange(n) / fs
+    fig = _figure(7.5, 4.2)
+    axes = fig.subplots(2, 1, sharex=True)
+    if rec.cardiac is not None:
+        peaks, q = physio.detect_cardiac_peaks(rec.cardiac, fs)
+        pk = peaks[peaks < n]
+        axes[0].plot(t, rec.cardiac[:n], lw=0.7)
+        axes[0].plot(pk / fs, rec.cardiac[pk], "o", ms=3, color="tab:red", label="detected beats")
+        hr = q.get("mean_hr_bpm", float("nan"))
+        axes[0].set_title(f"cardiac: {hr:.0f} bpm, {q.get('n_missing_beats', 0)} missed beat(s)", fontsize=8)
+        axes[0].legend(fontsize=7, loc="upper right")
+    else:
+        axes[0].text(0.5, 0.5, "no cardiac trace", ha="center", transform=axes[0].transAxes)
+    if rec.respiratory is not None:
+        axes[1].plot(t, rec.respiratory[:n], lw=0.7, color="tab:green", label="belt")
+        try:
+            phase = physio.respiratory_phase(rec.respiratory, fs, t)
+            ax2 = axes[1].twinx()
+            ax2.plot(t, phase, lw=0.6, color="tab:purple", alpha=0.7)
+            ax2.set_ylabel("phase (rad)", fontsize=7, color="tab:purple")
+        except Exception:  # noqa: BLE001 - the phase is illustrative; the trace is still shown
+            pass
+        axes[1].set_title("respiratory belt (green) and its phase (purple)", fontsize=8)
+    else:
+        axes[1].text(0.5, 0.5, "no respiratory trace", ha="center", transform=axes[1].transAxes)
+    axes[1].set_xlabel("time since the first physio sample (s)")
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def tsnr_figure(pre, post, cord, path, title):
+    """tSNR before and after cleaning on every slice holding the cord (same colour scale),
+    and the mean cord tSNR per slice."""
+    zs = _slices(cord)
+    box = _crop(cord)
+    vmax = float(np.percentile(post[cord], 99)) if cord.any() else float(np.max(post))
+    n = len(zs)
+    fig = _figure(max(1.3 * n, 5), 5.2)
+    grid = fig.add_gridspec(3, n)
+    for r, (im, lab) in enumerate(((pre, "before"), (post, "after"))):
+        for c, z in enumerate(zs):
+            ax = fig.add_subplot(grid[r, c])
+            h = ax.imshow(im[box + (z,)].T, origin="lower", cmap="inferno", vmin=0, vmax=vmax)
+            if cord[box + (z,)].any():
+                ax.contour(cord[box + (z,)].T.astype(float), levels=[0.5], colors="c", linewidths=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"z={z}", fontsize=7)
+            if c == 0:
+                ax.set_ylabel(f"tSNR {lab}", fontsize=8)
+    fig.colorbar(h, ax=fig.axes, shrink=0.5, label="tSNR")
+    ax = fig.add_subplot(grid[2, :])
+    allz = np.arange(cord.shape[2])
+    has = cord.any(axis=(0, 1))
+    for im, lab, colour in ((pre, "before", "tab:gray"), (post, "after", "tab:red")):
+        per = np.array([im[..., z][cord[..., z]].mean() if has[z] else np.nan for z in allz])
+        ax.plot(allz, per, "o-", color=colour, ms=3, label=lab)
+    ax.set_xlabel("slice")
+    ax.set_ylabel("cord tSNR")
+    ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: tSNR before / after cleaning, every cord slice", fontsize=9)
+    return _save(fig, path)
+
+
+def carpet_figure(before, after, cord, csf, fd, std_dvars, path, title, max_voxels: int = 600):
+    """Carpet plot (Power 2017): z-scored voxel time series of the cord and CSF masks before
+    and after cleaning, under FD and standardised DVARS.
+
+    Parameters
+    ----------
+    before, after : ndarray, (X, Y, Z, T)
+        Motion-corrected and cleaned series.
+    cord, csf : ndarray, (X, Y, Z) bool
+    fd, std_dvars : ndarray, (T,)
+    max_voxels : int
+        Voxels drawn per mask (evenly sub-sampled, in slice order).
+    """
+    def rows(data, mask):
+        idx = np.flatnonzero(mask.transpose(2, 0, 1).ravel())  # slice-major order
+        if idx.size > max_voxels:
+            idx = idx[np.linspace(0, idx.size - 1, max_voxels).round().astype(int)]
+        flat = data.transpose(2, 0, 1, 3).reshape(-1, data.shape[-1])[idx].astype(np.float64)
+        sd = flat.std(axis=1, keepdims=True)
+        return (flat - flat.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, 1)
+
+    fig = _figure(7.5, 6.5)
+    axes = fig.subplots(4, 1, sharex=True, height_ratios=[0.6, 0.6, 2, 2])
+    axes[0].plot(fd, color="k", lw=0.8)
+    axes[0].set_ylabel("FD (mm)", fontsize=8)
+    axes[1].plot(std_dvars, color="tab:blue", lw=0.8)
+    axes[1].set_ylabel("std DVARS", fontsize=8)
+    for ax, data, lab in ((axes[2], before, "motion corrected"), (axes[3], after, "cleaned")):
+        carpet = np.vstack([rows(data, cord), rows(data, csf)]) if csf.any() else rows(data, cord)
+        ax.imshow(carpet, aspect="auto", cmap="gray", vmin=-2, vmax=2, interpolation="nearest")
+        n_cord = min(int(cord.sum()), max_voxels)
+        ax.axhline(n_cord - 0.5, color="tab:orange", lw=1)
+        ax.set_ylabel(f"{lab}\ncord | CSF voxels", fontsize=8)
+        ax.set_yticks([])
+    axes[3].set_xlabel("volume")
+    fig.suptitle(f"{title}: carpet plot (z-scored voxels; cord above the orange line, CSF below)", fontsize=9)
+    return _save(fig, path)
+
+
+def confounds_correlation_figure(table, cord_signal, path, title):
+    """Correlation of the summary confounds with each other and with the mean cord signal.
+
+    Parameters
+    ----------
+    table : DataFrame
+        The run's confounds (fMRIPrep names).
+    cord_signal : ndarray, (T,)
+        Mean signal in the cord mask (motion corrected, before cleaning).
+    """
+    cols = [c for c in ("trans_x", "trans_y", "framewise_displacement", "std_dvars", "csf") if c in table]
+    cols += [c for c in table.columns if c.startswith("c_comp_cor_")][:5]
+    df = table[cols].copy()
+    df.insert(0, "cord_mean", cord_signal)
+    corr = df.corr().to_numpy()
+    fig = _figure(8, 4)
+    ax, bx = fig.subplots(1, 2, width_ratios=[1.2, 1])
+    h = ax.imshow(corr, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(df.columns)), df.columns, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(df.columns)), df.columns, fontsize=7)
+    fig.colorbar(h, ax=ax, shrink=0.7, label="Pearson r")
+    r = corr[0, 1:]
+    bx.barh(range(len(r)), r, color=["tab:red" if abs(v) > 0.5 else "tab:gray" for v in r])
+    bx.set_yticks(range(len(r)), df.columns[1:], fontsize=7)
+    bx.axvline(0, color="k", lw=0.5)
+    bx.set_xlim(-1, 1)
+    bx.set_xlabel("r with the mean cord signal")
+    bx.invert_yaxis()
+    fig.suptitle(f"{title}: confound correlations", fontsize=9)
+    return _save(fig, path)
+
+
+def native_figure(before, after, field, labels, cord, path, title, anat_note=""):
+    """Native-space run: mean BOLD before/after distortion correction, the estimated field and
+    the PAM50 regions brought to the run through func -> T2w -> PAM50 (regions coloured by
+    spinal segment, which gives the levels), axial and sagittal. A step that was skipped is
+    labelled "not applied"."""
+    z = int(np.argmax(cord.sum(axis=(0, 1)))) if cord.any() else before.shape[2] // 2
+    x = int(round(np.mean(np.nonzero(cord)[0]))) if cord.any() else before.shape[0] // 2
+    panels = [("mean BOLD, raw", before, "gray"),
+              ("distortion corrected" if field is not None else "distortion correction:\nnot applied", after, "gray")]
+    if field is not None:
+        panels.append(("estimated field (Hz)", field, "RdBu_r"))
+    fig = _figure(2.4 * (len(panels) + 1), 4.6)
+    axes = fig.subplots(2, len(panels) + 1, squeeze=False)
+    for c, (lab, im, cmap) in enumerate(panels):
+        for r, sl in enumerate((np.s_[:, :, z], np.s_[x, :, :])):
+            ax = axes[r, c]
+            h = ax.imshow(im[sl].T, origin="lower", cmap=cmap, aspect="auto" if r else "equal")
+            if cmap != "gray":
+                fig.colorbar(h, ax=ax, shrink=0.7)
+            ax.set_title(lab if r == 0 else "", fontsize=8)
+            ax.axis("off")
+    has_regions = bool(np.any(labels))
+    for r, sl in enumerate((np.s_[:, :, z], np.s_[x, :, :])):
+        ax = axes[r, -1]
+        ax.imshow(after[sl].T, origin="lower", cmap="gray", aspect="auto" if r else "equal")
+        if has_regions:
+            lab = np.ma.masked_equal(labels[sl].T, 0)
+            ax.imshow(lab, origin="lower", cmap="tab20", alpha=0.6, interpolation="nearest",
+                      aspect="auto" if r else "equal")
+        ax.contour(cord[sl].T.astype(float), levels=[0.5], colors="c", linewidths=0.6)
+        ax.set_title(("PAM50 regions + cord" if has_regions else "registration to PAM50:\nnot applied")
+                     if r == 0 else "", fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title + (f"\n{anat_note}" if anat_note else ""), fontsize=9)
+    return _save(fig, path)
