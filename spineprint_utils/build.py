@@ -353,8 +353,28 @@ def build_book(root=None, output=None, params_file=None, only=None, execute=True
     if final.exists():
         shutil.rmtree(final)
     shutil.copytree(built, final)
+    report = _export_reports(plan, final / "reports")
+    if report is not None:
+        print(f"QC reports of the preprocessed study: {report}", flush=True)
     print(f"book built: {final / 'index.html'}", flush=True)
     return final
+
+
+def _export_reports(plan, dest: Path) -> Path | None:
+    """Copy the QC reports (``group.html``, ``sub-*.html`` and their figures) of the study the
+    preprocessing notebook processed into the built book (``<html>/reports/``), where the
+    own-data page links to them. Returns the group page, or None when there is none."""
+    from . import report, simulate
+    from ._io import cache_dir
+
+    for nb, params in plan:
+        if not nb.stem.startswith("02_"):
+            continue
+        bids_dir = params.get("bids_dir")
+        if bids_dir is None:
+            bids_dir = cache_dir("datasets") / f"sim-{simulate.params_hash(params.get('study_params') or {})}"
+        return report.export(Path(bids_dir) / "derivatives" / "spineprint", dest)
+    return None
 
 
 # --------------------------------------------------------------------- CLI

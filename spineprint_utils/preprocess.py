@@ -32,31 +32,37 @@ One run (:func:`preprocess_run`):
 7. tSNR maps before and after, the percentage of cord variance each model
    explains, QC figures.
 
-Outputs (``<prefix>`` = raw name without ``_bold.nii.gz``), under
-``derivatives/spineprint/sub-<s>/[ses-<e>/]func/``:
+Outputs (``<prefix>`` = raw name without ``_bold.nii.gz``; every name comes from
+:func:`spineprint_utils.derivatives.run_outputs`, the one place for derivative names), under
+``derivatives/spineprint/sub-<s>/[ses-<e>/]``:
 
-- ``<prefix>_desc-preproc_bold.nii.gz`` (+ ``.json``: TR, slice timing, steps)
-- ``<prefix>_desc-confounds_timeseries.tsv`` + ``.json`` (one entry per column,
-  plus ``PhysiologicalModel``)
-- ``<prefix>_desc-motion_timeseries.tsv`` (``x_sliceNN``/``y_sliceNN`` mm and
-  ``framewise_displacement``)
-- ``<prefix>_desc-tsnrpre_boldmap.nii.gz``, ``<prefix>_desc-tsnrpost_boldmap.nii.gz``
+- ``func/<prefix>_desc-preproc_bold.nii.gz`` (+ ``.json``: TR, slice timing, steps, ``Sources``
+  as BIDS URIs; the header's TR is the sidecar's)
+- ``func/<prefix>_desc-confounds_timeseries.tsv`` + ``.json``: fMRIPrep's column names
+  (:mod:`spineprint_utils.confounds`; read by ``nilearn.interfaces.fmriprep.load_confounds``),
+  plus ``PhysiologicalModel``
+- ``func/<prefix>_desc-motion_timeseries.tsv`` + ``.json`` (the confounds' names:
+  ``trans_{x,y}_sliceNN``, ``trans_x``, ``trans_y``, ``framewise_displacement``)
+- ``func/<prefix>_stat-tsnr_desc-raw_boldmap.nii.gz``, ``..._desc-clean_boldmap.nii.gz``
   (temporal mean / temporal SD, before any processing and after cleaning)
-- ``<prefix>_desc-cord_mask.nii.gz``, ``<prefix>_desc-csf_mask.nii.gz``
-- ``<prefix>_desc-qc_metrics.json``: the run's QC row and parameters, written
+- ``func/<prefix>_desc-cord_mask.nii.gz``, ``..._desc-csf_mask.nii.gz`` (+ ``.json``, ``Type``)
+- ``func/<prefix>_desc-qc_metrics.json``: the run's QC row and parameters, written
   **last** (the completion marker: a run with it and the same parameters is skipped
   unless ``overwrite``; different parameters recompute the run)
-- ``figures/<prefix>_desc-motion_qc.png``, ``figures/<prefix>_desc-tsnr_qc.png`` and,
-  when the physiological model was applied, ``figures/<prefix>_desc-physio_qc.png``
-- native-space runs only: ``<prefix>_desc-b0_fieldmap.nii.gz`` (estimated field, Hz),
-  ``<prefix>_atlas-PAM50horns_dseg.nii.gz``/``.tsv`` (regions on the run's grid, used by
-  the connectivity step), ``<prefix>_from-PAM50_to-bold_xfm.npz`` (transform chain,
-  :func:`spineprint_utils.registration.load_transforms`),
-  ``figures/<prefix>_desc-native_qc.png``; and per T2w image, under ``anat/``,
-  ``<T2w>_from-T2w_to-PAM50_xfm.npz``, ``<T2w>_from-PAM50_to-T2w_xfm.npz`` and
-  ``<T2w>_desc-registration_qc.json`` (reused by the participant's other runs)
+- ``figures/<prefix>_desc-{masks,motion,tsnr,carpet,confcorr}_qc.png`` and, when applied,
+  ``..._desc-physio_qc.png`` / ``..._desc-native_qc.png`` (:mod:`spineprint_utils.qcfigures`,
+  the reportlets of ``sub-<s>.html``, :mod:`spineprint_utils.report`)
+- native-space runs only: ``fmap/<sub>_<ses>_run-<r>_desc-<task>_fieldmap.nii.gz`` (estimated
+  field, Hz) + ``_magnitude``, ``func/<prefix>_atlas-PAM50horns_dseg.nii.gz``/``.tsv``
+  (regions on the run's grid, ``index``/``name``; used by the connectivity step),
+  ``func/<prefix>_from-PAM50_to-bold_mode-image_xfm.npz`` (transform chain,
+  :func:`spineprint_utils.registration.load_transforms`); and per T2w image, under ``anat/``,
+  ``<sub>_<ses>_from-T2w_to-PAM50_mode-image_xfm.npz``, ``..._from-PAM50_to-T2w_...`` and the
+  registration's metadata ``..._from-T2w_to-PAM50_mode-image_xfm.json`` (reused by the
+  participant's other runs)
 
-and dataset-level ``dataset_description.json`` and ``qc.tsv``. If a run fails,
+and dataset-level ``dataset_description.json`` (``DatasetLinks`` to the raw data), ``.bidsignore``,
+``qc.tsv`` and the QC reports ``sub-<s>.html`` and ``group.html``. If a run fails,
 every file it wrote is removed: no partial derivative is left behind.
 """
 

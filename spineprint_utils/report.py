@@ -32,7 +32,7 @@ from . import __version__, derivatives
 from ._io import SpineprintError, atomic_write_text, read_json
 
 __all__ = ["THRESHOLDS", "run_verdicts", "participant_report", "group_report", "build_reports", "export",
-           "register_cli"]
+           "screenshot", "register_cli"]
 
 #: QC thresholds: (pass if better than, fail if worse than, direction, source)
 THRESHOLDS = {
@@ -440,11 +440,43 @@ def export(deriv_dir, dest) -> Path | None:
     return dest / group.name
 
 
+def screenshot(page, png, width: int = 1100, height: int = 1400, scale: float = 0.6,
+               chromium: str = "/usr/bin/chromium") -> Path:
+    """PNG screenshot of the top of a report page (headless Chromium), downscaled by *scale*
+    (a documentation image: README). Raises SpineprintError without Chromium."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from PIL import Image
+
+    exe = shutil.which("chromium") or chromium
+    if not Path(exe).exists():
+        raise SpineprintError(f"{exe}: Chromium not found (apt-get install chromium)")
+    page, png = Path(page).resolve(), Path(png)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "shot.png"
+        subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        f"--user-data-dir={tmp}", f"--window-size={width},{height}", f"--screenshot={raw}",
+                        page.as_uri()], check=True, capture_output=True, timeout=120)
+        img = Image.open(raw).convert("RGB")
+        img = img.resize((int(img.width * scale), int(img.height * scale)), Image.LANCZOS)
+        png.parent.mkdir(parents=True, exist_ok=True)
+        from ._io import atomic_write
+
+        with atomic_write(png, "wb") as fh:
+            img.quantize(colors=256, method=Image.Quantize.MAXCOVERAGE).save(fh, format="PNG", optimize=True)
+    return png
+
+
 # ---------------------------------------------------------------- CLI
 def _cli(args) -> int:
     pages = build_reports(args.deriv_dir)
     for p in pages:
         print(p)
+    if args.screenshot:
+        subject = pages[0] if len(pages) > 1 else pages[-1]
+        print(screenshot(subject, args.screenshot))
     return 0
 
 
@@ -454,4 +486,6 @@ def register_cli(subparsers) -> None:
                               description="Write sub-<label>.html and group.html into a derivatives folder "
                                           "written by `spineprint preprocess` (done automatically by preprocess).")
     p.add_argument("deriv_dir", metavar="DERIV_DIR")
+    p.add_argument("--screenshot", metavar="PNG", default=None,
+                   help="also save a PNG of the top of the first participant page (headless Chromium)")
     p.set_defaults(func=_cli)
