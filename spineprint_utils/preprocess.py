@@ -1001,11 +1001,11 @@ def preprocess_dataset(bids_dir, output_dir=None, participants=None, n_jobs: int
                          "Parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()}}],
     }
     atomic_write_json(out / "dataset_description.json", desc)
-    derivatives.write_bidsignore(out)
     parallel_map(functools.partial(_run_one, output_dir=out, params=params), runs, n_jobs=n_jobs,
                  scheduler=scheduler, desc="preprocess", progress=progress)
     qc = load_qc_table(out)
     atomic_write_text(out / "qc.tsv", qc.to_csv(sep="\t", index=False, na_rep="n/a"))
+    derivatives.write_bidsignore(out)  # with the other dataset-level files, once runs exist
     from . import report
 
     report.build_reports(out)  # sub-<label>.html per participant and group.html (spineprint_utils.report)

@@ -163,10 +163,12 @@ def run_verdicts(row: dict, confounds: pd.DataFrame | None = None) -> list[dict]
     out = []
     T = int(row.get("n_volumes") or 0)
     src = str(row.get("mask_source", ""))
-    guess = src.startswith("mean image")
+    guess = "guess" in src.lower() or "disk" in src.lower()
+    partial = "not found in slice" in src
     out.append({"step": "EPI cord and CSF masks", "figure": "fig_masks", "metric": f"source: {html.escape(src)}",
-                "verdict": "warn" if guess else "pass",
-                "threshold": "warn when the masks are a guess from the mean image (no anatomy, no atlas)",
+                "verdict": "fail" if guess else ("warn" if partial else "pass"),
+                "threshold": "fail when the cord mask is a guess (a disc, not the cord); warn when the cord was not "
+                             "found in some slices",
                 "note": ""})
     dist, reg = str(row.get("distortion_correction", "")), str(row.get("registration", ""))
     if _status(reg) == "applied":

@@ -285,11 +285,11 @@ def test_skipped_steps_are_labelled_not_applied(tmp_path, monkeypatch):
     assert any("registration to PAM50:\nnot applied" in t for t in titles)
     row = {"n_volumes": 100, "physio_model_applied": "no", "physio_model": "none: no physio file found",
            "registration": "skip: no T2w image", "distortion_correction": "off: disabled by the user",
-           "mask_source": "mean image (10 mm disk)", "mean_fd_mm": 0.1, "tsnr_post_cord": 20.0}
+           "mask_source": "mean image (10 mm disc GUESS, not the cord)", "mean_fd_mm": 0.1, "tsnr_post_cord": 20.0}
     v = {r["step"].split(" ")[0]: r for r in report.run_verdicts(row)}
     assert v["Physiological"]["verdict"] == "not applied" and "no physio file" in v["Physiological"]["metric"]
     assert v["Distortion"]["verdict"] == "not applied" and "no T2w" in v["Distortion"]["metric"]
-    assert v["EPI"]["verdict"] == "warn"  # masks guessed from the mean image are flagged
+    assert v["EPI"]["verdict"] == "fail"  # a disc guessed on the mean image is not a cord mask
     # thresholds can fail: large motion and low tSNR
     bad = report.run_verdicts({**row, "mean_fd_mm": 0.8, "tsnr_post_cord": 5.0})
     assert {r["step"].split(" ")[0]: r["verdict"] for r in bad}["Motion"] == "fail"

@@ -250,7 +250,8 @@ def test_parameter_change_recomputes(sim, tmp_path):
         other = preprocess.preprocess_run(bold, out, figures=False, n_csf_components=3)
     assert not first["skipped"] and again["skipped"] and not other["skipped"]
     conf = pd.read_csv(other["confounds"], sep="\t")
-    assert [c for c in conf.columns if c.startswith("csf_comp")] == ["csf_comp00", "csf_comp01", "csf_comp02"]
+    assert [c for c in conf.columns if c.startswith("c_comp_cor")] == ["c_comp_cor_00", "c_comp_cor_01",
+                                                                         "c_comp_cor_02"]
 
 
 def test_hr_rvt_regressors_added_to_the_physio_model(sim, tmp_path):
