@@ -842,8 +842,10 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     written = []
 
     def _w(key, fn, *args):
-        fn(*args)
+        # recorded before writing: an interrupt between the atomic rename and the return must
+        # not leave an orphan file (the cleanup below ignores files never created)
         written.append(outs[key])
+        fn(*args)
 
     try:
         root = _bids_root(bold_path)

@@ -73,7 +73,8 @@ def _files(tree: Path) -> dict:
 
 
 def _temporary(tree: Path) -> list:
-    return [name for name, p in _files(tree).items() if p.name.startswith(".") or p.name.endswith(".tmp")]
+    return [name for name, p in _files(tree).items()  # .bidsignore: the BIDS ignore file, not a temporary
+            if (p.name.startswith(".") and p.name != ".bidsignore") or p.name.endswith(".tmp")]
 
 
 def normalised_bytes(path: Path) -> bytes:
