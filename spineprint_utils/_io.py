@@ -29,6 +29,7 @@ __all__ = [
     "atomic_save_npz",
     "read_json",
     "load_nifti",
+    "verify_nifti",
     "check_label",
     "bids_entities",
     "cache_dir",
@@ -87,6 +88,12 @@ def atomic_write(path, mode: str = "wb"):
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if exc.filename is None and exc.errno is not None:  # e.g. disk full: name the file being written
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -198,6 +205,30 @@ def _verify_gzip(path, chunk: int = 1 << 22) -> None:
     with gzip.open(path, "rb") as fh:
         while fh.read(chunk):
             pass
+
+
+def verify_nifti(path) -> None:
+    """Check that a NIfTI file decodes completely (``.nii.gz``: gzip CRC-32 and length).
+
+    For readers that let nibabel load the image lazily (``nib.load(path).dataobj``):
+    call this once so that a damaged file is an error naming it, never wrong voxel
+    values. Raises :class:`SpineprintError` ``<file>: corrupt or truncated NIfTI file``.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpineprintError(f"{path}: NIfTI file not found")
+    try:
+        if path.name.endswith(".gz"):
+            _verify_gzip(path)
+        else:
+            img = nib.load(str(path))
+            expected = int(img.header.get_data_offset()) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+            if path.stat().st_size < expected:
+                raise EOFError(f"{path.stat().st_size} bytes, the header describes {expected}")
+    except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise SpineprintError(f"{path}: corrupt or truncated NIfTI file ({exc})") from None
 
 
 def load_nifti(path, ndim: int | None = None, finite: bool = False, dtype=np.float32):

@@ -29,6 +29,7 @@ import yaml
 
 from . import __version__
 from ._io import SpineprintError, atomic_write_text
+from ._outputs import BuildOutput
 
 __all__ = [
     "find_book_root",
@@ -303,8 +304,8 @@ def build_book(root=None, output=None, params_file=None, only=None, execute=True
         The HTML folder (or the staging folder when ``html=False``).
     """
     root = find_book_root(root)
+    default_output = not output
     output = Path(output).resolve() if output else root / "_build"
-    staging = output / "source"
     all_params = load_params(params_file)
     notebooks = toc_notebooks(root)
     known = {nb.stem for nb in notebooks} | {str(nb) for nb in notebooks} | {nb.name for nb in notebooks} | {"all"}
@@ -314,6 +315,9 @@ def build_book(root=None, output=None, params_file=None, only=None, execute=True
     # validate every notebook's parameters before running anything
     plan = [(nb, _params_for(root / nb, all_params)) for nb in notebooks]
 
+    # the build replaces only what it wrote: entries of --output it did not create are kept
+    owned = BuildOutput(output, default=default_output or output == (root / "_build").resolve())
+    staging = owned.claim("source")
     _stage(root, staging)
     package_hash = _package_hash()
     timings = {}
@@ -328,20 +332,20 @@ def build_book(root=None, output=None, params_file=None, only=None, execute=True
                 continue
             print(f"[{i}/{len(plan)}] executing {nb} {params or ''}", flush=True)
             timings[str(nb)] = execute_notebook(root / nb, out, params, key, progress=progress,
-                                                failed_dir=output / "failed")
+                                                failed_dir=owned.claim("failed"))
             print(f"[{i}/{len(plan)}] {nb}: {timings[str(nb)]:.1f} s", flush=True)
     missing = [nb for nb, _ in plan if not (staging / nb).is_file()]
     if html and missing:
         raise SpineprintError(
             "cannot build the HTML: not executed yet: " + ", ".join(map(str, missing))
         )
-    atomic_write_text(output / "timings.json", json.dumps(timings, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(owned.claim("timings.json"), json.dumps(timings, indent=2, sort_keys=True) + "\n")
     if not html:
         return staging
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [
         str(jb) if jb.exists() else "jupyter-book", "build", str(staging),
-        "--path-output", str(output / "jb"), "-W", "--keep-going",
+        "--path-output", str(owned.claim("jb")), "-W", "--keep-going",
         "--all",  # re-render every page: Sphinx misses some changes (e.g. to references.bib)
     ]
     print("building HTML:", " ".join(cmd[1:]), flush=True)
@@ -349,10 +353,7 @@ def build_book(root=None, output=None, params_file=None, only=None, execute=True
     if result.returncode != 0:
         raise SpineprintError(f"jupyter-book build failed (exit {result.returncode}); see the warnings above")
     built = output / "jb" / "_build" / "html"
-    final = output / "html"
-    if final.exists():
-        shutil.rmtree(final)
-    shutil.copytree(built, final)
+    final = owned.replace_tree(built, "html")
     print(f"book built: {final / 'index.html'}", flush=True)
     return final
 

@@ -58,9 +58,9 @@ def parallel_map(func, items, n_jobs: int = 1, scheduler: str | None = None, des
     scheduler = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
     disable = not progress
     if scheduler:
-        from dask.distributed import Client, as_completed
+        from dask.distributed import as_completed
 
-        with Client(scheduler) as client:
+        with _connect(scheduler) as client:
             futures = client.map(func, items, pure=False)
             for _ in _progress(as_completed(futures), len(futures), desc, disable):
                 pass
@@ -82,6 +82,26 @@ def parallel_map(func, items, n_jobs: int = 1, scheduler: str | None = None, des
         raise
     pool.shutdown(wait=True)
     return results
+
+
+#: seconds to wait for a Dask scheduler before giving up (``$SPINEPRINT_SCHEDULER_TIMEOUT``)
+SCHEDULER_TIMEOUT = 10.0
+
+
+def _connect(address: str):
+    """A :class:`dask.distributed.Client` for *address*, or one clear error naming it."""
+    from dask.distributed import Client
+
+    from ._io import SpineprintError
+
+    timeout = float(os.environ.get("SPINEPRINT_SCHEDULER_TIMEOUT", SCHEDULER_TIMEOUT))
+    try:
+        return Client(address, timeout=timeout)
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        raise SpineprintError(
+            f"Dask scheduler {address}: cannot connect within {timeout:g} s ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no reply'}); check the address (--scheduler / "
+            "$DASK_SCHEDULER_ADDRESS) and that the scheduler is running") from None
 
 
 _BUSY = False

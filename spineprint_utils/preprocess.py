@@ -77,6 +77,7 @@ from . import __version__, denoise, motion
 from . import motion as motion_mod
 from ._io import (SpineprintError, atomic_save_nifti, atomic_write_json, atomic_write_text, bids_entities,
                   check_label, load_nifti, read_json)
+from ._outputs import guarded_output
 from .parallel import parallel_map
 
 __all__ = [
@@ -160,7 +161,9 @@ def find_bold_runs(bids_dir, participants=None) -> list[Path]:
     bids_dir = Path(bids_dir)
     if not bids_dir.is_dir():
         raise SpineprintError(f"{bids_dir}: BIDS folder not found")
-    runs = sorted(p for p in bids_dir.glob("sub-*/**/func/*" + _BOLD_SUFFIX) if "derivatives" not in p.parts)
+    # derivative outputs (a ``desc-`` entity, which raw BOLD names never have) are never raw runs
+    runs = sorted(p for p in bids_dir.glob("sub-*/**/func/*" + _BOLD_SUFFIX)
+                  if "derivatives" not in p.parts and "_desc-" not in p.name)
     if participants:
         keep = {check_label(p, "sub") for p in participants}
         found = {bids_entities(run_prefix(p)).get("sub") for p in runs}
@@ -1029,6 +1032,25 @@ def load_qc_table(deriv_dir) -> pd.DataFrame:
     return df[QC_COLUMNS].sort_values("run", kind="stable").reset_index(drop=True) if len(df) else df[QC_COLUMNS]
 
 
+def _default_out(a):
+    return a["output_dir"] if a["output_dir"] is not None else Path(a["bids_dir"]) / "derivatives" / "spineprint"
+
+
+def _keep_completed_runs(out: Path):
+    """On failure keep what completed runs wrote (a rerun resumes from them), and the
+    folder's dataset_description.json with them; with no completed run, keep nothing."""
+    state = {}
+
+    def keep(path: Path) -> bool:
+        if "done" not in state:
+            state["done"] = any(out.glob("**/*_desc-qc_metrics.json"))
+        return state["done"]
+
+    return keep
+
+
+@guarded_output(_default_out, raw_of=lambda a: a["bids_dir"], keep_of=_keep_completed_runs,
+                option="the preprocessing output folder (--out)")
 def preprocess_dataset(bids_dir, output_dir=None, participants=None, n_jobs: int = 1, scheduler=None,
                        progress: bool = True, **run_params) -> Path:
     """Preprocess every BOLD run of a BIDS dataset (resumable).
