@@ -15,6 +15,8 @@ import json
 import os
 import re
 import tempfile
+import threading
+import warnings
 import zlib
 from pathlib import Path
 
@@ -32,6 +34,7 @@ __all__ = [
     "verify_nifti",
     "check_label",
     "bids_entities",
+    "recorded_warnings",
     "cache_dir",
     "data_dir",
 ]
@@ -288,3 +291,35 @@ def bids_entities(name: str) -> dict:
     """BIDS entities of a file name or prefix, e.g.
     ``sub-01_ses-02_task-rest_run-1_bold.nii.gz`` -> ``{"sub": "01", "ses": "02", "task": "rest", "run": "1"}``."""
     return dict(_ENTITY_RE.findall(Path(name).name))
+
+
+_WARNINGS_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def recorded_warnings():
+    """Record every warning *this thread* raises inside the block; yields the list.
+
+    Unlike ``warnings.catch_warnings(record=True)``, which records the warnings of
+    every thread of the process, warnings raised meanwhile by other threads (a Dask
+    worker's event loop, a garbage-collected socket's ``ResourceWarning``...) are shown
+    as usual but never recorded - recorded warnings end up in derivatives (run notes),
+    which must not depend on what else the process was doing. Every warning is
+    recorded, also repeats (filter ``"always"``), so the first and the tenth run of a
+    process record the same. Blocks of several threads are serialised by a lock, so
+    their filter changes do not interleave.
+    """
+    me = threading.get_ident()
+    records: list = []
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("always")
+        previous = warnings.showwarning
+
+        def _hook(message, category, filename, lineno, file=None, line=None):
+            if threading.get_ident() == me:
+                records.append(warnings.WarningMessage(message, category, filename, lineno, file, line))
+            else:
+                previous(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = _hook
+        yield records

@@ -4,17 +4,46 @@
 local processes with ``n_jobs > 1``, or on a Dask cluster when a scheduler
 address is given (argument or ``$DASK_SCHEDULER_ADDRESS``). Results always come
 back in input order, so a stage gives the same output whichever backend ran it.
+
+Same bytes on every backend: each item runs with the numerical thread pools (BLAS,
+LAPACK, OpenMP) pinned to :data:`NUMERIC_THREADS` thread(s) with ``threadpoolctl``,
+in the calling process as in the workers. Multi-threaded OpenBLAS splits dot
+products, matrix-vector products, ``syrk``, ``eigh`` and ``lstsq`` between its
+threads and sums the parts in another order, so the same run gives different last
+bits with 1 or 2 threads - and a Dask worker starts with ``OMP_NUM_THREADS=1``
+while the caller has one thread per core. Pinning makes the result independent of
+the backend, the machine's core count and its load.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import as_completed as _as_completed
 
-__all__ = ["parallel_map"]
+__all__ = ["parallel_map", "NUMERIC_THREADS", "pinned_threads"]
+
+#: threads of the numerical libraries (BLAS/LAPACK/OpenMP) while an item runs, on every backend
+NUMERIC_THREADS = 1
+
+
+@contextlib.contextmanager
+def pinned_threads(n: int = NUMERIC_THREADS):
+    """Pin the BLAS/LAPACK/OpenMP thread pools to *n* threads inside the block
+    (``threadpoolctl.threadpool_limits``), restoring them afterwards."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=int(n)):
+        yield
+
+
+def _pinned_call(func, item):
+    """``func(item)`` with the numerical thread pools pinned (module level: picklable for Dask)."""
+    with pinned_threads():
+        return func(item)
 
 
 def _progress(iterable, total, desc, disable):
@@ -61,7 +90,7 @@ def parallel_map(func, items, n_jobs: int = 1, scheduler: str | None = None, des
         from dask.distributed import as_completed
 
         with _connect(scheduler) as client:
-            futures = client.map(func, items, pure=False)
+            futures = client.map(functools.partial(_pinned_call, func), items, pure=False)
             for _ in _progress(as_completed(futures), len(futures), desc, disable):
                 pass
             return client.gather(futures)
@@ -69,7 +98,8 @@ def parallel_map(func, items, n_jobs: int = 1, scheduler: str | None = None, des
     if n_jobs < 0:
         n_jobs = os.cpu_count() or 1
     if n_jobs == 1 or len(items) == 1:
-        return [func(item) for item in _progress(items, len(items), desc, disable)]
+        with pinned_threads():
+            return [func(item) for item in _progress(items, len(items), desc, disable)]
     pool = ProcessPoolExecutor(max_workers=min(n_jobs, len(items)), initializer=_worker_init)
     futures = []
     try:
@@ -131,7 +161,7 @@ def _run_task(func, item):
     try:
         if _STOPPING:
             raise KeyboardInterrupt
-        return func(item)
+        return _pinned_call(func, item)
     finally:
         _BUSY = False
 

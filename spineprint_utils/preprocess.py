@@ -76,7 +76,7 @@ from scipy import ndimage
 from . import __version__, denoise, motion
 from . import motion as motion_mod
 from ._io import (SpineprintError, atomic_save_nifti, atomic_write_json, atomic_write_text, bids_entities,
-                  check_label, load_nifti, read_json)
+                  check_label, load_nifti, read_json, recorded_warnings)
 from ._outputs import guarded_output
 from .parallel import parallel_map
 
@@ -824,8 +824,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         warnings.warn(msg, stacklevel=2)
         notes.append(msg)
         hp = lp = None
-    with warnings.catch_warnings(record=True) as caught:  # physio quality warnings go into the notes too
-        warnings.simplefilter("always")
+    with recorded_warnings() as caught:  # physio quality warnings go into the notes too (this run's only)
         phys_regs, phys_names, phys_desc, phys_summary = _physio_model(bold_path, data.shape, tr, st, params, notes)
     for w in caught:
         if str(w.message) not in notes:
