@@ -290,3 +290,15 @@ def test_build_output_new_folder_is_wholly_owned(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(SpineprintError, match="not a folder"):
         _outputs.BuildOutput(tmp_path / "afile")
+
+
+def test_simulate_overwrite_replaces_only_a_simulation(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "dataset_description.json").write_text('{"Name": "my real study"}')
+    before = _tree(mine)
+    for extra in ([], ["--overwrite"]):
+        rc = cli.main(["simulate", str(mine), "--n-subjects", "1", *extra])
+        err = capsys.readouterr().err
+        assert rc == 1 and "not empty" in err, err
+    assert _tree(mine) == before
