@@ -90,7 +90,13 @@ def parallel_map(func, items, n_jobs: int = 1, scheduler: str | None = None, des
         from dask.distributed import as_completed
 
         with _connect(scheduler) as client:
-            futures = client.map(functools.partial(_pinned_call, func), items, pure=False)
+            import uuid
+
+            from dask.utils import funcname
+
+            # task keys named after the stage's function (not the pinning wrapper), as without it
+            keys = [f"{funcname(func)}-{uuid.uuid4().hex}" for _ in items]
+            futures = client.map(functools.partial(_pinned_call, func), items, key=keys, pure=False)
             for _ in _progress(as_completed(futures), len(futures), desc, disable):
                 pass
             return client.gather(futures)
