@@ -38,8 +38,9 @@ physiological motion effects in fMRI: RETROICOR. Magn Reson Med 44:162-167.
 Kaptan M, Horn U, Vannesjo SJ, et al. (2023). Reliability of resting-state functional
 connectivity in the human spinal cord: assessing the impact of distinct noise sources.
 NeuroImage 275:120152. doi:10.1016/j.neuroimage.2023.120152
-Ricchi I, et al. (2025). Spine-prints: individual fingerprints of spinal cord functional
-connectivity. bioRxiv doi:10.1101/2025.05.30.656545
+Ricchi I, Santoro A, Kinany N, et al. (2025). Spine-prints: transposing brain fingerprints to
+the spinal cord. bioRxiv doi:10.1101/2025.05.30.656545 (Imaging Neuroscience 2026,
+doi:10.1162/IMAG.a.1128)
 """
 
 from __future__ import annotations

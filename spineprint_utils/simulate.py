@@ -34,7 +34,7 @@ Neural signal with a planted fingerprint
     session deviation, strength ``g = session_strength``). ``C`` is a correlation
     matrix (convex combination of correlation matrices). Region time series are
     ``L @ (h * e)`` with ``L L^T = C``, ``e`` white noise on a grid of
-    ``TR / n_shots`` and ``h`` the canonical double-gamma HRF (Glover 1999), so each
+    ``TR / n_shots`` and ``h`` SPM's canonical double-gamma HRF (``spm_hrf``), so each
     slice samples the signal at its own acquisition time. Voxel signal =
     region signal x spatial weight (horn probability) x ``neural_amplitude`` % of
     the local baseline.
@@ -272,8 +272,9 @@ def slice_timing(n_slices: int, tr: float, order: str = "interleaved", multiband
 def canonical_hrf(dt: float, length: float = 32.0) -> np.ndarray:
     """Canonical double-gamma haemodynamic response sampled every *dt* seconds.
 
-    ``h(t) = t^5 e^{-t} / 5! - t^15 e^{-t} / (6 * 15!)`` (gamma densities of shape
-    6 and 16, undershoot ratio 1/6; Glover 1999, as in SPM), normalised to unit sum.
+    ``h(t) = t^5 e^{-t} / 5! - t^15 e^{-t} / (6 * 15!)``: the default of SPM's
+    ``spm_hrf.m`` (gamma densities of shape 6 and 16, scale 1 s, undershoot ratio
+    1/6; Friston et al. 1998, NeuroImage 7:30), normalised to unit sum.
     """
     t = np.arange(0.0, length, dt)
     h = t**5 * np.exp(-t) / math.factorial(5) - t**15 * np.exp(-t) / (6.0 * math.factorial(15))

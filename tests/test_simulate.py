@@ -117,7 +117,7 @@ def test_neural_timeseries_has_planted_correlation():
 def test_canonical_hrf_peak():
     h = sim.canonical_hrf(0.1)
     assert h.sum() == pytest.approx(1.0)
-    assert 4.0 < np.argmax(h) * 0.1 < 6.0  # peak ~5 s (Glover 1999)
+    assert 4.0 < np.argmax(h) * 0.1 < 6.0  # peak at (shape - 1) * scale = 5 s (spm_hrf default)
     assert h.min() < 0  # undershoot
 
 
