@@ -133,20 +133,31 @@ def dvars(data, mask=None) -> np.ndarray:
     return out
 
 
-def spike_regressors(metric, threshold: float) -> np.ndarray:
+def spike_regressors(metric, threshold: float, neighbours=(0, 0)) -> np.ndarray:
     """One-hot regressors for outlier volumes ("spike regression", Lemieux et al. 2007).
+
+    A volume whose *metric* exceeds *threshold* gets its own regressor (a column
+    with a single 1), which removes it from the fit. Power et al. (2012) censor, with
+    FD > 0.5 mm, also the volume before and the two after (``neighbours=(1, 2)``);
+    the pipeline's default flags the volume alone, and its FD is the in-plane
+    translation-only FD of :func:`spineprint_utils.motion.framewise_displacement`
+    (no rotations, no through-plane motion), so the same 0.5 mm threshold flags
+    fewer volumes than Power's six-parameter FD would.
 
     Parameters
     ----------
     metric : ndarray, (T,)
-        Framewise displacement (mm, Power et al. 2012) or DVARS.
+        Framewise displacement (mm) or DVARS.
     threshold : float
-        Volumes with ``metric > threshold`` get their own regressor (column with a
-        single 1). ``None`` or ``inf`` disables.
+        Volumes with ``metric > threshold`` are flagged. ``None`` or ``inf`` disables.
+    neighbours : (int, int)
+        Also flag this many volumes before and after each flagged one
+        (Power et al. 2012: ``(1, 2)``).
 
     Returns
     -------
     ndarray, (T, n_spikes)
+        One column per flagged volume, in time order.
     """
     metric = np.asarray(metric, dtype=float)
     if metric.ndim != 1:
@@ -154,7 +165,16 @@ def spike_regressors(metric, threshold: float) -> np.ndarray:
     T = metric.size
     if threshold is None or not np.isfinite(threshold):
         return np.zeros((T, 0))
-    idx = np.flatnonzero(metric > threshold)
+    before, after = (int(n) for n in neighbours)
+    if before < 0 or after < 0:
+        raise SpineprintError(f"spike_regressors: neighbours must be non-negative, got {neighbours!r}")
+    hit = metric > threshold
+    flag = hit.copy()
+    for k in range(1, before + 1):
+        flag[:-k] |= hit[k:]
+    for k in range(1, after + 1):
+        flag[k:] |= hit[:-k]
+    idx = np.flatnonzero(flag)
     out = np.zeros((T, idx.size))
     out[idx, np.arange(idx.size)] = 1.0
     return out

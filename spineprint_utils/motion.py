@@ -27,9 +27,13 @@ Application
     (:func:`scipy.ndimage.map_coordinates`, order 3).
 Framewise displacement
     Power et al. (2012) define FD as the sum of the absolute backward differences
-    of the six rigid-body parameters. With in-plane translations only, we use the
-    slice-averaged translations (mm): ``FD_t = |dX_t - dX_{t-1}| + |dY_t - dY_{t-1}|``,
-    ``FD_0 = 0``.
+    of the six rigid-body parameters (rotations converted to mm on a 50 mm sphere).
+    The slice-wise model here has in-plane translations only, so FD is computed from
+    the slice-averaged translations (mm): ``FD_t = |dX_t - dX_{t-1}| + |dY_t - dY_{t-1}|``,
+    ``FD_0 = 0``. It omits rotations and through-plane motion, so it is smaller than
+    Power's FD for the same movement, and Power's 0.5 mm threshold (used for the
+    spike regressors, :func:`spineprint_utils.denoise.spike_regressors`) is a lenient
+    one on it.
 
 Parameter tables are "wide": one row per volume, columns ``x_slice00, x_slice01,
 ..., y_slice00, ...`` in millimetres along the first and second voxel axes of the

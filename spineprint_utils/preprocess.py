@@ -208,7 +208,18 @@ def run_outputs(bold_path, output_dir) -> dict:
 def tsnr(data, axis=-1) -> np.ndarray:
     """Temporal SNR: temporal mean / temporal standard deviation (0 where SD is 0).
 
-    As ``sct_fmri_compute_tsnr`` (De Leener et al. 2017), without detrending.
+    As ``sct_fmri_compute_tsnr`` (De Leener et al. 2017): no detrending, and the
+    sample standard deviation (``ddof=1``, divisor ``T - 1``).
+
+    Parameters
+    ----------
+    data : ndarray, (..., T)
+    axis : int
+        Time axis.
+
+    Returns
+    -------
+    ndarray, float32, ``data.shape`` without the time axis
     """
     data = np.asarray(data)
     if axis not in (-1, data.ndim - 1):
@@ -219,7 +230,7 @@ def tsnr(data, axis=-1) -> np.ndarray:
     for a in range(0, flat.shape[0], step):
         block = np.asarray(flat[a:a + step], dtype=np.float64)
         mean = block.mean(axis=1)
-        sd = block.std(axis=1)
+        sd = block.std(axis=1, ddof=1) if block.shape[1] > 1 else np.zeros(block.shape[0])
         with np.errstate(divide="ignore", invalid="ignore"):
             out[a:a + step] = np.where(sd > 0, mean / sd, 0.0)
     return out.reshape(data.shape[:-1])

@@ -188,3 +188,15 @@ def test_default_cleaning_does_not_reintroduce_nuisance():
     assert default_max < 1e-3  # float32 output: orthogonal up to rounding
     seq_max, seq_mean = max_corr("sequential")
     assert seq_max > 0.1 and seq_mean > 0.02  # the sequential order re-introduces nuisance: the test can fail
+
+
+def test_spike_regressors_one_hot_and_power_neighbours():
+    fd = np.array([0.0, 0.1, 0.9, 0.1, 0.1, 0.1, 0.1, 0.7])
+    one = denoise.spike_regressors(fd, 0.5)
+    assert one.shape == (8, 2) and np.array_equal(np.flatnonzero(one.sum(1)), [2, 7])
+    assert np.array_equal(one.sum(0), [1, 1])
+    # Power et al. 2012: the volume before and the two after are censored too (clipped at the ends)
+    pw = denoise.spike_regressors(fd, 0.5, neighbours=(1, 2))
+    assert np.array_equal(np.flatnonzero(pw.sum(1)), [1, 2, 3, 4, 6, 7])
+    assert np.array_equal(pw.sum(0), np.ones(6)) and np.array_equal(pw.sum(1), [0, 1, 1, 1, 1, 0, 1, 1])
+    assert denoise.spike_regressors(fd, None).shape == (8, 0)

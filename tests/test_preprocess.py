@@ -361,3 +361,17 @@ def test_anatomy_fit_separates_right_and_wrong_anatomy(shared_data):
         from pathlib import Path
 
         assert preprocess._atlas_source(Path("sub-x_task-rest_bold.nii.gz"), {}, real, mean) is None
+
+
+def test_tsnr_uses_the_sample_sd_as_sct():
+    """tSNR = temporal mean / sample SD (ddof=1, as sct_fmri_compute_tsnr), checked with statistics.stdev."""
+    import statistics
+
+    rng = np.random.default_rng(3)
+    data = 50 + rng.normal(size=(2, 3, 2, 7))
+    data[0, 0, 0] = 5.0  # constant voxel -> 0
+    out = preprocess.tsnr(data)
+    for idx in np.ndindex(data.shape[:3]):
+        ts = data[idx].tolist()
+        sd = statistics.stdev(ts)
+        assert out[idx] == pytest.approx(statistics.fmean(ts) / sd if sd > 0 else 0.0, rel=1e-6)
