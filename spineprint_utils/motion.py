@@ -19,9 +19,9 @@ Estimation
 Regularisation along z
     ``"poly"`` fits, per volume, a polynomial of degree ``poly_degree`` in z to the
     per-slice translations (weighted by each slice's mask size) - the SCT
-    ``poly`` parameter; ``"gaussian"`` smooths the z-profile with a Gaussian of
-    ``sigma_z`` slices (the default: the most accurate on the simulated study, see
-    :data:`REGULARIZE_DEFAULT`); ``"none"`` keeps the raw per-slice estimates.
+    ``poly`` parameter (the default, :data:`REGULARIZE_DEFAULT`); ``"gaussian"``
+    smooths the z-profile with a Gaussian of ``sigma_z`` slices; ``"none"`` keeps the
+    raw per-slice estimates.
 Application
     Each slice is resampled with cubic B-spline interpolation
     (:func:`scipy.ndimage.map_coordinates`, order 3).
@@ -65,9 +65,10 @@ __all__ = [
     "plot_motion",
 ]
 
-#: default z-regularisation: the most accurate on the simulated study (RMS error 0.082 mm vs 0.092 mm
-#: for "poly" and 0.111 mm for "none", true motion 0.49 mm RMS; benchmarks/bench_preprocess.py --case accuracy)
-REGULARIZE_DEFAULT = "gaussian"
+#: default z-regularisation: a degree-2 polynomial along z, the regularisation of the Spinal Cord Toolbox's
+#: slice-wise motion correction (De Leener et al. 2017), not a choice tuned to the simulator
+#: (chapter 02 compares the three options on the simulated study)
+REGULARIZE_DEFAULT = "poly"
 
 
 @dataclass
