@@ -99,7 +99,12 @@ __all__ = [
     "register_cli",
 ]
 
-#: default parameters of :func:`preprocess_run` (the notebook's parameters)
+#: default parameters of :func:`preprocess_run` (the notebook's parameters), from the literature, not
+#: tuned to the simulator: RETROICOR 4/4/(2x2), the usual spinal setting (e.g. Kaptan et al. 2023; FSL
+#: ``pnm_evs --oc=4 --or=4 --multc=2 --multr=2``); spike regressors above Power et al.'s (2012) FD of
+#: 0.5 mm; SCT's polynomial z-regularisation of the slice-wise motion (De Leener et al. 2017); confounds
+#: band-passed with the data before regression (Lindquist et al. 2019). Chapter 02 shows the sensitivity
+#: of the results to the physiological-model order and to the order of filter and regression.
 RUN_DEFAULTS = {
     "motion": True,
     "motion_regularize": motion.REGULARIZE_DEFAULT,

@@ -474,3 +474,20 @@ def test_physio_caution_table_values_and_plot():
     plt.close(fig)
     with pytest.raises(SpineprintError, match="unknown source"):
         drivers.plot_physio_caution(table.assign(source="something else"))
+
+
+def test_trend_verdict_reads_only_what_the_repeats_support():
+    def rows(first, last):
+        return pd.DataFrame([{"parameter": "n_volumes", "physio_model": True, "value": v, "repeat": r, "idiff": x}
+                             for v, xs in ((50, first), (200, last)) for r, x in enumerate(xs)])
+
+    assert drivers.trend_verdict(rows([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]), "n_volumes", "idiff").startswith("rises")
+    assert drivers.trend_verdict(rows([4.0, 5.0, 6.0], [1.0, 2.0, 3.0]), "n_volumes", "idiff").startswith("falls")
+    # overlapping ranges: the mean moved (2 -> 3) but the repeats do not support a trend
+    assert "no trend" in drivers.trend_verdict(rows([1.0, 2.0, 3.0], [2.5, 3.0, 3.5]), "n_volumes", "idiff")
+    assert "single repeat" in drivers.trend_verdict(rows([1.0], [9.0]), "n_volumes", "idiff")
+    assert drivers.trend_verdict(rows([1.0], [9.0]), "tsnr", "idiff") == "n/a"
+    trends = drivers.sweep_trends(_toy_results())
+    assert set(trends) == {f"{s}_{k}_trend" for s in drivers.SWEEP_SHORT_NAMES.values() for k in ("id", "idiff")} | {
+        "physio_off_idiff_trend"}
+    assert all(isinstance(v, str) for v in trends.values())
