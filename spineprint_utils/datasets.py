@@ -25,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pooch
 
 from ._io import SpineprintError, cache_dir
@@ -43,6 +45,15 @@ __all__ = [
     "openneuro_registry",
     "make_openneuro_registry",
     "fetch_openneuro",
+    "SGL_COMMIT",
+    "SGL_URL",
+    "SGL_REGISTRY",
+    "SpinalROIData",
+    "fetch_spinal_graph_learning",
+    "SCT_TESTING_COMMIT",
+    "SCT_TESTING_URL",
+    "SCT_TESTING_REGISTRY",
+    "fetch_sct_testing_data",
     "register_cli",
 ]
 
@@ -451,6 +462,205 @@ def _download_openneuro(dataset_id: str, root: Path, todo: dict, what: str) -> N
 
 def _cached_ok(path: Path, expected: str) -> bool:
     return path.is_file() and sha256(path) == expected
+
+
+# ------------------------------------------------- pinned single files (GitHub raw)
+def _fetch_pinned(name: str, registry: dict, url: str, subdir: str, version: str, data_dir=None) -> Path:
+    """Local copy (verified) or download of pinned files; returns the folder holding them.
+
+    *registry* maps a local relative path to ``(upstream relative path, sha256)``; *url*
+    has a ``{path}`` field for the upstream path. The local override is *data_dir* (the
+    folder itself, or a data root holding *subdir*), else ``$SPINEPRINT_DATA_DIR/<subdir>``;
+    a local copy is never supplemented by a download. Downloads go to
+    ``cache_dir(subdir, version)``, each file checked by pooch against its SHA-256.
+    """
+    hashes = {rel: h for rel, (_, h) in registry.items()}
+    override = Path(data_dir).expanduser() if data_dir is not None else None
+    source = "data_dir argument"
+    if override is None:
+        env = _env_data_dir()
+        if env is not None:
+            override, source = env / subdir, "$SPINEPRINT_DATA_DIR"
+    if override is not None:
+        first = next(iter(registry))
+        for cand in (override, override / subdir):
+            if (cand / first).is_file():
+                return verify_files(cand, hashes, name)
+        raise SpineprintError(f"{override}: no copy of {name} here (no {first}; location from {source})")
+    root = cache_dir(subdir, version)
+    for rel, (upstream, expected) in registry.items():
+        dest = root / rel
+        if _cached_ok(dest, expected):
+            continue
+        full = url.format(path=upstream)
+        try:
+            pooch.retrieve(full, known_hash=f"sha256:{expected}", fname=dest.name, path=dest.parent,
+                           progressbar=False)
+        except ValueError as exc:  # pooch: hash mismatch
+            raise SpineprintError(f"{full}: downloaded file does not match the pinned checksum of {name} ({exc})") from None
+        except Exception as exc:  # network errors come in many types
+            raise SpineprintError(
+                f"{name} not available: no local copy and the download of {full} failed "
+                f"({type(exc).__name__}: {exc}). Without network access, set SPINEPRINT_DATA_DIR to a "
+                f"folder holding {subdir}/ (or pass data_dir=...)"
+            ) from None
+    return verify_files(root, hashes, name + " (downloaded)")
+
+
+# ------------------------------------------- real spinal ROI time series (15 x 2 sessions)
+#: Upstream commit of github.com/louisleger/spinal-graph-learning the data are pinned to.
+SGL_COMMIT = "b31e9ecc0e0a98f72ad745d5e078a2a0f7a68286"
+SGL_URL = "https://raw.githubusercontent.com/louisleger/spinal-graph-learning/" + SGL_COMMIT + "/{path}"
+#: local file name -> (upstream path, SHA-256) (checksums of the upstream files at SGL_COMMIT).
+SGL_REGISTRY = {
+    "spinal_data.npy": ("data/fmri/spinal_data.npy",
+                        "0a21852f982f5c19e0be295c1aac60aaa448aa22ee8ce77b3aabfe81727558e1"),
+    "pam50_atlas.csv": ("data/resources/pam50_atlas.csv",
+                        "f849fe6aaa39c67c34ae697c092e6859d41166878c23e9cbbc28e4e4827ccd3f"),
+    "activity.npy": ("data/resources/activity.npy",
+                     "3e184e5b8e3aab2f694e728345a7bb389ae9a31a10d10690f6a2892ec559ebe2"),
+    "activity_paradigm_Z3mm.csv": ("data/resources/activity_paradigm_Z3mm.csv",
+                                   "e900413c1ee53aefab2f92cc6f345b5ab3e6bf4491137f8ac9afd6a8f6405672"),
+}
+_SGL_SHAPE = (15, 2, 125, 56)  # participants, sessions, volumes, regions (documented upstream layout)
+
+
+@dataclass(frozen=True)
+class SpinalROIData:
+    """Real cervical spinal cord ROI time series (:func:`fetch_spinal_graph_learning`).
+
+    Attributes
+    ----------
+    timeseries : ndarray, shape (15, 2, 125, 56), float64
+        participant x session x volume x region, arbitrary units (denoised, not band-passed).
+    regions : list of str
+        56 PAM50 region names ``<segment>_<G|W>_<part>_<L|R>`` (segments C6, C7, C8, T1; gray
+        matter parts D, I, V = dorsal, intermediate, ventral; white matter tracts CST, FC, FG, SL).
+    subjects : list of str
+        ``"01" .. "15"``: upstream listing order (the same in both sessions, not named upstream).
+    sessions : list of str
+        ``["1", "2"]``.
+    paradigm : ndarray, shape (125,)
+        Motor block paradigm per volume (1 = task block, 0 = rest), shared by every run.
+    onsets, durations : ndarray of float, seconds
+        Task blocks from ``activity_paradigm_Z3mm.csv``.
+    tr : float
+        Repetition time in seconds, inferred: median block spacing (s, from onsets) divided
+        by the median block spacing in volumes (from ``paradigm``).
+    censored : ndarray of bool, shape (15, 2, 125)
+        Volumes whose 56 values are all ~0 (RMS below 1e-4 x the run's median volume RMS):
+        volumes removed upstream by the denoising (censored), not signal.
+    folder : Path
+        Where the verified files are.
+    """
+
+    timeseries: np.ndarray
+    regions: list
+    subjects: list
+    sessions: list
+    paradigm: np.ndarray
+    onsets: np.ndarray
+    durations: np.ndarray
+    tr: float
+    censored: np.ndarray
+    folder: Path
+
+
+def fetch_spinal_graph_learning(data_dir=None) -> SpinalROIData:
+    """Real cervical cord fMRI ROI time series of 15 participants x 2 sessions, verified.
+
+    Data of the student project github.com/louisleger/spinal-graph-learning (Van De Ville
+    lab, EPFL), pinned at commit :data:`SGL_COMMIT`: ``data/fmri/spinal_data.npy`` is a
+    ``(3750, 56)`` array = 2 sessions x 15 participants x 125 volumes (all session-1 runs
+    first, then session 2, participants in the same listing order in both) of motor-task
+    runs, 56 PAM50 regions (``data/resources/pam50_atlas.csv``), and the block paradigm
+    (``activity.npy``, ``activity_paradigm_Z3mm.csv``). **The upstream repository has no
+    licence**: the files are downloaded from upstream (never redistributed) and must be
+    cited (``book/references.bib``: ``leger2024sgl``).
+
+    Parameters
+    ----------
+    data_dir : path-like, optional
+        Local copy holding the four files (or a data root holding ``spinal_graph_learning/``);
+        default ``$SPINEPRINT_DATA_DIR/spinal_graph_learning`` when that variable is set,
+        else the download cache.
+
+    Returns
+    -------
+    SpinalROIData
+
+    Raises
+    ------
+    SpineprintError
+        Missing or modified file (named, with its checksum), an array of an unexpected
+        shape, or no local copy and no network (the message says how to set
+        ``SPINEPRINT_DATA_DIR``).
+    """
+    import pandas as pd
+
+    folder = _fetch_pinned("spinal-graph-learning ROI time series", SGL_REGISTRY, SGL_URL,
+                           "spinal_graph_learning", SGL_COMMIT[:12], data_dir)
+    raw = np.load(folder / "spinal_data.npy", allow_pickle=False)
+    n_sub, n_ses, n_vol, n_roi = _SGL_SHAPE
+    if raw.shape != (n_sub * n_ses * n_vol, n_roi):
+        raise SpineprintError(f"{folder / 'spinal_data.npy'}: expected shape {(n_sub * n_ses * n_vol, n_roi)}, "
+                              f"found {raw.shape}")
+    # rows: session-major, then participant, then volume
+    ts = np.ascontiguousarray(raw.reshape(n_ses, n_sub, n_vol, n_roi).transpose(1, 0, 2, 3), dtype=np.float64)
+    regions = pd.read_csv(folder / "pam50_atlas.csv", index_col=0)["regions_of_interest"].astype(str).tolist()
+    if len(regions) != n_roi:
+        raise SpineprintError(f"{folder / 'pam50_atlas.csv'}: {len(regions)} region names for {n_roi} columns")
+    paradigm = np.load(folder / "activity.npy", allow_pickle=False).astype(np.float64)
+    if paradigm.shape != (n_vol,):
+        raise SpineprintError(f"{folder / 'activity.npy'}: expected {n_vol} values, found shape {paradigm.shape}")
+    blocks = pd.read_csv(folder / "activity_paradigm_Z3mm.csv", index_col=0)
+    onsets = blocks["Times"].to_numpy(float)
+    durations = blocks["Durations"].to_numpy(float)
+    starts = np.flatnonzero(np.diff(np.r_[0.0, paradigm]) > 0)  # first volume of each block
+    tr = float(np.median(np.diff(onsets)) / np.median(np.diff(starts)))
+    rms = np.sqrt(np.mean(ts**2, axis=-1))
+    censored = rms < 1e-4 * np.median(rms, axis=-1, keepdims=True)
+    return SpinalROIData(ts, regions, [f"{i + 1:02d}" for i in range(n_sub)], ["1", "2"], paradigm,
+                         onsets, durations, tr, censored, folder)
+
+
+# ------------------------------------------------ real EPI run (SCT testing data, MIT)
+#: Upstream commit of github.com/spinalcordtoolbox/sct_testing_data.
+SCT_TESTING_COMMIT = "af4c7e8783c9dcf8bcfc6c53b190af46260bb875"
+SCT_TESTING_URL = ("https://raw.githubusercontent.com/spinalcordtoolbox/sct_testing_data/"
+                   + SCT_TESTING_COMMIT + "/{path}")
+#: local path -> (upstream path, SHA-256).
+SCT_TESTING_REGISTRY = {
+    "fmri/fmri.nii.gz": ("fmri/fmri.nii.gz", "b5f43b60e3be7c7cee290da0c85d6de938ab833ab4e8420bd99b3e88a1db5ab9"),
+    "t2/t2.nii.gz": ("t2/t2.nii.gz", "15cde5cdc5e56ad4f7d5fef698b317864c9bd68c0f72d2b3022c9fae6d11d977"),
+    "t2/t2_seg-manual.nii.gz": ("t2/t2_seg-manual.nii.gz",
+                                "929a27bb3c3753c158ba98b6f24305e9be535a351232c950c3436a7284b62f67"),
+    "LICENSE": ("LICENSE", "44da06f9462ccd4d5d4d173e9c8d8987a98a81bf7018222962ec4e37b5938668"),
+}
+
+
+def fetch_sct_testing_data(data_dir=None) -> Path:
+    """Folder with the Spinal Cord Toolbox testing data files the book uses, verified.
+
+    ``fmri/fmri.nii.gz`` is a real cervical cord BOLD run (int16, 68 x 68 x 6 x 30,
+    0.956 mm in-plane; its header TR is doubtful), ``t2/`` a real T2w image with its
+    manual cord segmentation; github.com/spinalcordtoolbox/sct_testing_data at
+    :data:`SCT_TESTING_COMMIT`, MIT licence (``LICENSE``); De Leener et al. 2017,
+    NeuroImage 145:24, doi:10.1016/j.neuroimage.2016.10.009.
+
+    Parameters
+    ----------
+    data_dir : path-like, optional
+        Local copy (the folder itself or a data root holding ``sct_testing_data/``);
+        default ``$SPINEPRINT_DATA_DIR/sct_testing_data`` when set, else the download cache.
+
+    Returns
+    -------
+    Path
+        Folder holding the files of :data:`SCT_TESTING_REGISTRY`.
+    """
+    return _fetch_pinned("SCT testing data", SCT_TESTING_REGISTRY, SCT_TESTING_URL, "sct_testing_data",
+                         SCT_TESTING_COMMIT[:12], data_dir)
 
 
 # ------------------------------------------------------------------ command line

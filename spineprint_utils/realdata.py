@@ -1,0 +1,350 @@
+"""A real spine-print: the fingerprinting stage on real spinal cord ROI time series.
+
+The chapter "A real spine-print" (``notebooks/04b_real_spineprint.ipynb``) runs the
+package's fingerprinting (:mod:`spineprint_utils.fingerprint`) on the real cervical cord
+ROI time series of :func:`spineprint_utils.datasets.fetch_spinal_graph_learning`
+(15 participants x 2 sessions x 125 volumes, 56 PAM50 regions, motor-task runs). This
+module turns those arrays into the connectome layout of
+:func:`spineprint_utils.connectivity.load_connectomes`, so the same
+:func:`~spineprint_utils.fingerprint.designs_from_connectomes` and
+:func:`~spineprint_utils.fingerprint.fingerprint_design` as in chapter 4 apply, with
+options the real data need:
+
+- **region sets**: gray matter only (dorsal, intermediate, ventral x left/right per
+  segment) or gray + white matter (plus four white-matter tracts per side);
+- **task regression**: every participant did the same block paradigm, a component of the
+  signal shared by all participants; regressing it out (ordinary least squares on an
+  intercept and the block regressor convolved with the SPM canonical haemodynamic
+  response and its temporal derivative, Friston et al. 1998, doi:10.1006/nimg.1997.0306;
+  as nilearn computes it) removes task-evoked co-activation from the functional
+  connectivity (Cole et al. 2019, NeuroImage 189:1, doi:10.1016/j.neuroimage.2018.12.054);
+- **censored volumes**: volumes set to ~0 upstream (see
+  :class:`~spineprint_utils.datasets.SpinalROIData`) are left out of every correlation.
+
+References
+----------
+Finn et al. 2015, Nat Neurosci 18:1664 (identification); Amico & Goñi 2018, Sci Rep
+8:8254 (identifiability, Idiff, PCA reconstruction); Ricchi et al. 2025, bioRxiv
+doi:10.1101/2025.05.30.656545 (spine-prints: within-session split halves and
+between-session designs).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from . import fingerprint as fp
+from ._io import SpineprintError
+from .connectivity import connectivity_matrix
+
+__all__ = [
+    "region_table",
+    "select_regions",
+    "horn_region_names",
+    "paradigm_design",
+    "regress_paradigm",
+    "connectomes",
+    "fingerprint_real",
+    "conditions_table",
+    "session_order_check",
+]
+
+_NAME = re.compile(r"^(?P<segment>[CTLS]\d+)_(?P<tissue>[GW])_(?P<part>[A-Z]+)_(?P<side>[LR])$")
+_GRAY_PARTS = {"D": "dorsal", "I": "intermediate", "V": "ventral"}
+
+
+def region_table(regions) -> pd.DataFrame:
+    """Parse PAM50 region names ``<segment>_<G|W>_<part>_<L|R>`` into columns.
+
+    Parameters
+    ----------
+    regions : sequence of str
+        E.g. ``"C6_G_D_L"`` (C6 gray matter, dorsal, left) or ``"T1_W_CST_R"``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per region: ``name, segment, tissue ("gray"/"white"), part, side``.
+
+    Raises
+    ------
+    SpineprintError
+        A name that does not follow the pattern.
+    """
+    rows = []
+    for name in regions:
+        m = _NAME.match(str(name))
+        if m is None:
+            raise SpineprintError(f"region name {name!r} is not <segment>_<G|W>_<part>_<L|R>")
+        d = m.groupdict()
+        rows.append({"name": str(name), "segment": d["segment"],
+                     "tissue": "gray" if d["tissue"] == "G" else "white",
+                     "part": _GRAY_PARTS.get(d["part"], d["part"]) if d["tissue"] == "G" else d["part"],
+                     "side": d["side"]})
+    return pd.DataFrame(rows, columns=["name", "segment", "tissue", "part", "side"])
+
+
+def select_regions(regions, which: str = "gray + white") -> np.ndarray:
+    """Boolean mask of the regions in a named set.
+
+    Parameters
+    ----------
+    regions : sequence of str
+    which : {"gray + white", "gray matter", "horns"}
+        All regions; gray matter only (dorsal, intermediate, ventral); or the dorsal and
+        ventral horns only (the four regions per segment of the simulated study).
+
+    Returns
+    -------
+    ndarray of bool, shape (n_regions,)
+    """
+    tab = region_table(regions)
+    if which == "gray + white":
+        return np.ones(len(tab), bool)
+    if which == "gray matter":
+        return (tab["tissue"] == "gray").to_numpy()
+    if which == "horns":
+        return ((tab["tissue"] == "gray") & tab["part"].isin(["dorsal", "ventral"])).to_numpy()
+    raise SpineprintError(f"unknown region set {which!r}; use 'gray + white', 'gray matter' or 'horns'")
+
+
+def horn_region_names(regions) -> list:
+    """Package names ``<segment>_<LV|RV|LD|RD>`` of dorsal/ventral horn regions (others ``""``).
+
+    Lets :func:`spineprint_utils.connectivity.coupling_summary` classify the real regions
+    like the simulated ones.
+    """
+    tab = region_table(regions)
+    out = []
+    for seg, tissue, part, side in tab[["segment", "tissue", "part", "side"]].itertuples(index=False):
+        if tissue == "gray" and part in ("dorsal", "ventral"):
+            out.append(f"{seg}_{side}{part[0].upper()}")
+        else:
+            out.append("")
+    return out
+
+
+def paradigm_design(onsets, durations, n_volumes: int, tr: float) -> np.ndarray:
+    """Design matrix of a block paradigm: intercept, HRF-convolved blocks and their derivative.
+
+    The boxcar of the blocks is convolved with the SPM canonical haemodynamic response
+    (and its temporal derivative, which absorbs small timing shifts; Friston et al. 1998)
+    with :func:`nilearn.glm.first_level.compute_regressor`, sampled at the volume onsets
+    ``t = i * tr``.
+
+    Parameters
+    ----------
+    onsets, durations : array_like, seconds
+    n_volumes : int
+    tr : float, seconds
+
+    Returns
+    -------
+    ndarray, shape (n_volumes, 3)
+        Columns: intercept, task, task derivative.
+    """
+    from nilearn.glm.first_level import compute_regressor
+
+    onsets = np.asarray(onsets, float)
+    durations = np.asarray(durations, float)
+    if onsets.shape != durations.shape or onsets.ndim != 1 or onsets.size == 0:
+        raise SpineprintError("paradigm: onsets and durations must be 1D arrays of the same non-zero length")
+    if not tr > 0:
+        raise SpineprintError(f"paradigm: TR must be positive, got {tr}")
+    frame_times = np.arange(int(n_volumes)) * float(tr)
+    reg, _ = compute_regressor(np.vstack([onsets, durations, np.ones_like(onsets)]), "spm + derivative",
+                               frame_times)
+    return np.column_stack([np.ones(len(frame_times)), reg])
+
+
+def regress_paradigm(timeseries, design, censored=None) -> np.ndarray:
+    """Residuals of an ordinary least-squares fit of *design* to every run's time series.
+
+    Parameters
+    ----------
+    timeseries : array_like, shape (..., T, R)
+        Runs of regional time series.
+    design : array_like, shape (T, k)
+        Regressors (e.g. :func:`paradigm_design`), the same for every run.
+    censored : array_like of bool, shape (..., T), optional
+        Volumes left out of the fit (their residuals are set to 0).
+
+    Returns
+    -------
+    ndarray, shape (..., T, R)
+        ``Y - X beta`` with ``beta = argmin ||W (Y - X beta)||`` (W selects uncensored volumes).
+    """
+    ts = np.asarray(timeseries, dtype=np.float64)
+    X = np.asarray(design, dtype=np.float64)
+    if ts.ndim < 2 or X.ndim != 2 or X.shape[0] != ts.shape[-2]:
+        raise SpineprintError(f"regress_paradigm: design {X.shape} does not match time series {ts.shape}")
+    lead = ts.shape[:-2]
+    flat = ts.reshape(-1, *ts.shape[-2:])
+    keep = np.ones(flat.shape[:2], bool)
+    if censored is not None:
+        cens = np.asarray(censored, bool)
+        if cens.shape != ts.shape[:-1]:
+            raise SpineprintError(f"regress_paradigm: censored has shape {cens.shape}, expected {ts.shape[:-1]}")
+        keep = ~cens.reshape(-1, ts.shape[-2])
+    out = np.zeros_like(flat)
+    # runs sharing the same kept volumes share one pseudo-inverse
+    patterns, inverse = np.unique(keep, axis=0, return_inverse=True)
+    for k, pattern in enumerate(patterns):
+        runs = np.flatnonzero(inverse.ravel() == k)
+        Xk = X[pattern]
+        if np.linalg.matrix_rank(Xk) < X.shape[1]:
+            raise SpineprintError("regress_paradigm: the design is rank deficient on the kept volumes")
+        beta = np.linalg.pinv(Xk) @ flat[runs][:, pattern]  # (runs, k, R)
+        out[np.ix_(runs, np.flatnonzero(pattern))] = flat[runs][:, pattern] - X[pattern] @ beta
+    return out.reshape(*lead, *ts.shape[-2:])
+
+
+def _fc(ts, keep):
+    return connectivity_matrix(ts[keep])
+
+
+def connectomes(data, regions: str = "gray + white", regress: bool = False,
+                drop_censored: bool = True) -> dict:
+    """Connectomes of every run and of its two halves, in the layout of ``load_connectomes``.
+
+    Parameters
+    ----------
+    data : SpinalROIData
+        From :func:`spineprint_utils.datasets.fetch_spinal_graph_learning`.
+    regions : str
+        Region set (:func:`select_regions`).
+    regress : bool
+        Regress the task paradigm out first (:func:`paradigm_design`, :func:`regress_paradigm`).
+    drop_censored : bool
+        Leave censored volumes out of every correlation.
+
+    Returns
+    -------
+    dict
+        ``fc`` (n_runs, 3, R, R) Pearson correlations of the full run, its first half
+        (volumes ``0 .. T//2 - 1``) and second half (``T - T//2 .. T - 1``), as in
+        :func:`spineprint_utils.fingerprint.split_half`; ``subjects``, ``sessions``,
+        ``runs`` (one label per run); ``regions`` (names kept); ``n_volumes_used``
+        (n_runs, 3) volumes entering each correlation.
+    """
+    ts = np.asarray(data.timeseries, dtype=np.float64)
+    n_sub, n_ses, T, _ = ts.shape
+    cens = np.asarray(data.censored, bool) if drop_censored else np.zeros(ts.shape[:-1], bool)
+    if regress:
+        ts = regress_paradigm(ts, paradigm_design(data.onsets, data.durations, T, data.tr), cens)
+    mask = select_regions(data.regions, regions)
+    ts = ts[..., mask]
+    h = T // 2
+    halves = [np.arange(T), np.arange(h), np.arange(T - h, T)]
+    fc, used, subjects, sessions = [], [], [], []
+    for i in range(n_sub):
+        for e in range(n_ses):
+            keep = ~cens[i, e]
+            fc.append([_fc(ts[i, e][idx], keep[idx]) for idx in halves])
+            used.append([int(keep[idx].sum()) for idx in halves])
+            subjects.append(data.subjects[i])
+            sessions.append(data.sessions[e])
+    return {
+        "fc": np.asarray(fc), "subjects": np.asarray(subjects), "sessions": np.asarray(sessions),
+        "runs": np.full(len(subjects), ""), "regions": [r for r, k in zip(data.regions, mask) if k],
+        "n_volumes_used": np.asarray(used),
+    }
+
+
+def fingerprint_real(conn: Mapping, *, n_permutations: int = 1000, n_bootstrap: int = 1000, seed=0) -> dict:
+    """Within-session (split half, session 1) and between-session fingerprinting reports.
+
+    Parameters
+    ----------
+    conn : mapping
+        From :func:`connectomes` (or ``load_connectomes``).
+    n_permutations, n_bootstrap, seed :
+        As in :func:`spineprint_utils.fingerprint.fingerprint_design`.
+
+    Returns
+    -------
+    designs : dict of str to Design
+    reports : dict of str to FingerprintReport
+        Keys ``"within"``, ``"between"``.
+    """
+    designs = fp.designs_from_connectomes(conn)
+    reports = {name: fp.fingerprint_design(d.fc_a, d.fc_b, n_permutations=n_permutations,
+                                           n_bootstrap=n_bootstrap, seed=seed)
+               for name, d in designs.items()}
+    return designs, reports
+
+
+def conditions_table(data, region_sets=("gray + white", "gray matter"), regress_options=(False, True), *,
+                     n_permutations: int = 1000, n_bootstrap: int = 1000, seed=0) -> pd.DataFrame:
+    """Fingerprinting summaries for every region set x task regression x design.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (regions, task, design) with the columns of
+        :meth:`~spineprint_utils.fingerprint.FingerprintReport.summary` and
+        ``n_regions``; ``task`` is ``"kept"`` or ``"regressed out"``.
+    """
+    rows = []
+    for which in region_sets:
+        for regress in regress_options:
+            conn = connectomes(data, regions=which, regress=regress)
+            _, reports = fingerprint_real(conn, n_permutations=n_permutations, n_bootstrap=n_bootstrap, seed=seed)
+            for name, rep in reports.items():
+                rows.append({"regions": which, "task": "regressed out" if regress else "kept", "design": name,
+                             "n_regions": len(conn["regions"]), **rep.summary()})
+    return pd.DataFrame(rows).set_index(["regions", "task", "design"])
+
+
+def session_order_check(A, n_permutations: int = 10000, seed=0) -> dict:
+    """Does row *i* of session 1 belong with column *i* of session 2? Numbers to decide.
+
+    The real time series carry no participant labels; their order is only documented
+    to be the same in both sessions. If it were not, between-session connectomes of
+    "the same" index would be of different people and the between-session identifiability
+    matrix would show no diagonal. Three numbers test this:
+
+    - identification rate (both directions, Finn et al. 2015) and its permutation p-value
+      (:func:`spineprint_utils.fingerprint.permutation_test`);
+    - the one-to-one matching of session-1 to session-2 connectomes that maximises total
+      similarity (Hungarian algorithm, :func:`scipy.optimize.linear_sum_assignment`):
+      how many participants it maps to their own index;
+    - the same count under random relabelling (mean over permutations; 1 expected).
+
+    Parameters
+    ----------
+    A : array_like, shape (n, n)
+        Between-session identifiability matrix (rows session 1, columns session 2).
+    n_permutations : int
+    seed : int
+
+    Returns
+    -------
+    dict of plain floats/ints
+        ``id_mean`` (%), ``p_id``, ``chance`` (%), ``n`` participants, ``n_matched``
+        (assignment on the diagonal), ``p_matched`` (permutation p-value of ``n_matched``
+        under random relabelling of session 2), ``diag_rank_median`` (median rank of ``A[i, i]`` in row *i*,
+        1 = best).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    A = np.asarray(A, dtype=np.float64)
+    n = A.shape[0]
+    perm = fp.permutation_test(A, n_permutations=n_permutations, seed=seed)
+    _, cols = linear_sum_assignment(A, maximize=True)
+    matched = int(np.sum(cols == np.arange(n)))
+    # Relabelling session 2 by p leaves the optimal matching itself unchanged (it is invariant
+    # to column permutations); participant i then counts as matched iff cols[i] == p[i].
+    perms = fp._permutations(np.random.default_rng(seed), n, int(n_permutations))
+    null = np.sum(perms == cols[None, :], axis=1)
+    ranks = (A > np.diag(A)[:, None]).sum(axis=1) + 1
+    return {
+        "id_mean": float(100 * perm.rate_mean), "p_id": float(perm.p_rate_mean), "chance": float(100 / n),
+        "n": int(n), "n_matched": matched,
+        "p_matched": float((1 + np.count_nonzero(null >= matched)) / (1 + len(null))),
+        "diag_rank_median": float(np.median(ranks)),
+    }
