@@ -13,10 +13,10 @@ options the real data need:
 - **region sets**: gray matter only (dorsal, intermediate, ventral x left/right per
   segment) or gray + white matter (plus four white-matter tracts per side);
 - **task regression**: every participant did the same block paradigm, a component of the
-  signal shared by all participants; regressing it out (ordinary least squares on an
-  intercept and the block regressor convolved with the SPM canonical haemodynamic
-  response and its temporal derivative, Friston et al. 1998, doi:10.1006/nimg.1997.0306;
-  as nilearn computes it) removes task-evoked co-activation from the functional
+  signal shared by all participants; regressing it out (ordinary least squares on a
+  finite-impulse-response model of the block-locked response, or on the blocks convolved
+  with the SPM canonical haemodynamic response and its derivative, Friston et al. 1998,
+  doi:10.1006/nimg.1997.0306) removes task-evoked co-activation from the functional
   connectivity (Cole et al. 2019, NeuroImage 189:1, doi:10.1016/j.neuroimage.2018.12.054);
 - **censored volumes**: volumes set to ~0 upstream (see
   :class:`~spineprint_utils.datasets.SpinalROIData`) are left out of every correlation.
@@ -128,37 +128,54 @@ def horn_region_names(regions) -> list:
     return out
 
 
-def paradigm_design(onsets, durations, n_volumes: int, tr: float) -> np.ndarray:
-    """Design matrix of a block paradigm: intercept, HRF-convolved blocks and their derivative.
+def paradigm_design(onsets, durations, n_volumes: int, tr: float, model: str = "fir") -> np.ndarray:
+    """Design matrix of a block paradigm, to regress the task-evoked response out.
 
-    The boxcar of the blocks is convolved with the SPM canonical haemodynamic response
-    (and its temporal derivative, which absorbs small timing shifts; Friston et al. 1998)
-    with :func:`nilearn.glm.first_level.compute_regressor`, sampled at the volume onsets
-    ``t = i * tr``.
+    - ``"fir"`` (default): finite impulse response, one regressor per volume after a block
+      onset over one block period (onset volume ``round(onset / tr)``, period the median
+      spacing of onsets), the same for every block, so the mean block-locked response is
+      fitted whatever its shape; Cole et al. (2019) found such flexible fits remove
+      activation-induced inflation of task FC where canonical-HRF fits do not.
+    - ``"spm"``: the blocks convolved with the SPM canonical haemodynamic response and its
+      temporal derivative (Friston et al. 1998), with
+      :func:`nilearn.glm.first_level.compute_regressor`, sampled at ``t = i * tr``.
 
     Parameters
     ----------
     onsets, durations : array_like, seconds
     n_volumes : int
     tr : float, seconds
+    model : {"fir", "spm"}
 
     Returns
     -------
-    ndarray, shape (n_volumes, 3)
-        Columns: intercept, task, task derivative.
+    ndarray, shape (n_volumes, k)
+        First column the intercept.
     """
-    from nilearn.glm.first_level import compute_regressor
-
     onsets = np.asarray(onsets, float)
     durations = np.asarray(durations, float)
     if onsets.shape != durations.shape or onsets.ndim != 1 or onsets.size == 0:
         raise SpineprintError("paradigm: onsets and durations must be 1D arrays of the same non-zero length")
     if not tr > 0:
         raise SpineprintError(f"paradigm: TR must be positive, got {tr}")
-    frame_times = np.arange(int(n_volumes)) * float(tr)
-    reg, _ = compute_regressor(np.vstack([onsets, durations, np.ones_like(onsets)]), "spm + derivative",
-                               frame_times)
-    return np.column_stack([np.ones(len(frame_times)), reg])
+    n_volumes = int(n_volumes)
+    if model == "fir":
+        period = np.median(np.diff(onsets)) if onsets.size > 1 else durations[0]
+        n_lags = max(1, int(round(period / tr)))
+        starts = np.round(onsets / tr).astype(int)
+        idx = starts[:, None] + np.arange(n_lags)[None, :]  # (blocks, lags)
+        X = np.zeros((n_volumes, n_lags))
+        ok = (idx >= 0) & (idx < n_volumes)
+        X[idx[ok], np.broadcast_to(np.arange(n_lags), idx.shape)[ok]] = 1.0
+        return np.column_stack([np.ones(n_volumes), X])
+    if model == "spm":
+        from nilearn.glm.first_level import compute_regressor
+
+        frame_times = np.arange(n_volumes) * float(tr)
+        reg, _ = compute_regressor(np.vstack([onsets, durations, np.ones_like(onsets)]), "spm + derivative",
+                                   frame_times)
+        return np.column_stack([np.ones(n_volumes), reg])
+    raise SpineprintError(f"paradigm: unknown model {model!r}; use 'fir' or 'spm'")
 
 
 def regress_paradigm(timeseries, design, censored=None) -> np.ndarray:
@@ -195,10 +212,9 @@ def regress_paradigm(timeseries, design, censored=None) -> np.ndarray:
     patterns, inverse = np.unique(keep, axis=0, return_inverse=True)
     for k, pattern in enumerate(patterns):
         runs = np.flatnonzero(inverse.ravel() == k)
-        Xk = X[pattern]
-        if np.linalg.matrix_rank(Xk) < X.shape[1]:
-            raise SpineprintError("regress_paradigm: the design is rank deficient on the kept volumes")
-        beta = np.linalg.pinv(Xk) @ flat[runs][:, pattern]  # (runs, k, R)
+        # least-squares projection; pinv also handles a rank-deficient design (e.g. FIR
+        # columns that sum to the intercept): the residuals are unique either way
+        beta = np.linalg.pinv(X[pattern]) @ flat[runs][:, pattern]  # (runs, k, R)
         out[np.ix_(runs, np.flatnonzero(pattern))] = flat[runs][:, pattern] - X[pattern] @ beta
     return out.reshape(*lead, *ts.shape[-2:])
 
@@ -208,7 +224,7 @@ def _fc(ts, keep):
 
 
 def connectomes(data, regions: str = "gray + white", regress: bool = False,
-                drop_censored: bool = True) -> dict:
+                drop_censored: bool = True, model: str = "fir") -> dict:
     """Connectomes of every run and of its two halves, in the layout of ``load_connectomes``.
 
     Parameters
@@ -218,7 +234,10 @@ def connectomes(data, regions: str = "gray + white", regress: bool = False,
     regions : str
         Region set (:func:`select_regions`).
     regress : bool
-        Regress the task paradigm out first (:func:`paradigm_design`, :func:`regress_paradigm`).
+        Regress the task paradigm out (:func:`paradigm_design`, :func:`regress_paradigm`),
+        separately in the full run and in each half (the halves never share a fit).
+    model : {"fir", "spm"}
+        Task model when *regress* (:func:`paradigm_design`).
     drop_censored : bool
         Leave censored volumes out of every correlation.
 
@@ -234,18 +253,25 @@ def connectomes(data, regions: str = "gray + white", regress: bool = False,
     ts = np.asarray(data.timeseries, dtype=np.float64)
     n_sub, n_ses, T, _ = ts.shape
     cens = np.asarray(data.censored, bool) if drop_censored else np.zeros(ts.shape[:-1], bool)
-    if regress:
-        ts = regress_paradigm(ts, paradigm_design(data.onsets, data.durations, T, data.tr), cens)
     mask = select_regions(data.regions, regions)
     ts = ts[..., mask]
     h = T // 2
     halves = [np.arange(T), np.arange(h), np.arange(T - h, T)]
+    parts = []
+    X = paradigm_design(data.onsets, data.durations, T, data.tr, model) if regress else None
+    for idx in halves:
+        seg = ts[..., idx, :]
+        if regress:
+            # fitted on the volumes of this segment only: a fit over the whole run would put
+            # the same fitted (noise-bearing) response into both halves and make the two
+            # halves of one run artificially alike
+            seg = regress_paradigm(seg, X[idx], cens[..., idx])
+        parts.append(seg)
     fc, used, subjects, sessions = [], [], [], []
     for i in range(n_sub):
         for e in range(n_ses):
-            keep = ~cens[i, e]
-            fc.append([_fc(ts[i, e][idx], keep[idx]) for idx in halves])
-            used.append([int(keep[idx].sum()) for idx in halves])
+            fc.append([_fc(part[i, e], ~cens[i, e][idx]) for part, idx in zip(parts, halves)])
+            used.append([int((~cens[i, e][idx]).sum()) for idx in halves])
             subjects.append(data.subjects[i])
             sessions.append(data.sessions[e])
     return {
@@ -279,7 +305,8 @@ def fingerprint_real(conn: Mapping, *, n_permutations: int = 1000, n_bootstrap: 
 
 
 def conditions_table(data, region_sets=("gray + white", "gray matter"), regress_options=(False, True), *,
-                     n_permutations: int = 1000, n_bootstrap: int = 1000, seed=0) -> pd.DataFrame:
+                     model: str = "fir", n_permutations: int = 1000, n_bootstrap: int = 1000,
+                     seed=0) -> pd.DataFrame:
     """Fingerprinting summaries for every region set x task regression x design.
 
     Returns
@@ -292,7 +319,7 @@ def conditions_table(data, region_sets=("gray + white", "gray matter"), regress_
     rows = []
     for which in region_sets:
         for regress in regress_options:
-            conn = connectomes(data, regions=which, regress=regress)
+            conn = connectomes(data, regions=which, regress=regress, model=model)
             _, reports = fingerprint_real(conn, n_permutations=n_permutations, n_bootstrap=n_bootstrap, seed=seed)
             for name, rep in reports.items():
                 rows.append({"regions": which, "task": "regressed out" if regress else "kept", "design": name,
