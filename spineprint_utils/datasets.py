@@ -1,4 +1,4 @@
-"""Real data loaders: the PAM50 template/atlas and OpenNeuro metadata.
+"""Real data loaders: the PAM50 template/atlas, OpenNeuro metadata, real ROI time series, a real EPI run.
 
 Every loader follows the same three-step rule (see ``CONTRIBUTING.md``):
 
