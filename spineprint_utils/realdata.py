@@ -51,6 +51,9 @@ __all__ = [
     "fingerprint_real",
     "conditions_table",
     "session_order_check",
+    "epi_overview",
+    "coupling_pattern",
+    "realism_table",
 ]
 
 _NAME = re.compile(r"^(?P<segment>[CTLS]\d+)_(?P<tissue>[GW])_(?P<part>[A-Z]+)_(?P<side>[LR])$")
@@ -375,3 +378,142 @@ def session_order_check(A, n_permutations: int = 10000, seed=0) -> dict:
         "p_matched": float((1 + np.count_nonzero(null >= matched)) / (1 + len(null))),
         "diag_rank_median": float(np.median(ranks)),
     }
+
+
+# ------------------------------------------------------------------ a real EPI run
+def epi_overview(path, mask=None, *, radius_mm: float = 10.0) -> dict:
+    """Mean image, tSNR maps and slice-wise motion of one EPI run, as chapter 00 shows them.
+
+    Motion is estimated with the package's slice-wise correction
+    (:func:`spineprint_utils.motion.motion_correct`, cord-centred disk mask of
+    :func:`spineprint_utils.motion.auto_cord_mask` when *mask* is None); tSNR is the
+    temporal mean over the temporal standard deviation (:func:`spineprint_utils.preprocess.tsnr`),
+    before and after motion correction.
+
+    Parameters
+    ----------
+    path : path-like
+        A 4D NIfTI run (e.g. ``fetch_sct_testing_data() / "fmri" / "fmri.nii.gz"``).
+    mask : array_like of bool, shape (X, Y, Z), optional
+        Region to summarise (e.g. a cord mask); default the spinal-canal disk of radius
+        *radius_mm* used to estimate motion (cord + surrounding CSF).
+    radius_mm : float
+
+    Returns
+    -------
+    dict
+        ``mean`` (X, Y, Z), ``tsnr``, ``tsnr_moco`` (X, Y, Z), ``mask`` (bool), ``mask_kind``
+        (``"given"`` or ``"canal disk"``), ``params`` (DataFrame of slice-wise translations,
+        mm), ``fd`` (T,) framewise displacement (mm, Power et al. 2012), ``tsnr_median``,
+        ``tsnr_moco_median`` (median over the mask), ``fd_mean``, ``max_shift_mm``,
+        ``shape``, ``zooms`` (mm, and the header TR in s), ``n_volumes``.
+    """
+    from . import motion as _motion
+    from ._io import load_nifti
+    from .preprocess import tsnr
+
+    img, data = load_nifti(path, ndim=4)
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:4])
+    mean = data.mean(axis=-1, dtype=np.float64)
+    disk = _motion.auto_cord_mask(mean, zooms[:2], radius_mm=radius_mm)
+    res = _motion.motion_correct(data, mask=disk, voxel_size=zooms[:2])
+    if mask is None:
+        roi, kind = disk, "canal disk"
+    else:
+        roi, kind = np.asarray(mask, bool), "given"
+        if roi.shape != mean.shape:
+            raise SpineprintError(f"{path}: mask shape {roi.shape} does not match the image {mean.shape}")
+    t_raw, t_moco = tsnr(data), tsnr(res.corrected)
+    return {
+        "mean": mean, "tsnr": t_raw, "tsnr_moco": t_moco, "mask": roi, "mask_kind": kind,
+        "params": res.params, "fd": res.fd,
+        "tsnr_median": float(np.median(t_raw[roi])), "tsnr_moco_median": float(np.median(t_moco[roi])),
+        "fd_mean": float(res.fd[1:].mean()), "max_shift_mm": float(np.abs(res.params.to_numpy()).max()),
+        "shape": tuple(int(s) for s in data.shape), "zooms": zooms, "n_volumes": int(data.shape[-1]),
+    }
+
+
+def coupling_pattern(fc, regions) -> pd.Series:
+    """Mean coupling of horn pairs by type (within a segment), for real or simulated connectomes.
+
+    Parameters
+    ----------
+    fc : array_like, shape (..., R, R)
+    regions : sequence of str
+        Package horn names (``C5_LV``) or real PAM50 names (``C6_G_V_L``; only the dorsal
+        and ventral gray-matter regions are used, see :func:`horn_region_names`).
+
+    Returns
+    -------
+    pandas.Series
+        Mean correlation (over pairs and matrices) of ``ventral-ventral``,
+        ``dorsal-dorsal``, ``dorsal-ventral same side`` and ``dorsal-ventral opposite sides``
+        pairs within a segment and of all pairs between segments
+        (:func:`spineprint_utils.connectivity.coupling_summary`).
+    """
+    from .connectivity import coupling_summary
+
+    fc = np.asarray(fc, dtype=np.float64)
+    names = [str(r) for r in regions]
+    if names and _NAME.match(names[0]):
+        horn = horn_region_names(names)
+        keep = np.array([bool(h) for h in horn])
+        fc = fc[..., keep, :][..., :, keep]
+        names = [h for h in horn if h]
+    tab = coupling_summary(fc, names, split_sides=True)
+    within = tab[tab["scope"] == "within segment"].set_index("coupling")["mean"]
+    between = tab[tab["scope"] == "between segments"]
+    out = {f"{c} (same segment)": float(within[c]) for c in within.index}
+    w = between["n_pairs"].to_numpy(float)
+    out["all pairs, different segments"] = float(np.sum(between["mean"].to_numpy() * w) / w.sum())
+    return pd.Series(out)
+
+
+def realism_table(sim_conn: Mapping, sim_epi: dict, real, real_epi: dict, *, regions: str = "horns",
+                  regress: bool = True, model: str = "fir") -> pd.DataFrame:
+    """The simulated default study and real data on the same measures (chapter 00).
+
+    Parameters
+    ----------
+    sim_conn : mapping
+        Connectomes of the simulated study (``connectivity.load_connectomes``), measured
+        from its preprocessed images.
+    sim_epi, real_epi : dict
+        :func:`epi_overview` of a simulated raw run and of the real EPI run.
+    real : SpinalROIData
+        Real ROI time series (:func:`spineprint_utils.datasets.fetch_spinal_graph_learning`).
+    regions, regress, model :
+        Real connectomes used (:func:`connectomes`); default the dorsal and ventral horns,
+        the regions of the simulated study, with the task regressed out.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``measure``; columns ``simulated``, ``real``, ``real source`` and ``key`` (the
+        measure as a glue-able identifier, e.g. ``median_tsnr_raw_run_canal_disk``).
+    """
+    real_conn = connectomes(real, regions=regions, regress=regress, model=model)
+    rows = []
+    src_epi = "SCT testing EPI run"
+    src_roi = f"real ROI series ({regions}, task {'regressed out' if regress else 'kept'})"
+    rows.append(("median tSNR, raw run, canal disk", sim_epi["tsnr_median"], real_epi["tsnr_median"], src_epi))
+    rows.append(("median tSNR, motion-corrected, canal disk", sim_epi["tsnr_moco_median"],
+                 real_epi["tsnr_moco_median"], src_epi))
+    rows.append(("mean framewise displacement (mm)", sim_epi["fd_mean"], real_epi["fd_mean"], src_epi))
+    sim_full = np.asarray(sim_conn["fc"])[:, 0]
+    real_full = np.asarray(real_conn["fc"])[:, 0]
+    sim_pat = coupling_pattern(sim_full, sim_conn["regions"])
+    real_pat = coupling_pattern(real_full, real_conn["regions"])
+    for key in sim_pat.index:
+        rows.append((f"mean r, {key}", float(sim_pat[key]), float(real_pat.get(key, np.nan)), src_roi))
+    sim_d = fp.designs_from_connectomes(sim_conn)
+    real_d = fp.designs_from_connectomes(real_conn)
+    for name in ("within", "between"):
+        s = fp.identifiability_summary(sim_d[name].fc_a, sim_d[name].fc_b)
+        r = fp.identifiability_summary(real_d[name].fc_a, real_d[name].fc_b)
+        rows.append((f"identification % ({name})", s["id_mean"], r["id_mean"], src_roi))
+        rows.append((f"Idiff ({name})", s["idiff"], r["idiff"], src_roi))
+        rows.append((f"chance % ({name})", s["chance"], r["chance"], src_roi))
+    out = pd.DataFrame(rows, columns=["measure", "simulated", "real", "real source"]).set_index("measure")
+    out["key"] = ["_".join(re.findall(r"[a-z0-9]+", m.lower())) for m in out.index]
+    return out

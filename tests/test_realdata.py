@@ -317,3 +317,72 @@ def test_chapter_values_match_numpy_reference(raw, tmp_path):
     # the participant order check: between-session identification above chance
     assert float(glued["order_id_mean"]) > float(glued["order_chance"])
     assert float(glued["order_p_id"]) < 0.05
+
+
+# ------------------------------------------------------------------ chapter 00: real EPI, realism table
+def test_epi_overview_real_run(shared_data):
+    import nibabel as nib
+
+    path = shared_data / "sct_testing_data" / "fmri" / "fmri.nii.gz"
+    e = realdata.epi_overview(path)
+    data = np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)
+    assert e["shape"] == data.shape == (68, 68, 6, 30)
+    np.testing.assert_allclose(e["mean"], data.mean(axis=-1), rtol=1e-6)
+    sd = data.std(axis=-1)
+    t = np.where(sd > 0, data.mean(axis=-1) / np.where(sd > 0, sd, 1), 0)
+    np.testing.assert_allclose(e["tsnr"], t, rtol=1e-4, atol=1e-4)
+    assert e["tsnr_median"] == pytest.approx(np.median(t[e["mask"]]), rel=1e-4)
+    # the canal disk: radius 10 mm at 0.956 mm in-plane, every slice, around the bright canal
+    per_slice = e["mask"].sum(axis=(0, 1))
+    assert np.all(per_slice == per_slice[0]) and abs(per_slice[0] - np.pi * (10 / 0.9559) ** 2) < 30
+    inside, outside = e["mean"][e["mask"]].mean(), e["mean"][~e["mask"]].mean()
+    assert inside > 1.5 * outside
+    assert e["params"].shape == (30, 12) and e["fd"].shape == (30,)
+    assert 0 < e["max_shift_mm"] < 3 and e["tsnr_moco_median"] > e["tsnr_median"]  # 6.9 -> 7.7 measured
+
+
+def test_coupling_pattern_real_horns(real, raw):
+    ts, names, onsets, cens = raw
+    conn = realdata.connectomes(real, regions="gray + white")
+    fc = conn["fc"][:, 0]
+    got = realdata.coupling_pattern(fc, conn["regions"])
+    # independent: classify real names directly
+    horn = [(i, n.split("_")[0], n.split("_")[2], n.split("_")[3]) for i, n in enumerate(names)
+            if "_G_" in n and n.split("_")[2] in "DV"]
+    groups = {}
+    for a in range(len(horn)):
+        for b in range(a + 1, len(horn)):
+            i, sa, pa, ka = horn[a]
+            j, sb, pb, kb = horn[b]
+            if sa != sb:
+                key = "all pairs, different segments"
+            elif pa == pb:
+                key = {"V": "ventral-ventral", "D": "dorsal-dorsal"}[pa] + " (same segment)"
+            else:
+                key = "dorsal-ventral " + ("same side" if ka == kb else "opposite sides") + " (same segment)"
+            groups.setdefault(key, []).append(fc[:, i, j])
+    for key, vals in groups.items():
+        assert got[key] == pytest.approx(np.mean(vals), abs=1e-12), key
+    assert set(got.index) == set(groups)
+
+
+def test_realism_table_components(real, raw, shared_data):
+    ts, names, onsets, cens = raw
+    fake_epi = {"tsnr_median": 1.0, "tsnr_moco_median": 2.0, "fd_mean": 0.1}
+    real_epi = {"tsnr_median": 6.9, "tsnr_moco_median": 7.7, "fd_mean": 0.13}
+    # the real data play the simulated side too (same layout): both columns must then agree
+    sim_conn = realdata.connectomes(real, regions="horns", regress=True)
+    sim_conn["regions"] = realdata.horn_region_names(sim_conn["regions"])
+    tab = realdata.realism_table(sim_conn, fake_epi, real, real_epi)
+    assert tab.loc["median tSNR, raw run, canal disk", "real"] == 6.9
+    assert tab.loc["median tSNR, raw run, canal disk", "simulated"] == 1.0
+    rows = [m for m in tab.index if m.startswith(("mean r", "identification", "Idiff", "chance"))]
+    np.testing.assert_allclose(tab.loc[rows, "simulated"].astype(float), tab.loc[rows, "real"].astype(float))
+    # identification of the horn connectomes against the numpy reference
+    cols = [i for i, n in enumerate(names) if "_G_" in n and n.split("_")[2] in "DV"]
+    sub = [names[i] for i in cols]
+    ref = _reference_design(ts[..., cols], cens, sub, onsets, gray_only=False, regress=True)
+    for key in ("within", "between"):
+        assert tab.loc[f"identification % ({key})", "real"] == pytest.approx(_stats(*ref[key])["id_mean"])
+        assert tab.loc[f"Idiff ({key})", "real"] == pytest.approx(_stats(*ref[key])["idiff"])
+    assert tab.loc["identification % (within)", "key"] == "identification_within"
