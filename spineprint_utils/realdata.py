@@ -382,12 +382,13 @@ def session_order_check(A, n_permutations: int = 10000, seed=0) -> dict:
 
 # ------------------------------------------------------------------ a real EPI run
 def epi_overview(path, mask=None, *, radius_mm: float = 10.0) -> dict:
-    """Mean image, tSNR maps and slice-wise motion of one EPI run, as chapter 00 shows them.
+    """Mean image, cord, tSNR maps and slice-wise motion of one EPI run, as chapter 00 shows them.
 
-    Motion is estimated with the package's slice-wise correction
-    (:func:`spineprint_utils.motion.motion_correct`, cord-centred disk mask of
-    :func:`spineprint_utils.motion.auto_cord_mask` when *mask* is None); tSNR is the
-    temporal mean over the temporal standard deviation (:func:`spineprint_utils.preprocess.tsnr`),
+    The cord is found on the mean image by the pipeline's own cord finding
+    (:func:`spineprint_utils.cord.find_cord`); motion is estimated with the package's
+    slice-wise correction (:func:`spineprint_utils.motion.motion_correct`) within the
+    spinal-canal disk of :func:`spineprint_utils.motion.auto_cord_mask`; tSNR is the temporal
+    mean over the temporal standard deviation (:func:`spineprint_utils.preprocess.tsnr`),
     before and after motion correction.
 
     Parameters
@@ -395,21 +396,25 @@ def epi_overview(path, mask=None, *, radius_mm: float = 10.0) -> dict:
     path : path-like
         A 4D NIfTI run (e.g. ``fetch_sct_testing_data() / "fmri" / "fmri.nii.gz"``).
     mask : array_like of bool, shape (X, Y, Z), optional
-        Region to summarise (e.g. a cord mask); default the spinal-canal disk of radius
-        *radius_mm* used to estimate motion (cord + surrounding CSF).
+        Region to summarise instead of the cord found on the mean image.
     radius_mm : float
+        Radius of the canal disk used to estimate motion (and to summarise when the cord is
+        not found).
 
     Returns
     -------
     dict
-        ``mean`` (X, Y, Z), ``tsnr``, ``tsnr_moco`` (X, Y, Z), ``mask`` (bool), ``mask_kind``
-        (``"given"`` or ``"canal disk"``), ``params`` (DataFrame of slice-wise translations,
-        mm), ``fd`` (T,) framewise displacement (mm, Power et al. 2012), ``tsnr_median``,
-        ``tsnr_moco_median`` (median over the mask), ``fd_mean``, ``max_shift_mm``,
+        ``mean`` (X, Y, Z), ``tsnr``, ``tsnr_moco`` (X, Y, Z), ``mask`` (bool, the region
+        summarised), ``mask_kind`` (``"cord found on the mean image"``, ``"given"``, or
+        ``"canal disk (cord not found: ...)"``), ``disk`` (motion mask), ``params`` (DataFrame
+        of slice-wise translations, mm), ``fd`` (T,) framewise displacement (mm, Power et al.
+        2012), ``tsnr_median``, ``tsnr_moco_median`` (median over the mask), ``fd_mean``,
+        ``max_shift_mm``, ``cord_area_mm2`` (median over slices, NaN without a cord),
         ``shape``, ``zooms`` (mm, and the header TR in s), ``n_volumes``.
     """
     from . import motion as _motion
     from ._io import load_nifti
+    from .cord import find_cord
     from .preprocess import tsnr
 
     img, data = load_nifti(path, ndim=4)
@@ -417,18 +422,25 @@ def epi_overview(path, mask=None, *, radius_mm: float = 10.0) -> dict:
     mean = data.mean(axis=-1, dtype=np.float64)
     disk = _motion.auto_cord_mask(mean, zooms[:2], radius_mm=radius_mm)
     res = _motion.motion_correct(data, mask=disk, voxel_size=zooms[:2])
+    area = float("nan")
     if mask is None:
-        roi, kind = disk, "canal disk"
+        try:
+            found = find_cord(mean, zooms[:3])
+            roi, kind = found.cord, "cord found on the mean image"
+            area = float(np.median(found.area_mm2[found.area_mm2 > 0]))
+        except SpineprintError as exc:
+            roi, kind = disk, f"canal disk (cord not found: {exc})"
     else:
         roi, kind = np.asarray(mask, bool), "given"
         if roi.shape != mean.shape:
             raise SpineprintError(f"{path}: mask shape {roi.shape} does not match the image {mean.shape}")
     t_raw, t_moco = tsnr(data), tsnr(res.corrected)
     return {
-        "mean": mean, "tsnr": t_raw, "tsnr_moco": t_moco, "mask": roi, "mask_kind": kind,
+        "mean": mean, "tsnr": t_raw, "tsnr_moco": t_moco, "mask": roi, "mask_kind": kind, "disk": disk,
         "params": res.params, "fd": res.fd,
         "tsnr_median": float(np.median(t_raw[roi])), "tsnr_moco_median": float(np.median(t_moco[roi])),
         "fd_mean": float(res.fd[1:].mean()), "max_shift_mm": float(np.abs(res.params.to_numpy()).max()),
+        "cord_area_mm2": area,
         "shape": tuple(int(s) for s in data.shape), "zooms": zooms, "n_volumes": int(data.shape[-1]),
     }
 
@@ -496,9 +508,10 @@ def realism_table(sim_conn: Mapping, sim_epi: dict, real, real_epi: dict, *, reg
     rows = []
     src_epi = "SCT testing EPI run"
     src_roi = f"real ROI series ({regions}, task {'regressed out' if regress else 'kept'})"
-    rows.append(("median tSNR, raw run, canal disk", sim_epi["tsnr_median"], real_epi["tsnr_median"], src_epi))
-    rows.append(("median tSNR, motion-corrected, canal disk", sim_epi["tsnr_moco_median"],
+    rows.append(("median cord tSNR, raw run", sim_epi["tsnr_median"], real_epi["tsnr_median"], src_epi))
+    rows.append(("median cord tSNR, motion-corrected", sim_epi["tsnr_moco_median"],
                  real_epi["tsnr_moco_median"], src_epi))
+    rows.append(("cord cross-sectional area (mm2)", sim_epi["cord_area_mm2"], real_epi["cord_area_mm2"], src_epi))
     rows.append(("mean framewise displacement (mm)", sim_epi["fd_mean"], real_epi["fd_mean"], src_epi))
     sim_full = np.asarray(sim_conn["fc"])[:, 0]
     real_full = np.asarray(real_conn["fc"])[:, 0]

@@ -331,14 +331,21 @@ def test_epi_overview_real_run(shared_data):
     sd = data.std(axis=-1)
     t = np.where(sd > 0, data.mean(axis=-1) / np.where(sd > 0, sd, 1), 0)
     np.testing.assert_allclose(e["tsnr"], t, rtol=1e-4, atol=1e-4)
+    assert e["mask_kind"] == "cord found on the mean image"
     assert e["tsnr_median"] == pytest.approx(np.median(t[e["mask"]]), rel=1e-4)
-    # the canal disk: radius 10 mm at 0.956 mm in-plane, every slice, around the bright canal
-    per_slice = e["mask"].sum(axis=(0, 1))
+    # the cord found agrees with the manual annotation of this run shipped with the cord tests
+    from spineprint_utils import cord
+
+    ref = cord.load_reference_annotation(ROOT / "tests" / "data" / "sct_fmri_cord_annotation.txt", data.shape[:3])
+    inter = np.logical_and(ref, e["mask"]).sum()
+    assert 2 * inter / (ref.sum() + e["mask"].sum()) > 0.75
+    assert 40 < e["cord_area_mm2"] < 150  # cervical cord ~60-90 mm^2 (Fradet et al. 2014)
+    # the canal disk used for motion: radius 10 mm at 0.956 mm in-plane, every slice
+    per_slice = e["disk"].sum(axis=(0, 1))
     assert np.all(per_slice == per_slice[0]) and abs(per_slice[0] - np.pi * (10 / 0.9559) ** 2) < 30
-    inside, outside = e["mean"][e["mask"]].mean(), e["mean"][~e["mask"]].mean()
-    assert inside > 1.5 * outside
+    assert e["disk"][e["mask"]].mean() > 0.8  # the cord lies (mostly: the disk does not follow it) in the disk
     assert e["params"].shape == (30, 12) and e["fd"].shape == (30,)
-    assert 0 < e["max_shift_mm"] < 3 and e["tsnr_moco_median"] > e["tsnr_median"]  # 6.9 -> 7.7 measured
+    assert 0 < e["max_shift_mm"] < 3 and e["tsnr_moco_median"] > e["tsnr_median"]  # 10.8 -> 11.5 measured
 
 
 def test_coupling_pattern_real_horns(real, raw):
@@ -368,14 +375,14 @@ def test_coupling_pattern_real_horns(real, raw):
 
 def test_realism_table_components(real, raw, shared_data):
     ts, names, onsets, cens = raw
-    fake_epi = {"tsnr_median": 1.0, "tsnr_moco_median": 2.0, "fd_mean": 0.1}
-    real_epi = {"tsnr_median": 6.9, "tsnr_moco_median": 7.7, "fd_mean": 0.13}
+    fake_epi = {"tsnr_median": 1.0, "tsnr_moco_median": 2.0, "fd_mean": 0.1, "cord_area_mm2": 70.0}
+    real_epi = {"tsnr_median": 6.9, "tsnr_moco_median": 7.7, "fd_mean": 0.13, "cord_area_mm2": 100.0}
     # the real data play the simulated side too (same layout): both columns must then agree
     sim_conn = realdata.connectomes(real, regions="horns", regress=True)
     sim_conn["regions"] = realdata.horn_region_names(sim_conn["regions"])
     tab = realdata.realism_table(sim_conn, fake_epi, real, real_epi)
-    assert tab.loc["median tSNR, raw run, canal disk", "real"] == 6.9
-    assert tab.loc["median tSNR, raw run, canal disk", "simulated"] == 1.0
+    assert tab.loc["median cord tSNR, raw run", "real"] == 6.9
+    assert tab.loc["median cord tSNR, raw run", "simulated"] == 1.0
     rows = [m for m in tab.index if m.startswith(("mean r", "identification", "Idiff", "chance"))]
     np.testing.assert_allclose(tab.loc[rows, "simulated"].astype(float), tab.loc[rows, "real"].astype(float))
     # identification of the horn connectomes against the numpy reference
