@@ -347,7 +347,9 @@ def make_openneuro_registry(local_dir, dataset_id: str, version: str, out=None) 
     local_dir = Path(local_dir)
     if not (local_dir / "dataset_description.json").is_file():
         raise SpineprintError(f"{local_dir}: not a BIDS dataset (no dataset_description.json)")
-    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    # annexed_files.tsv: a listing of the annexed files (see openneuro_annex), not a dataset file
+    files = sorted(p for p in local_dir.rglob("*")
+                   if p.is_file() and p.relative_to(local_dir).as_posix() != "annexed_files.tsv")
     lines = [
         _REGISTRY_HEADER.format(dataset=dataset_id, version=version)
         + ": SHA-256 of every text file (paths relative to the dataset root)"
