@@ -45,6 +45,12 @@ __all__ = [
     "openneuro_registry",
     "make_openneuro_registry",
     "fetch_openneuro",
+    "make_openneuro_annex",
+    "openneuro_annex",
+    "select_openneuro_files",
+    "download_sizes",
+    "download_file",
+    "fetch_openneuro_files",
     "SGL_COMMIT",
     "SGL_URL",
     "SGL_REGISTRY",
@@ -466,6 +472,261 @@ def _cached_ok(path: Path, expected: str) -> bool:
     return path.is_file() and sha256(path) == expected
 
 
+# --------------------------------------------------- OpenNeuro images and physio (annexed files)
+_ANNEX_HEADER = "# OpenNeuro {dataset} snapshot {version}: annexed BIDS images and physio (size in bytes, SHA-256 of git-annex keys)"
+_ANNEX_KEEP = (".nii.gz", ".nii", "_physio.tsv.gz")
+
+
+def make_openneuro_annex(annexed_tsv, dataset_id: str, version: str, out=None) -> str:
+    """Registry of a dataset's images and physio files from its git-annex listing.
+
+    Used once by the maintainers (the result is committed as
+    ``spineprint_utils/data/openneuro_<ds>_annex.tsv``); never called at run time.
+    *annexed_tsv* has the columns ``path, backend, size, digest`` of the ``SHA256E``
+    git-annex keys (``SHA256E-s<size>--<sha256>``) of the pinned snapshot; only BIDS
+    participant files (``sub-*/``) that are images or physiological recordings are kept
+    (no derivatives, DICOMs or ``.DS_Store``).
+
+    Returns
+    -------
+    str
+        Registry text: a header line, then ``path<TAB>size<TAB>sha256`` rows sorted by path.
+    """
+    import pandas as pd
+
+    from ._io import atomic_write_text
+
+    tab = pd.read_csv(annexed_tsv, sep="\t", dtype=str)
+    missing = {"path", "backend", "size", "digest"} - set(tab.columns)
+    if missing:
+        raise SpineprintError(f"{annexed_tsv}: missing column(s) {sorted(missing)}")
+    keep = tab["path"].str.startswith("sub-") & tab["path"].str.endswith(_ANNEX_KEEP)
+    tab = tab[keep].sort_values("path")
+    bad = tab[(tab["backend"] != "SHA256E") | ~tab["digest"].str.fullmatch(r"[0-9a-f]{64}")]
+    if len(bad):
+        raise SpineprintError(f"{annexed_tsv}: not SHA-256 git-annex keys: {bad['path'].tolist()[:3]}")
+    lines = [_ANNEX_HEADER.format(dataset=dataset_id, version=version), "path\tsize\tsha256"]
+    lines += [f"{p}\t{int(n)}\t{d}" for p, n, d in zip(tab["path"], tab["size"], tab["digest"])]
+    text = "\n".join(lines) + "\n"
+    if out is not None:
+        atomic_write_text(out, text)
+    return text
+
+
+def openneuro_annex(dataset_id: str):
+    """Images and physio files of a pinned OpenNeuro snapshot, with size and SHA-256.
+
+    Parameters
+    ----------
+    dataset_id : str
+        One of :func:`known_openneuro`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``path`` (relative to the dataset root), ``size`` (bytes), ``sha256``,
+        ``participant`` (label without ``sub-``) and ``suffix`` (BIDS suffix: ``bold``,
+        ``T2w``, ``physio``, ...).
+    """
+    import pandas as pd
+
+    pinned, _ = openneuro_registry(dataset_id)
+    path = _REGISTRY_DIR / f"openneuro_{dataset_id}_annex.tsv"
+    if not path.is_file():
+        raise SpineprintError(f"{dataset_id}: no image registry in the package ({path.name})")
+    tab = pd.read_csv(path, sep="\t", comment="#", dtype={"path": str, "size": "int64", "sha256": str})
+    tab["participant"] = tab["path"].str.extract(r"^sub-([A-Za-z0-9]+)/", expand=False)
+    tab["suffix"] = tab["path"].str.extract(r"_([A-Za-z0-9]+)\.(?:nii(?:\.gz)?|tsv\.gz)$", expand=False)
+    return tab
+
+
+def select_openneuro_files(dataset_id: str, participants=None, suffixes=None, annex=None):
+    """Rows of :func:`openneuro_annex` for some participants and BIDS suffixes.
+
+    Parameters
+    ----------
+    participants : str or list of str, optional
+        Labels with or without ``sub-``; default all.
+    suffixes : str or list of str, optional
+        E.g. ``["bold", "T2w", "physio"]``; default all.
+    annex : pandas.DataFrame, optional
+        A registry in the layout of :func:`openneuro_annex` (tests); default the package's.
+
+    Raises
+    ------
+    SpineprintError
+        A participant or suffix that the dataset does not have (the message lists the known ones).
+    """
+    tab = openneuro_annex(dataset_id) if annex is None else annex
+    if isinstance(participants, str):
+        participants = [participants]
+    if isinstance(suffixes, str):
+        suffixes = [suffixes]
+    if participants is not None:
+        wanted = [str(p).removeprefix("sub-") for p in participants]
+        unknown = sorted(set(wanted) - set(tab["participant"]))
+        if unknown:
+            raise SpineprintError(f"{dataset_id}: participant(s) {', '.join(unknown)} not found; "
+                                  f"known: {', '.join(sorted(set(tab['participant'])))}")
+        tab = tab[tab["participant"].isin(wanted)]
+    if suffixes is not None:
+        unknown = sorted(set(suffixes) - set(tab["suffix"]))
+        if unknown:
+            raise SpineprintError(f"{dataset_id}: suffix(es) {', '.join(unknown)} not found; "
+                                  f"known: {', '.join(sorted(set(tab['suffix'].dropna())))}")
+        tab = tab[tab["suffix"].isin(list(suffixes))]
+    return tab.reset_index(drop=True)
+
+
+def download_sizes(dataset_id: str, participants=None, suffixes=None):
+    """Number of files and bytes per BIDS suffix of a selection (:func:`select_openneuro_files`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``suffix``; columns ``files``, ``bytes``, ``GB`` (10^9 bytes).
+    """
+    tab = select_openneuro_files(dataset_id, participants, suffixes)
+    out = tab.groupby("suffix").agg(files=("path", "size"), bytes=("size", "sum"))
+    out["GB"] = out["bytes"] / 1e9
+    return out
+
+
+def download_file(url: str, dest, size: int, sha256_hex: str, *, progress: bool = True,
+                  chunk: int = 1 << 16, timeout: float = 60.0) -> Path:
+    """Download one file, resumably, and accept it only with the pinned size and SHA-256.
+
+    Bytes go to ``<dest>.part``; an existing partial file is resumed with an HTTP
+    ``Range: bytes=<n>-`` request (RFC 9110, section 14.2); a server answering 200 instead of
+    206 sends the whole file again, which then replaces the partial one. A download that
+    ends short keeps its ``.part`` for the next attempt. A complete file whose size or
+    SHA-256 differs from the pinned ones is deleted and refused; a good one is renamed to
+    *dest* (so *dest* only ever holds verified bytes).
+
+    Parameters
+    ----------
+    url : str
+    dest : path-like
+    size : int
+        Expected size in bytes.
+    sha256_hex : str
+        Expected SHA-256.
+    progress : bool
+        Show a tqdm progress bar (bytes).
+
+    Returns
+    -------
+    Path
+        *dest*.
+
+    Raises
+    ------
+    SpineprintError
+        Network error or short download (resumable: rerun), or a corrupt download (refused).
+    """
+    import requests
+    from tqdm.auto import tqdm
+
+    dest = Path(dest)
+    if dest.is_file() and dest.stat().st_size == size and sha256(dest) == sha256_hex:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.is_file() else 0
+    if have > size:
+        part.unlink()
+        have = 0
+    if have < size:
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            with requests.get(url, headers=headers, stream=True, timeout=timeout) as resp:
+                if resp.status_code == 206:
+                    mode = "ab"
+                elif resp.status_code == 200:
+                    mode, have = "wb", 0
+                elif resp.status_code == 416 and have:  # nothing left to send
+                    mode = None
+                else:
+                    raise SpineprintError(f"{url}: HTTP {resp.status_code}")
+                if mode is not None:
+                    with open(part, mode) as fh, tqdm(total=size, initial=have, unit="B", unit_scale=True,
+                                                      desc=dest.name, disable=not progress, leave=False) as bar:
+                        for block in resp.iter_content(chunk):
+                            fh.write(block)
+                            bar.update(len(block))
+        except SpineprintError:
+            raise
+        except Exception as exc:  # requests' network errors come in many types
+            got = part.stat().st_size if part.is_file() else 0
+            raise SpineprintError(
+                f"{url}: download interrupted at {got} of {size} bytes ({type(exc).__name__}: {exc}); "
+                f"rerun to resume from {part}") from None
+    got = part.stat().st_size if part.is_file() else 0
+    if got < size:
+        raise SpineprintError(f"{url}: incomplete download ({got} of {size} bytes); rerun to resume from {part}")
+    if got > size:
+        part.unlink()
+        raise SpineprintError(f"{url}: downloaded {got} bytes, the pinned size is {size}; corrupt download refused")
+    digest = sha256(part)
+    if digest != sha256_hex:
+        part.unlink()
+        raise SpineprintError(f"{url}: SHA-256 {digest} differs from the pinned {sha256_hex}; "
+                              "corrupt download refused (deleted)")
+    import os
+
+    os.replace(part, dest)
+    return dest
+
+
+def fetch_openneuro_files(dataset_id: str, participants=None, suffixes=None, *, data_dir=None,
+                          progress: bool = True, annex=None) -> Path:
+    """Images and physio files of a pinned OpenNeuro snapshot, selected by participant and suffix.
+
+    The metadata come first (:func:`fetch_openneuro`); then every selected annexed file is
+    read from the local copy (``data_dir`` / ``$SPINEPRINT_DATA_DIR/openneuro/<ds>``, verified by
+    size and SHA-256, never supplemented by downloads) or downloaded into the cache with
+    :func:`download_file` (resumable, verified) from :data:`OPENNEURO_URL`.
+
+    Parameters
+    ----------
+    dataset_id : str
+    participants, suffixes : list of str, optional
+        Selection (:func:`select_openneuro_files`); default everything (see
+        :func:`download_sizes` first: tens of GB).
+    data_dir : path-like, optional
+    progress : bool
+        One progress bar per file, and a line per file.
+    annex : pandas.DataFrame, optional
+        Registry override (tests).
+
+    Returns
+    -------
+    Path
+        The BIDS dataset folder holding the metadata and the selected files.
+    """
+    root = fetch_openneuro(dataset_id, data_dir=data_dir)
+    tab = select_openneuro_files(dataset_id, participants, suffixes, annex)
+    local = data_dir is not None or _env_data_dir() is not None
+    if local:
+        problems = []
+        for rel, size, digest in zip(tab["path"], tab["size"], tab["sha256"]):
+            path = root / rel
+            if not path.is_file():
+                problems.append(f"missing {path}")
+            elif path.stat().st_size != size or sha256(path) != digest:
+                problems.append(f"{path} (size or SHA-256 differs from the pinned {size} bytes, {digest})")
+        if problems:
+            raise SpineprintError(f"{root}: local copy of {dataset_id} lacks selected files: " + "; ".join(problems))
+        return root
+    total = int(tab["size"].sum())
+    if progress and len(tab):
+        print(f"{dataset_id}: {len(tab)} file(s), {total / 1e9:.2f} GB", flush=True)
+    for rel, size, digest in zip(tab["path"], tab["size"], tab["sha256"]):
+        download_file(OPENNEURO_URL.format(dataset=dataset_id, path=rel), root / rel, int(size), digest,
+                      progress=progress)
+    return root
+
+
 # ------------------------------------------------- pinned single files (GitHub raw)
 def _fetch_pinned(name: str, registry: dict, url: str, subdir: str, version: str, data_dir=None) -> Path:
     """Local copy (verified) or download of pinned files; returns the folder holding them.
@@ -676,12 +937,23 @@ def register_cli(subparsers) -> None:
     )
     p.add_argument("what", help="'pam50' or an OpenNeuro accession: " + ", ".join(known_openneuro()))
     p.add_argument("--data-dir", default=None, help="local copy to verify instead of downloading")
+    p.add_argument("--participant-label", nargs="*", default=None,
+                   help="OpenNeuro: also fetch these participants' images/physio (default with --suffix: all)")
+    p.add_argument("--suffix", nargs="*", default=None,
+                   help="OpenNeuro: also fetch images/physio with these BIDS suffixes (e.g. bold T2w physio)")
+    p.add_argument("--sizes", action="store_true", help="OpenNeuro: print the download size of the selection and stop")
     p.set_defaults(func=_cli_fetch)
 
 
 def _cli_fetch(args) -> int:
+    images = getattr(args, "participant_label", None) is not None or getattr(args, "suffix", None) is not None
     if args.what.lower() == "pam50":
         path = fetch_pam50(args.data_dir)
+    elif getattr(args, "sizes", False):
+        print(download_sizes(args.what, args.participant_label, args.suffix).to_string())
+        return 0
+    elif images:
+        path = fetch_openneuro_files(args.what, args.participant_label, args.suffix, data_dir=args.data_dir)
     else:
         path = fetch_openneuro(args.what, data_dir=args.data_dir)
     print(path)
