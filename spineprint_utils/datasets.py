@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -672,8 +673,6 @@ def download_file(url: str, dest, size: int, sha256_hex: str, *, progress: bool 
         part.unlink()
         raise SpineprintError(f"{url}: SHA-256 {digest} differs from the pinned {sha256_hex}; "
                               "corrupt download refused (deleted)")
-    import os
-
     os.replace(part, dest)
     return dest
 

@@ -51,6 +51,7 @@ __all__ = [
     "fingerprint_real",
     "conditions_table",
     "session_order_check",
+    "compare_with_claim",
     "epi_overview",
     "coupling_pattern",
     "realism_table",
@@ -378,6 +379,43 @@ def session_order_check(A, n_permutations: int = 10000, seed=0) -> dict:
         "p_matched": float((1 + np.count_nonzero(null >= matched)) / (1 + len(null))),
         "diag_rank_median": float(np.median(ranks)),
     }
+
+
+def compare_with_claim(within: Mapping, between: Mapping, alpha: float = 0.05) -> str:
+    """One sentence saying how two designs' results compare with the Spine-Prints claim.
+
+    Ricchi et al. (2025) report a fingerprint within a session and a weaker one across
+    sessions. A design "shows a fingerprint" here when its identification rate (mean of both
+    directions) has a permutation p-value below *alpha*; "weaker" compares the two rates.
+    The sentence is built from the numbers, so the prose never claims more than they show.
+
+    Parameters
+    ----------
+    within, between : mapping
+        :meth:`~spineprint_utils.fingerprint.FingerprintReport.summary` of each design
+        (``id_mean`` in %, ``p_id``).
+    alpha : float
+
+    Returns
+    -------
+    str
+    """
+    w = float(within["p_id"]) < alpha
+    b = float(between["p_id"]) < alpha
+    weaker = float(between["id_mean"]) < float(within["id_mean"])
+    if w and b and weaker:
+        return ("the pattern the Spine-Prints study reported: identification above chance within a session "
+                "and, weaker but still above chance, across sessions")
+    if w and not b:
+        return ("identification above chance within a session but not across sessions: the within-session "
+                "part of the Spine-Prints claim, without its (weaker) between-session fingerprint")
+    if w and b:
+        return ("identification above chance in both designs, but not weaker across sessions than within "
+                "one, unlike the Spine-Prints report")
+    if b:
+        return "identification above chance across sessions only, unlike the Spine-Prints report"
+    return (f"no identification above chance at p < {alpha:g} in either design: these data do not show a "
+            "spine-print")
 
 
 # ------------------------------------------------------------------ a real EPI run

@@ -281,6 +281,15 @@ def test_session_order_check(real):
     assert bad["n_matched"] < out["n_matched"] and bad["p_matched"] > 0.05
 
 
+def test_compare_with_claim_follows_the_numbers():
+    hi, lo = {"id_mean": 80.0, "p_id": 0.001}, {"id_mean": 20.0, "p_id": 0.01}
+    assert realdata.compare_with_claim(hi, lo).startswith("the pattern the Spine-Prints study reported")
+    assert "not across sessions" in realdata.compare_with_claim(hi, {"id_mean": 10.0, "p_id": 0.3})
+    assert "not weaker" in realdata.compare_with_claim(lo, hi)
+    assert "across sessions only" in realdata.compare_with_claim({"id_mean": 5.0, "p_id": 0.5}, lo)
+    assert "do not show" in realdata.compare_with_claim({"id_mean": 5.0, "p_id": 0.5}, {"id_mean": 5.0, "p_id": 0.5})
+
+
 # ------------------------------------------------------------------ the chapter
 @pytest.mark.book
 def test_chapter_values_match_numpy_reference(raw, tmp_path):
@@ -314,6 +323,10 @@ def test_chapter_values_match_numpy_reference(raw, tmp_path):
                 s = _stats(*ref[key])
                 assert float(glued[f"cond_{g}_{r}_{key}_id_mean"]) == pytest.approx(s["id_mean"]), (g, r, key)
                 assert float(glued[f"cond_{g}_{r}_{key}_idiff"]) == pytest.approx(s["idiff"]), (g, r, key)
+    # the sentence on the Spine-Prints claim follows these numbers (both designs p < 0.05 here)
+    w, b = (_stats(*_reference_design(ts, cens, names, onsets, False, True)[k]) for k in ("within", "between"))
+    assert w["id_mean"] > b["id_mean"] > 100 / 15
+    assert glued["real_vs_claim"].strip("'").startswith("the pattern the Spine-Prints study reported")
     # the participant order check: between-session identification above chance
     assert float(glued["order_id_mean"]) > float(glued["order_chance"])
     assert float(glued["order_p_id"]) < 0.05
