@@ -120,7 +120,8 @@ RUN_DEFAULTS = {
 #: native-space steps: part of the completion key only when changed from these defaults
 _NATIVE_DEFAULTS = {"distortion": True, "registration": True}
 #: outputs written only by some runs (not required for a run to count as complete)
-_OPTIONAL_OUTPUTS = ("fig_physio", "fieldmap", "dseg", "dseg_tsv", "xfm", "fig_native", "fig_funcanat")
+_OPTIONAL_OUTPUTS = ("fig_physio", "fieldmap", "dseg", "dseg_tsv", "xfm", "fig_native", "fig_funcanat", "xfm_itk",
+                     "xfm_f2a_itk")
 
 QC_COLUMNS = [
     "run", "subject", "session", "n_volumes", "tr_s", "tsnr_pre_cord", "tsnr_post_cord", "mean_fd_mm", "max_fd_mm",
@@ -205,6 +206,8 @@ def run_outputs(bold_path, output_dir) -> dict:
         "dseg": folder / f"{p}_atlas-PAM50horns_dseg.nii.gz",
         "dseg_tsv": folder / f"{p}_atlas-PAM50horns_dseg.tsv",
         "xfm": folder / f"{p}_from-PAM50_to-bold_xfm.npz",
+        "xfm_itk": folder / f"{p}_from-PAM50_to-bold_mode-image_xfm.nii.gz",
+        "xfm_f2a_itk": folder / f"{p}_from-T2w_to-bold_mode-image_xfm.nii.gz",
         "qc": folder / f"{p}_desc-qc_metrics.json",
     }
 
@@ -569,16 +572,34 @@ def _anat_registration(t2w: Path, seg: Path, output_dir: Path, root: Path, notes
     key = {"t2w": t2w.name, "seg": seg.name, "t2w_bytes": t2w.stat().st_size, "seg_bytes": seg.stat().st_size,
            "labels": labels.name if labels is not None else None,
            "labels_bytes": labels.stat().st_size if labels is not None else None, "version": __version__}
+    from . import xfm
+
+    given = xfm.find_given_anat_warp(t2w, root, sub)
+    if given is not None:
+        # the user's template -> T2w warp (SCT's warp_template2anat): used as is; its QC is the Dice
+        # of the T2w cord with the PAM50 cord brought through it
+        import nibabel as nib
+
+        to_native = xfm.load_itk(given)
+        tcord = registration._load_template_img(Path(registration._template("PAM50", None)), "PAM50_cord.nii.gz")
+        seg_img = nib.load(str(seg))
+        on_t2w = np.asarray(registration.apply_transforms(tcord, seg_img, to_native).dataobj) >= 0.5
+        return to_native, {"dice": registration.dice(on_t2w, np.asarray(seg_img.dataobj) > 0.5),
+                           "z_method": "given", "given": given.name}
     if to_native_path.is_file() and to_template_path.is_file() and info_path.is_file():
         with contextlib.suppress(SpineprintError):
             info = read_json(info_path)
             if info.get("key") == key:
                 return registration.load_transforms(to_native_path), info
     reg = registration.register_to_template(t2w, seg, levels_img=labels, levels_kind=kind or "levels")
-    fig_path = output_dir / "figures" / f"{stem}_desc-levels_qc.png"
     import nibabel as nib
 
     t2w_img = nib.load(str(t2w))
+    # ANTs/ITK/SCT-readable copies (BIDS names): template -> T2w field on the T2w grid, T2w -> template
+    # field on the template-space working grid
+    xfm.save_itk(reg.to_native, folder / xfm.xfm_name(stem, "PAM50", "T2w"), reference=t2w_img)
+    xfm.save_itk(reg.to_template, folder / xfm.xfm_name(stem, "T2w", "PAM50"), reference=reg.reference)
+    fig_path = output_dir / "figures" / f"{stem}_desc-levels_qc.png"
     lev = levels_mod.levels_on_anat(reg, t2w_img)
     centres = levels_mod.level_centres(lev, t2w_img.affine)
     levels_mod.plot_levels_sagittal(
@@ -650,27 +671,41 @@ def _registration_step(bold_path: Path, img, mean_img, output_dir: Path, notes: 
 
     from . import atlas, registration
 
+    from . import xfm
+
+    root = _bids_root(bold_path)
+    sub = bids_entities(run_prefix(bold_path)).get("sub")
+    epi_warp = xfm.find_given_epi_warp(bold_path, root, sub) if root is not None else None
     t2w, seg, reason = find_anat(bold_path)
-    if t2w is None:
+    if t2w is None and epi_warp is None:
         return None, f"skip: {reason}"
     if atlas.pam50_source("auto")[0] != "pam50":
         return None, ("skip: the PAM50 template is not available offline (set SPINEPRINT_DATA_DIR or run "
                       "spineprint_utils.datasets.fetch_pam50())")
-    root = _bids_root(bold_path)
-    to_native, info = _anat_registration(t2w, seg, Path(output_dir), root, notes)
     mean3 = nib.Nifti1Image(np.asarray(mean_img, dtype=np.float32), img.affine)
     shape = tuple(int(s) for s in mean_img.shape[:3])
     vs = tuple(float(v) for v in img.header.get_zooms()[:3])
     source = atlas.pam50_source("auto")[0]
-    f2a_info = _func_to_anat_on_cord(bold_path, img, mean_img, seg, to_native, shape, vs, source, notes)
-    if f2a_info is not None:
-        to_func = f2a_info["to_func"]
+    if epi_warp is not None:
+        # the user's own EPI -> template warp (e.g. from SCT): used as is, no registration here
+        chain = xfm.load_itk(epi_warp)
+        f2a_info, info, to_func = None, {"dice": float("nan"), "z_method": "given"}, []
+        with contextlib.suppress(SpineprintError):
+            epi_cord, epi_csf, msrc = _epi_cord_or_none(bold_path, img, mean_img)
+            if epi_cord is not None:
+                f2a_info = {"to_func": [], "dice": float("nan"), "dice_header": float("nan"), "alignment": None,
+                            "epi_cord": epi_cord, "epi_csf": epi_csf, "mask_source": msrc}
     else:
-        # no cord on the EPI: rigid mutual information on the T2w resampled to 1 mm (the BOLD has
-        # 1 x 1 x 5 mm voxels or coarser; a finer anat grid only slows the mutual information down)
-        anat1, seg1 = _coarse(t2w), _coarse(seg)
-        to_func = registration.register_func_to_anat(mean3, anat1, seg1, iterations=(100, 50)).to_func
-    chain = list(to_func) + list(to_native)
+        to_native, info = _anat_registration(t2w, seg, Path(output_dir), root, notes)
+        f2a_info = _func_to_anat_on_cord(bold_path, img, mean_img, seg, to_native, shape, vs, source, notes)
+        if f2a_info is not None:
+            to_func = f2a_info["to_func"]
+        else:
+            # no cord on the EPI: rigid mutual information on the T2w resampled to 1 mm (the BOLD has
+            # 1 x 1 x 5 mm voxels or coarser; a finer anat grid only slows the mutual information down)
+            anat1, seg1 = _coarse(t2w), _coarse(seg)
+            to_func = registration.register_func_to_anat(mean3, anat1, seg1, iterations=(100, 50)).to_func
+        chain = list(to_func) + list(to_native)
     t_shape, t_aff = _template_grid_for(shape, img.affine, chain, vs)
     maps = atlas.tissue_maps(t_aff, t_shape, source=source)
     ref = nib.Nifti1Image(np.zeros(t_shape, np.float32), t_aff)
@@ -694,14 +729,19 @@ def _registration_step(bold_path: Path, img, mean_img, output_dir: Path, notes: 
     if not cord.any():
         raise SpineprintError(f"{bold_path}: the PAM50 cord brought to the run through the registration is empty")
     if f2a_info is not None:
-        f2a_desc = (f"mean BOLD -> T2w on the cord (slice-wise, spineprint_utils.funcreg; EPI-T2w cord Dice "
-                    f"{f2a_info['dice']:.3f}, header {f2a_info['dice_header']:.3f})")
         cord, csf = f2a_info["epi_cord"], f2a_info["epi_csf"]  # the run's own cord, found on its EPI
+    if epi_warp is not None:
+        status = f"applied: given EPI -> PAM50 warp {epi_warp.name} (no registration run)"
     else:
-        f2a_desc = "mean BOLD -> T2w rigid (mutual information; no cord found on the EPI)"
-    status = (f"applied: {t2w.name} + {seg.name} -> PAM50 (T2w-PAM50 cord Dice {info['dice']:.3f}, z placement "
-              f"{info['z_method']}), {f2a_desc}")
-    return {"cord": cord, "csf": csf, "labels": new, "regions": regions, "chain": chain,
+        if f2a_info is not None:
+            f2a_desc = (f"mean BOLD -> T2w on the cord (slice-wise, spineprint_utils.funcreg; EPI-T2w cord Dice "
+                        f"{f2a_info['dice']:.3f}, header {f2a_info['dice_header']:.3f})")
+        else:
+            f2a_desc = "mean BOLD -> T2w rigid (mutual information; no cord found on the EPI)"
+        given = f"given warp {info['given']}" if info.get("given") else f"z placement {info['z_method']}"
+        status = (f"applied: {t2w.name} + {seg.name} -> PAM50 (T2w-PAM50 cord Dice {info['dice']:.3f}, {given}), "
+                  f"{f2a_desc}")
+    return {"cord": cord, "csf": csf, "labels": new, "regions": regions, "chain": chain, "to_func": list(to_func),
             "dice": float(info["dice"]), "func_dice": f2a_info["dice"] if f2a_info else float("nan"),
             "f2a": f2a_info, "status": status, "t2w": t2w, "seg": seg, "mean": mean3,
             "epi_mask_source": f2a_info["mask_source"] if f2a_info else None}, status
@@ -711,6 +751,16 @@ def _regions_in_cord_pct(labels, cord) -> float:
     """Percentage of region voxels inside the run's cord mask."""
     lab = np.asarray(labels) > 0
     return float(100.0 * (lab & np.asarray(cord, bool)).sum() / lab.sum()) if lab.any() else float("nan")
+
+
+def _epi_cord_or_none(bold_path, img, mean_img):
+    """:func:`spineprint_utils.cord.epi_cord_masks` or ``(None, None, reason)`` when no cord is found."""
+    from . import cord as cord_mod
+
+    try:
+        return cord_mod.epi_cord_masks(bold_path, img, mean_img)
+    except SpineprintError as exc:
+        return None, None, str(exc)
 
 
 def _func_to_anat_on_cord(bold_path, img, mean_img, seg, to_native, shape, vs, source, notes):
@@ -1065,6 +1115,12 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
             _w("dseg_tsv", atomic_write_text, outs["dseg_tsv"],
                native["regions"].to_csv(sep="\t", index=False, lineterminator="\n"))
             _w("xfm", registration_mod.save_transforms, outs["xfm"], native["chain"])
+            from . import xfm as xfm_mod
+
+            grid = (tuple(cord.shape), img.affine)
+            _w("xfm_itk", xfm_mod.save_itk, native["chain"], outs["xfm_itk"], grid)
+            if native["to_func"]:
+                _w("xfm_f2a_itk", xfm_mod.save_itk, native["to_func"], outs["xfm_f2a_itk"], grid)
         if figures and (native is not None or field_hz is not None):
             _w("fig_native", _native_figure, mean_before, mean_raw, field_hz,
                native["labels"] if native is not None else np.zeros(cord.shape, np.int16), cord, outs["fig_native"],

@@ -59,6 +59,8 @@ def sct_bids(out_dir, *, data_dir=None, repetition_time: float = 2.0, labels: bo
     Parameters
     ----------
     out_dir : path-like
+        Must not exist or be empty, or hold a dataset made before with the same options
+        (then it is reused as is).
     data_dir : path-like, optional
         Folder holding ``sct_testing_data/`` (default ``$SPINEPRINT_DATA_DIR``).
     repetition_time : float
@@ -73,9 +75,17 @@ def sct_bids(out_dir, *, data_dir=None, repetition_time: float = 2.0, labels: bo
     Path
     """
     src = sct_data_dir(data_dir)
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise SpineprintError(f"{out}: exists and is not empty; give a new folder")
+    final = Path(out_dir)
+    key = {"repetition_time": float(repetition_time), "labels": bool(labels), "anat": bool(anat)}
+    marker = final / "derivatives" / ".sctdata.json"
+    if marker.is_file() and json.loads(marker.read_text()) == key:
+        return final  # made before with the same options: reuse
+    if final.exists() and any(final.iterdir()):
+        raise SpineprintError(f"{final}: exists and is not empty; give a new folder")
+    # built next to the destination and renamed at the end: never a half-written dataset
+    out = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    if out.exists():
+        shutil.rmtree(out)
     func = out / "sub-sct" / "func"
     func.mkdir(parents=True, exist_ok=True)
     (out / "dataset_description.json").write_text(json.dumps(
@@ -97,4 +107,10 @@ def sct_bids(out_dir, *, data_dir=None, repetition_time: float = 2.0, labels: bo
             d = out / "derivatives" / "labels" / "sub-sct" / "anat"
             d.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src / _FILES["labels"], d / "sub-sct_T2w_labels.nii.gz")
-    return out
+    (out / "derivatives").mkdir(exist_ok=True)
+    (out / "derivatives" / ".sctdata.json").write_text(json.dumps(key))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        final.rmdir()  # empty (checked above)
+    out.rename(final)
+    return final

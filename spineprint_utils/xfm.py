@@ -29,7 +29,7 @@ import numpy as np
 
 from ._io import SpineprintError
 
-__all__ = ["chain_to_field", "save_itk", "load_itk", "xfm_name"]
+__all__ = ["chain_to_field", "find_given_anat_warp", "find_given_epi_warp", "load_itk", "save_itk", "xfm_name"]
 
 _F = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -171,3 +171,36 @@ def load_itk(path) -> list:
     m[:3, :3] = A
     m[:3, 3] = t + fixed - A @ fixed  # ITK: T(x) = A (x - c) + t + c
     return [AffineTransform(_F @ m @ _F)]
+
+
+def _deriv_hits(root, sub, folder, names):
+    deriv = Path(root) / "derivatives"
+    if not deriv.is_dir():
+        return None
+    for name in names:
+        hits = sorted(p for p in deriv.glob(f"*/sub-{sub}/**/{folder}/{name}")
+                      if p.relative_to(deriv).parts[0] != "spineprint")
+        if hits:
+            return hits[0]
+    return None
+
+
+def find_given_anat_warp(t2w, root, sub):
+    """A template -> T2w warp the user already has (SCT's ``sct_register_to_template`` output), or None.
+
+    Looked for in ``derivatives/<pipeline>/sub-<sub>/**/anat/``: ``<T2w>_from-PAM50_to-T2w_mode-image_xfm.nii.gz``
+    (BIDS) or SCT's ``warp_template2anat.nii.gz`` (an ITK displacement field on the T2w grid mapping
+    T2w points to PAM50 points: it brings the template into the T2w)."""
+    stem = Path(t2w).name.split(".nii")[0]
+    return _deriv_hits(root, sub, "anat", (f"{stem}_from-PAM50_to-T2w_mode-image_xfm.nii*",
+                                           f"{stem}_from-template_to-T2w_mode-image_xfm.nii*",
+                                           "warp_template2anat.nii*"))
+
+
+def find_given_epi_warp(bold_path, root, sub):
+    """A template -> EPI warp of the run the user already has, or None:
+    ``derivatives/<pipeline>/sub-<sub>/**/func/<run>_from-PAM50_to-bold_mode-image_xfm.nii.gz`` (BIDS;
+    an ITK displacement field on the run's grid, mapping run points to PAM50 points)."""
+    prefix = Path(bold_path).name.split("_bold.nii")[0]
+    return _deriv_hits(root, sub, "func", (f"{prefix}_from-PAM50_to-bold_mode-image_xfm.nii*",
+                                           f"{prefix}_from-template_to-bold_mode-image_xfm.nii*"))

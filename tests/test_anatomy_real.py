@@ -111,7 +111,8 @@ def test_connectivity_checks_regions_in_the_cord(real, tmp_path):
 
     _, out, _, res = real
     func = out / "sub-sct" / "func"
-    path = connectivity.connectivity_dataset(out, segments=("C3", "C4", "C5", "C6"))
+    pat = "sub-*/func/*_desc-preproc_bold.nii.gz"  # no session level
+    path = connectivity.connectivity_dataset(out, segments=("C3", "C4", "C5", "C6"), pattern=pat)
     assert connectivity.load_connectomes(path)["fc"].shape[0] == 1
     # an unregistered copy: the preprocessed run and its EPI cord mask with a PAM50-overlapping header
     bad = tmp_path / "deriv" / "sub-nat" / "func"
@@ -123,7 +124,7 @@ def test_connectivity_checks_regions_in_the_cord(real, tmp_path):
         nib.save(nib.Nifti1Image(np.asarray(img.dataobj), aff), bad / dst)
     shutil.copy(func / "sub-sct_task-rest_desc-preproc_bold.json", bad / "sub-nat_task-rest_desc-preproc_bold.json")
     with pytest.raises(SpineprintError, match=r"regions outside the cord.*sub-nat_task-rest_desc-preproc_bold"):
-        connectivity.connectivity_dataset(tmp_path / "deriv", segments=("C3", "C4", "C5", "C6"))
+        connectivity.connectivity_dataset(tmp_path / "deriv", segments=("C3", "C4", "C5", "C6"), pattern=pat)
     assert not list((tmp_path / "deriv").glob("**/*_timeseries.tsv"))
 
 
@@ -135,5 +136,62 @@ def test_check_regions_in_cord_threshold():
     assert cord.regions_in_cord(lab, c) == 0.5
     assert cord.check_regions_in_cord([("a", lab, c), ("b", lab, None)]) == {"a": 0.5}
     c[1, 1] = False
-    with pytest.raises(Exception, match=r"a \(38 %\)"):
+    with pytest.raises(Exception, match=r"a \(25 %\)"):  # 2 of 8 voxels left
         cord.check_regions_in_cord([("a", lab, c)])
+
+
+def test_transforms_written_for_ants_and_sct(real):
+    """The run's and the T2w's transforms as ITK displacement fields with BIDS names, read by
+    nitransforms (independent) and mapping the run's grid where the internal chain does."""
+    nitransforms = pytest.importorskip("nitransforms")
+    from nitransforms.io.itk import ITKDisplacementsField
+
+    from spineprint_utils import xfm
+
+    _, out, _, res = real
+    assert res["xfm_itk"].name == "sub-sct_task-rest_from-PAM50_to-bold_mode-image_xfm.nii.gz"
+    assert res["xfm_f2a_itk"].is_file()
+    anat = out / "sub-sct" / "anat"
+    for name in ("sub-sct_T2w_from-PAM50_to-T2w_mode-image_xfm.nii.gz", "sub-sct_T2w_from-T2w_to-PAM50_mode-image_xfm.nii.gz"):
+        assert (anat / name).is_file(), name
+    img = nib.load(res["xfm_itk"])
+    chain = registration.load_transforms(res["xfm"])
+    pts = registration._grid_points(img.shape[:3], img.affine)
+    expected = pts
+    for t in chain:
+        expected = t.map_points(expected)
+    deltas = np.asarray(ITKDisplacementsField.from_filename(str(res["xfm_itk"])).dataobj).reshape(-1, 3)
+    np.testing.assert_allclose(pts + deltas, expected, atol=1e-3)
+    del nitransforms, xfm
+
+
+def test_given_sct_warps_are_used(real, tmp_path):
+    """SCT users' warps instead of our registration: a template -> T2w warp named as SCT names it
+    (warp_template2anat.nii.gz) and an EPI -> template warp (BIDS name) in derivatives/sct. (No real
+    SCT warp of these images is available offline: the warps are the ITK files spineprint wrote.)"""
+    import shutil
+
+    root, out, _, res = real
+    ann_ref = None
+    for case in ("anat", "epi"):
+        bids = tmp_path / case
+        shutil.copytree(root, bids, ignore=shutil.ignore_patterns("spineprint"))
+        if case == "anat":
+            d = bids / "derivatives" / "sct" / "sub-sct" / "anat"
+            d.mkdir(parents=True)
+            shutil.copy(out / "sub-sct/anat/sub-sct_T2w_from-PAM50_to-T2w_mode-image_xfm.nii.gz",
+                        d / "warp_template2anat.nii.gz")
+        else:
+            d = bids / "derivatives" / "sct" / "sub-sct" / "func"
+            d.mkdir(parents=True)
+            shutil.copy(res["xfm_itk"], d / res["xfm_itk"].name)
+        bold = bids / "sub-sct" / "func" / "sub-sct_task-rest_bold.nii.gz"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = preprocess.preprocess_run(bold, tmp_path / f"out-{case}", physio=False, figures=False)
+        status = r["qc_row"]["registration"]
+        assert ("given warp warp_template2anat.nii.gz" if case == "anat" else "given EPI -> PAM50 warp") in status
+        assert not (tmp_path / f"out-{case}" / "sub-sct" / "anat" / "sub-sct_T2w_desc-registration_qc.json").exists()
+        lab = np.asarray(nib.load(r["dseg"]).dataobj)
+        ann_ref = cord.load_reference_annotation(ANNOTATION, lab.shape) if ann_ref is None else ann_ref
+        assert ((lab > 0) & ann_ref).sum() >= 0.8 * (lab > 0).sum(), case
