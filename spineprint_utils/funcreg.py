@@ -78,7 +78,7 @@ class CordAlignment:
 
 def _centroids(mask, affine):
     """World centroid (Z, 3) of each slice of a (X, Y, Z) mask; NaN where empty."""
-    X, Y, Z = mask.shape
+    Z = mask.shape[2]
     out = np.full((Z, 3), np.nan)
     for k in range(Z):
         ij = np.argwhere(mask[:, :, k])
@@ -126,7 +126,12 @@ def align_func_to_anat_cord(epi_cord, epi_affine, anat_cord_img, *, fallback_tar
     -------
     CordAlignment
     """
-    from .registration import AffineTransform, DisplacementField, _as_img, apply_transforms
+    from .registration import (
+        AffineTransform,
+        DisplacementField,
+        _as_img,
+        apply_transforms,
+    )
 
     epi_cord = np.asarray(epi_cord, bool)
     aff = np.asarray(epi_affine, dtype=np.float64)

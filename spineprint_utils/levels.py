@@ -29,8 +29,17 @@ import numpy as np
 
 from ._io import SpineprintError
 
-__all__ = ["find_vertebral_labels", "label_kind", "is_point_labels", "label_points", "level_centres", "levels_on_anat",
-           "plot_levels_sagittal", "vertebral_profile", "z_from_t2_profile"]
+__all__ = [
+    "find_vertebral_labels",
+    "is_point_labels",
+    "label_kind",
+    "label_points",
+    "level_centres",
+    "levels_on_anat",
+    "plot_levels_sagittal",
+    "vertebral_profile",
+    "z_from_t2_profile",
+]
 
 _PATTERNS = (
     ("discs", ("_labels-disc*.nii*", "_label-disc*.nii*")),

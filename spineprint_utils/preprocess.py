@@ -55,10 +55,18 @@ Outputs (``<prefix>`` = raw name without ``_bold.nii.gz``), under
 - native-space runs only: ``<prefix>_desc-b0_fieldmap.nii.gz`` (estimated field, Hz),
   ``<prefix>_atlas-PAM50horns_dseg.nii.gz``/``.tsv`` (regions on the run's grid, used by
   the connectivity step), ``<prefix>_from-PAM50_to-bold_xfm.npz`` (transform chain,
-  :func:`spineprint_utils.registration.load_transforms`),
-  ``figures/<prefix>_desc-native_qc.png``; and per T2w image, under ``anat/``,
-  ``<T2w>_from-T2w_to-PAM50_xfm.npz``, ``<T2w>_from-PAM50_to-T2w_xfm.npz`` and
-  ``<T2w>_desc-registration_qc.json`` (reused by the participant's other runs)
+  :func:`spineprint_utils.registration.load_transforms`) and the same chain as an ITK/ANTs
+  displacement field ``<prefix>_from-PAM50_to-bold_mode-image_xfm.nii.gz``, the cord-driven
+  func -> T2w transform ``<prefix>_from-T2w_to-bold_mode-image_xfm.nii.gz``
+  (:mod:`spineprint_utils.xfm`), ``figures/<prefix>_desc-native_qc.png`` and
+  ``figures/<prefix>_desc-funcanat_qc.png`` (EPI cord, T2w cord on the EPI, horn regions);
+  and per T2w image, under ``anat/``, ``<T2w>_from-T2w_to-PAM50_xfm.npz``,
+  ``<T2w>_from-PAM50_to-T2w_xfm.npz``, their ITK copies ``<T2w>_from-*_to-*_mode-image_xfm.nii.gz``
+  and ``<T2w>_desc-registration_qc.json`` (reused by the participant's other runs; records the
+  vertebral labels used, :func:`spineprint_utils.levels.find_vertebral_labels`, and the PAM50
+  level centres), plus ``figures/<T2w>_desc-levels_qc.png``. User-provided warps (SCT's
+  ``warp_template2anat.nii.gz``, an EPI -> PAM50 field) replace the registrations
+  (:func:`spineprint_utils.xfm.find_given_anat_warp`, :func:`~spineprint_utils.xfm.find_given_epi_warp`)
 
 and dataset-level ``dataset_description.json`` and ``qc.tsv``. If a run fails,
 every file it wrote is removed: no partial derivative is left behind.

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ._io import SpineprintError
 
-__all__ = ["sct_data_dir", "sct_bids"]
+__all__ = ["sct_bids", "sct_data_dir"]
 
 _FILES = {
     "bold": "fmri/fmri.nii.gz",
