@@ -63,7 +63,9 @@ from ._io import (
     bids_entities,
     check_label,
     load_nifti,
+    verify_nifti,
 )
+from ._outputs import guarded_output
 from .fingerprint import split_half  # first/second half of a run: the within-session design
 
 __all__ = [
@@ -108,6 +110,7 @@ def _as_image(img, what):
         path = Path(img)
         if not path.is_file():
             raise SpineprintError(f"{path}: {what} not found")
+        verify_nifti(path)  # the gzip CRC: a damaged file is an error, never wrong values
         try:
             return nib.load(str(path)), str(path)
         except Exception as exc:  # noqa: BLE001 - nibabel raises many types
@@ -484,6 +487,8 @@ def _grid_key(img):
     return (tuple(int(s) for s in img.shape[:3]), tuple(np.round(np.asarray(img.affine), 4).ravel().tolist()))
 
 
+@guarded_output(lambda a: a["output_dir"] if a["output_dir"] is not None else a["deriv_dir"],
+                option="the connectivity output folder (--output-dir, default DERIV_DIR)")
 def connectivity_dataset(
     deriv_dir,
     kind: str = "correlation",
@@ -561,6 +566,7 @@ def connectivity_dataset(
     grids = {}
     run_labels = {}  # run path -> (labels image, regions table, sha256) for runs with native-space regions
     for p in runs:
+        verify_nifti(p)  # the gzip CRC: a damaged run is an error naming it, never wrong values
         try:
             hdr_img = nib.load(str(p))
         except Exception as exc:  # noqa: BLE001
