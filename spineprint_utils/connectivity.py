@@ -462,6 +462,27 @@ def _common_regions(table, labels_by_grid, run_labels, segs, hs):
     return new_table, new_grids, new_runs
 
 
+def _check_regions_in_cord(grids, run_labels, labels_by_grid):
+    """:func:`spineprint_utils.cord.check_regions_in_cord` on every run with a preprocessing
+    cord mask (``<prefix>_desc-cord_mask.nii.gz`` beside the run) on the run's grid."""
+    import nibabel as nib
+
+    from . import cord as cord_mod
+
+    checks = []
+    for key, members in grids.items():
+        for p, img in members:
+            cm_path = p.parent / f"{_prefix(p)}_desc-cord_mask.nii.gz"
+            if not cm_path.is_file():
+                continue
+            cm_img = nib.load(str(cm_path))
+            if cm_img.shape[:3] != img.shape[:3] or not np.allclose(cm_img.affine, img.affine, atol=1e-3):
+                continue
+            lab = run_labels[p][0] if p in run_labels else labels_by_grid[key]
+            checks.append((p.name, np.asarray(lab.dataobj), np.asarray(cm_img.dataobj) > 0))
+    return cord_mod.check_regions_in_cord(checks)
+
+
 def _grid_key(img):
     return (tuple(int(s) for s in img.shape[:3]), tuple(np.round(np.asarray(img.affine), 4).ravel().tolist()))
 
@@ -593,6 +614,9 @@ def connectivity_dataset(
     if len(grids) == 1 and labels_by_grid:
         atomic_save_nifti(next(iter(labels_by_grid.values())), group_dir / f"atlas-{ATLAS_NAME}_dseg.nii.gz")
     atomic_write_text(group_dir / f"atlas-{ATLAS_NAME}_dseg.tsv", table.to_csv(sep="\t", index=False, lineterminator="\n"))
+
+    # ---- the regions must lie in each run's cord (issue 14): refuse runs whose do not, naming them
+    _check_regions_in_cord(grids, run_labels, labels_by_grid)
 
     # ---- per-run time series (kind independent)
     stem = _stem(kind)
