@@ -30,7 +30,7 @@ import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from spineprint_utils import preprocess, simulate
-from spineprint_utils._io import atomic_write_text, recorded_warnings
+from spineprint_utils._io import recorded_warnings
 from spineprint_utils.parallel import parallel_map
 
 distributed = pytest.importorskip("dask.distributed")
@@ -185,26 +185,3 @@ def test_serial_jobs_and_dask_identical_under_cpu_load(study, cluster, tmp_path,
         differ = [f for f in ref if got[f] != ref[f]]
         assert not differ, f"{name} derivatives differ from the serial run under load: {differ}"
 
-
-def test_registration_record_holds_no_wall_time(tmp_path, monkeypatch):
-    """The cached T2w -> PAM50 registration record is a derivative: no timings in it."""
-    from types import SimpleNamespace
-
-    from spineprint_utils import registration
-
-    root = tmp_path / "bids"
-    anat = root / "sub-01" / "anat"
-    anat.mkdir(parents=True)
-    t2w, seg = anat / "sub-01_T2w.nii.gz", tmp_path / "seg.nii.gz"
-    t2w.write_bytes(b"t2w")
-    seg.write_bytes(b"seg")
-    records = []
-    for seconds in (1.0, 2.5):
-        fake = SimpleNamespace(to_native=[], to_template=[], dice=0.9, dice_affine=0.8, z_method="labels",
-                               z_offset=0.0, z_scale=1.0, notes=[], timings={"total": seconds})
-        monkeypatch.setattr(registration, "register_to_template", lambda *a, **k: fake)
-        monkeypatch.setattr(registration, "save_transforms", lambda path, chain: atomic_write_text(path, "x"))
-        out = tmp_path / f"out{seconds}"
-        preprocess._anat_registration(t2w, seg, out, root, [])
-        records.append((out / "sub-01" / "anat" / "sub-01_T2w_desc-registration_qc.json").read_bytes())
-    assert records[0] == records[1] and b"timings" not in records[0]
