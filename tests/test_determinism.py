@@ -73,30 +73,6 @@ def test_items_run_with_pinned_numerical_threads(cluster):
         assert {n for info in threadpool_info() if info["user_api"] == "blas" for n in [info["num_threads"]]} == {2}
 
 
-def test_pinning_holds_until_the_last_concurrent_item_ends():
-    """Thread limits are process-wide: one thread finishing its item must not lift them
-    while another thread's item (a Dask worker with several threads) still runs."""
-    from spineprint_utils.parallel import pinned_threads
-
-    release, seen = threading.Event(), []
-
-    def item():
-        with pinned_threads():
-            release.wait(timeout=60)
-            seen.append(_blas_threads(None))
-
-    with threadpool_limits(limits=2):
-        other = threading.Thread(target=item)
-        other.start()
-        time.sleep(0.2)
-        with pinned_threads():
-            seen.append(_blas_threads(None))
-        release.set()
-        other.join()
-        assert seen == [[1], [1]]
-        assert _blas_threads(None) == [2]
-
-
 def test_blas_results_identical_on_every_backend(cluster):
     """Without pinning, the serial result (2 BLAS threads here) differs from the Dask one (1 thread)."""
     with threadpool_limits(limits=2):
