@@ -94,10 +94,17 @@ __all__ = [
     "run_masks",
     "estimation_mask",
     "tsnr",
+    "anatomy_fit",
+    "ATLAS_FIT_MIN",
     "register_cli",
 ]
 
-#: default parameters of :func:`preprocess_run` (the notebook's parameters)
+#: default parameters of :func:`preprocess_run` (the notebook's parameters), from the literature, not
+#: tuned to the simulator: RETROICOR 4/4/(2x2), the usual spinal setting (e.g. Kaptan et al. 2023; FSL
+#: ``pnm_evs --oc=4 --or=4 --multc=2 --multr=2``); spike regressors above Power et al.'s (2012) FD of
+#: 0.5 mm; SCT's polynomial z-regularisation of the slice-wise motion (De Leener et al. 2017); confounds
+#: band-passed with the data before regression (Lindquist et al. 2019). Chapter 02 shows the sensitivity
+#: of the results to the physiological-model order and to the order of filter and regression.
 RUN_DEFAULTS = {
     "motion": True,
     "motion_regularize": motion.REGULARIZE_DEFAULT,
@@ -210,7 +217,18 @@ def run_outputs(bold_path, output_dir) -> dict:
 def tsnr(data, axis=-1) -> np.ndarray:
     """Temporal SNR: temporal mean / temporal standard deviation (0 where SD is 0).
 
-    As ``sct_fmri_compute_tsnr`` (De Leener et al. 2017), without detrending.
+    As ``sct_fmri_compute_tsnr`` (De Leener et al. 2017): no detrending, and the
+    sample standard deviation (``ddof=1``, divisor ``T - 1``).
+
+    Parameters
+    ----------
+    data : ndarray, (..., T)
+    axis : int
+        Time axis.
+
+    Returns
+    -------
+    ndarray, float32, ``data.shape`` without the time axis
     """
     data = np.asarray(data)
     if axis not in (-1, data.ndim - 1):
@@ -221,7 +239,7 @@ def tsnr(data, axis=-1) -> np.ndarray:
     for a in range(0, flat.shape[0], step):
         block = np.asarray(flat[a:a + step], dtype=np.float64)
         mean = block.mean(axis=1)
-        sd = block.std(axis=1)
+        sd = block.std(axis=1, ddof=1) if block.shape[1] > 1 else np.zeros(block.shape[0])
         with np.errstate(divide="ignore", invalid="ignore"):
             out[a:a + step] = np.where(sd > 0, mean / sd, 0.0)
     return out.reshape(data.shape[:-1])
@@ -239,34 +257,107 @@ def _tissue_maps_cached(affine_bytes: bytes, shape: tuple, source: str):
     return atlas.tissue_maps(affine, shape, source=source)
 
 
-def _atlas_source(bold_path: Path, meta: dict) -> str | None:
-    """Anatomy source for :func:`spineprint_utils.atlas.tissue_maps` if the run is in
-    PAM50 space, else None.
+#: smallest correlation ratio (eta^2) of the mean image over the atlas classes cord / CSF / surrounding tissue
+#: for a run to count as lying in the atlas space. Measured on 30-volume simulations: 0.81-0.84 with the anatomy
+#: the run was simulated with (PAM50 or phantom), 0.35-0.56 with the other one, 0.08-0.40 on native-space
+#: simulations, 0 on the real SCT run (scanner coordinates; tests/test_preprocess.py)
+ATLAS_FIT_MIN = 0.65
 
-    A run is in PAM50 space if its name carries ``space-PAM50``, its sidecar or
-    ``dataset_description.json`` says so (``SpatialReference``/``Space`` mentioning
-    PAM50) -> ``"auto"``; or it is a spineprint simulation
-    (``derivatives/groundtruth/params.json`` with ``"space": "PAM50"``) -> the
-    anatomy it was simulated with (``"pam50"`` or ``"phantom"``).
+
+def anatomy_fit(mean_img, cord, csf, ring: int = 3) -> float:
+    """How well a cord/CSF segmentation explains the contrast of a mean EPI image.
+
+    The correlation ratio ``eta^2 = SS_between / SS_total`` (Pearson 1903; the
+    fraction of the intensity variance explained by the class means) of the mean
+    image over three classes, cord, CSF and the tissue of a *ring*-voxel in-plane
+    shell around them, pooled over the slices where the cord is present. On
+    T2*-weighted EPI the CSF is bright and the cord darker, so a segmentation that
+    lies on the image's anatomy scores high and a displaced or wrong one near 0.
+
+    Parameters
+    ----------
+    mean_img : ndarray, (X, Y, Z)
+    cord, csf : ndarray, (X, Y, Z) bool
+    ring : int
+        Width (voxels) of the surrounding-tissue shell.
+
+    Returns
+    -------
+    float in [0, 1] (0 when the masks are empty)
     """
-    root = _bids_root(bold_path)
-    if root is not None and (root / "derivatives" / "groundtruth" / "params.json").is_file():
-        with contextlib.suppress(SpineprintError):
-            info = read_json(root / "derivatives" / "groundtruth" / "params.json")
-            if str(info.get("space", "")) == "PAM50":
-                return str(info.get("params", {}).get("anatomy", "auto"))
+    mean_img = np.asarray(mean_img, dtype=np.float64)
+    cord = np.asarray(cord, bool)
+    csf = np.asarray(csf, bool) & ~cord
+    canal = cord | csf
+    if not cord.any() or not csf.any():
+        return 0.0
+    shell = ndimage.binary_dilation(canal, structure=np.ones((3, 3, 1), bool), iterations=int(ring)) & ~canal
+    keep = cord.any(axis=(0, 1))
+    cls = [m & keep[None, None, :] for m in (cord, csf, shell)]
+    vals = [mean_img[m] for m in cls if m.any()]
+    if len(vals) < 2:
+        return 0.0
+    allv = np.concatenate(vals)
+    ss_tot = float(np.sum((allv - allv.mean()) ** 2))
+    if ss_tot <= 0:
+        return 0.0
+    ss_between = float(sum(v.size * (v.mean() - allv.mean()) ** 2 for v in vals))
+    return ss_between / ss_tot
+
+
+def _declared_pam50(bold_path: Path, meta: dict) -> bool:
+    """The run says it is in PAM50 space: ``space-PAM50`` in its name, or ``SpatialReference``/``Space``
+    mentioning PAM50 in its sidecar or in ``dataset_description.json``."""
     if "space-PAM50" in bold_path.name:
-        return "auto"
+        return True
     for key in ("SpatialReference", "Space", "space"):
         if "pam50" in str(meta.get(key, "")).lower():
-            return "auto"
+            return True
+    root = _bids_root(bold_path)
     if root is not None and (root / "dataset_description.json").is_file():
         with contextlib.suppress(SpineprintError):
             desc = read_json(root / "dataset_description.json")
             for key in ("SpatialReference", "Space"):
                 if "pam50" in str(desc.get(key, "")).lower():
-                    return "auto"
-    return None
+                    return True
+    return False
+
+
+def _atlas_source(bold_path: Path, meta: dict, img=None, mean_img=None) -> str | None:
+    """Anatomy source for :func:`spineprint_utils.atlas.tissue_maps` if the run is in
+    PAM50 space, else None. Decided from the run itself, never from a simulation's
+    ground truth:
+
+    1. declared: ``space-PAM50`` in the name, or ``SpatialReference``/``Space``
+       naming PAM50 in the sidecar or ``dataset_description.json`` -> ``"auto"``;
+    2. otherwise, when the image (*img*, *mean_img*) is given: the image's grid, read
+       as PAM50 coordinates, puts the atlas cord on the image's anatomy. Each
+       available anatomy (the real PAM50, then the analytic phantom of
+       :mod:`spineprint_utils.atlas`) is tried on the image's affine and scored by
+       :func:`anatomy_fit`; the best one is used if it scores at least
+       :data:`ATLAS_FIT_MIN`.
+    """
+    if _declared_pam50(bold_path, meta):
+        return "auto"
+    if img is None or mean_img is None:
+        return None
+    from . import atlas
+
+    kinds = ["phantom"]
+    if atlas.pam50_source("auto")[0] == "pam50":
+        kinds.insert(0, "pam50")
+    scores = {}
+    aff = np.asarray(img.affine, dtype=np.float64)
+    for kind in kinds:
+        try:
+            maps = _tissue_maps_cached(aff.tobytes(), tuple(mean_img.shape[:3]), kind)
+        except SpineprintError:
+            continue
+        scores[kind] = anatomy_fit(mean_img, maps["cord"] >= 0.5, maps["csf"] >= 0.5)
+    if not scores:
+        return None
+    best = max(scores, key=scores.get)
+    return best if scores[best] >= ATLAS_FIT_MIN else None
 
 
 def _load_mask(path, shape, what, affine=None):
@@ -287,7 +378,7 @@ def _masks(bold_path, meta, img, mean_img, mask_img, csf_mask_img, anatomy):
     if cord is None or csf is None:
         if anatomy not in ("auto", "atlas", "image", "disk"):
             raise SpineprintError(f"anatomy must be 'auto', 'atlas', 'image' or 'disk', got {anatomy!r}")
-        src = _atlas_source(bold_path, meta) if anatomy not in ("image", "disk") else None
+        src = _atlas_source(bold_path, meta, img, mean_img) if anatomy not in ("image", "disk") else None
         if anatomy == "atlas" and src is None:
             src = "auto"
         if src is not None:
@@ -738,9 +829,10 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         Regress the slice-wise motion parameters.
     high_pass, low_pass : float or None
         Band-pass cut-offs (Hz).
-    strategy : {"sequential", "simultaneous"}
-        Regression then band-pass, or both at once (see
-        :func:`spineprint_utils.denoise.slicewise_regression`).
+    strategy : {"simultaneous", "sequential"}
+        Band-pass of data and regressors then regression (default, Lindquist et al.
+        2019), or regression then band-pass (re-introduces nuisance signal; for
+        comparison only); see :func:`spineprint_utils.denoise.slicewise_regression`.
     mask_img, csf_mask_img : path-like, optional
         Cord and CSF masks on the BOLD grid.
     anatomy : {"auto", "atlas", "image", "disk"}
@@ -848,7 +940,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
             reg_status = "not needed: masks given"
         elif anatomy in ("image", "disk"):
             reg_status = f"not needed: anatomy={anatomy!r}"
-        elif anatomy == "atlas" or _atlas_source(bold_path, meta) is not None:
+        elif anatomy == "atlas" or _atlas_source(bold_path, meta, img, mean_raw) is not None:
             reg_status = "not needed: run in PAM50 space"
         else:
             native, reg_status = _registration_step(bold_path, img, mean_raw, Path(output_dir), notes)
@@ -888,9 +980,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     slice_design = np.concatenate([motion_design, phys_design], axis=2)
     shared = np.hstack([csf_comps, spikes])
     n_reg = slice_design.shape[2] + shared.shape[1]
-    dof = denoise.effective_dof(T, tr, hp, lp, n_reg if strategy == "simultaneous" else 0)
-    if strategy == "sequential":
-        dof = min(dof, T - 2.0 - n_reg)
+    dof = denoise.effective_dof(T, n_reg, t_r=tr, high_pass=hp, low_pass=lp)
     if dof < max(10.0, 0.1 * T):
         msg = (f"{bold_path.name}: only {dof:.0f} degrees of freedom left after the band-pass and {n_reg} "
                f"regressors ({T} volumes): the cleaned signal is unreliable; use fewer regressors or a longer run")
