@@ -63,6 +63,7 @@ BIDSIGNORE = """\
 *_relmat.tsv
 *_relmat.json
 *_desc-qc_metrics.json
+*_desc-registration_qc.json
 **/figures
 group
 *.html
@@ -148,29 +149,37 @@ def run_outputs(bold_path, output_dir) -> dict:
         "dseg": folder / f"{p}_atlas-{ATLAS_NAME}_dseg.nii.gz",
         "dseg_tsv": folder / f"{p}_atlas-{ATLAS_NAME}_dseg.tsv",
         "dseg_json": folder / f"{p}_atlas-{ATLAS_NAME}_dseg.json",
-        "xfm": folder / f"{p}_from-PAM50_to-bold_mode-image_xfm.npz",
+        "xfm": folder / f"{p}_from-PAM50_to-bold_xfm.npz",
+        "xfm_itk": folder / f"{p}_from-PAM50_to-bold_mode-image_xfm.nii.gz",
+        "xfm_f2a_itk": folder / f"{p}_from-T2w_to-bold_mode-image_xfm.nii.gz",
+        "fig_funcanat": fig / f"{p}_desc-funcanat_qc.png",
         "qc": folder / f"{p}_desc-qc_metrics.json",
     }
 
 
-def anat_outputs(t2w_path, output_dir, ext: str = "npz") -> dict:
+def anat_outputs(t2w_path, output_dir) -> dict:
     """Paths of the per-T2w registration outputs (reused by the participant's runs).
 
-    ``<sub>_[ses]_[acq]_[run]_from-T2w_to-PAM50_mode-image_xfm.<ext>``, the inverse
-    ``from-PAM50_to-T2w``, and ``..._from-T2w_to-PAM50_mode-image_xfm.json`` (the
-    registration's metadata and QC, the transform's sidecar).
+    ``<T2w>_from-T2w_to-PAM50_mode-image_xfm.nii.gz`` and the inverse
+    ``<T2w>_from-PAM50_to-T2w_mode-image_xfm.nii.gz`` (ITK/ANTs displacement fields,
+    :mod:`spineprint_utils.xfm`), the package's own chain files ``<T2w>_from-*_to-*_xfm.npz``,
+    the registration record ``<T2w>_desc-registration_qc.json`` and the levels figure
+    ``sub-<s>/figures/<T2w>_desc-levels_qc.png`` (``<T2w>`` = the T2w file name without
+    extension).
     """
     t2w_path = Path(t2w_path)
     output_dir = Path(output_dir)
     root = bids_root(t2w_path)
     folder = output_dir / t2w_path.parent.relative_to(root) if root is not None else output_dir
     stem = t2w_path.name.split(".nii")[0]
-    if stem.endswith("_T2w"):
-        stem = stem[: -len("_T2w")]
+    ents = bids_entities(stem)
     return {
-        "to_template": folder / f"{stem}_from-T2w_to-PAM50_mode-image_xfm.{ext}",
-        "to_native": folder / f"{stem}_from-PAM50_to-T2w_mode-image_xfm.{ext}",
-        "info": folder / f"{stem}_from-T2w_to-PAM50_mode-image_xfm.json",
+        "to_template": folder / f"{stem}_from-T2w_to-PAM50_xfm.npz",
+        "to_native": folder / f"{stem}_from-PAM50_to-T2w_xfm.npz",
+        "to_template_itk": folder / f"{stem}_from-T2w_to-PAM50_mode-image_xfm.nii.gz",
+        "to_native_itk": folder / f"{stem}_from-PAM50_to-T2w_mode-image_xfm.nii.gz",
+        "info": folder / f"{stem}_desc-registration_qc.json",
+        "fig_levels": _subject_folder(output_dir, ents) / "figures" / f"{stem}_desc-levels_qc.png",
     }
 
 

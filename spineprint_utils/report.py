@@ -178,8 +178,12 @@ def run_verdicts(row: dict, confounds: pd.DataFrame | None = None) -> list[dict]
         thr = _threshold_text("registration_dice")
     else:
         verdict, metric, thr = "not applied", "registration to PAM50: " + html.escape(reg or "not recorded"), ""
+    if row.get("func_t2w_cord_dice") is not None:
+        metric += f"; func -> T2w cord Dice {_num(row.get('func_t2w_cord_dice'), '{:.3f}')}"
+    if row.get("regions_in_cord_pct") is not None:
+        metric += f"; horn regions in the cord {_num(row.get('regions_in_cord_pct'), '{:.0f}')} %"
     out.append({"step": "Distortion correction, func -> T2w -> PAM50 (regions coloured by level)",
-                "figure": "fig_native", "metric": metric + "<br>distortion correction: " + html.escape(dist),
+                "figure": ("fig_native", "fig_funcanat"), "metric": metric + "<br>distortion correction: " + html.escape(dist),
                 "verdict": verdict, "threshold": thr, "note": ""})
     fd = row.get("mean_fd_mm")
     n_out = int(row.get("n_spikes") or 0)
@@ -295,6 +299,11 @@ def participant_report(deriv_dir, subject: str) -> Path:
              f"<p>spineprint {html.escape(__version__)}; {len(runs)} run(s). Each step shows its figure, its "
              "metric and a verdict from the stated threshold; <b>not applied</b> means the step was skipped "
              "(reason given).</p>"]
+    levels = sorted((deriv_dir / f"sub-{subject}" / "figures").glob("*_desc-levels_qc.png"))
+    if levels:  # anatomy of the participant (T2w -> PAM50 levels; preprocessing, native-space runs)
+        parts.append("<h2>Anatomy: vertebral levels on the T2w</h2>" + "".join(
+            f'<div class="reportlet"><h3>{html.escape(p.name)}</h3><img src="{html.escape(p.relative_to(deriv_dir).as_posix())}" '
+            f'alt="levels" loading="lazy"></div>' for p in levels))
     for row, marker in runs:
         conf = _confounds_of(marker)
         figs = _figure_paths(deriv_dir, marker)
@@ -302,12 +311,11 @@ def participant_report(deriv_dir, subject: str) -> Path:
         overall = _worst(*[v["verdict"] for v in verdicts])
         parts.append(f'<h2 id="{html.escape(row["run"])}">{html.escape(row["run"])} {_badge(overall)}</h2>')
         for v in verdicts:
-            img = ""
-            fig = figs.get(v["figure"]) if v["figure"] else None
-            if fig is not None and fig.is_file():
-                rel = fig.relative_to(deriv_dir).as_posix()
-                img = f'<img src="{html.escape(rel)}" alt="{html.escape(v["step"])}" loading="lazy">'
-            elif v["verdict"] != "not applied" and v["figure"]:
+            keys = v["figure"] if isinstance(v["figure"], tuple) else (v["figure"],)
+            found = [figs[k] for k in keys if k and k in figs and figs[k].is_file()]
+            img = "".join(f'<img src="{html.escape(f.relative_to(deriv_dir).as_posix())}" '
+                          f'alt="{html.escape(v["step"])}" loading="lazy">' for f in found)
+            if not found and v["verdict"] != "not applied" and v["figure"]:
                 img = "<p><i>no figure (preprocessing ran with figures=False)</i></p>"
             thr = f'<div class="threshold">threshold: {v["threshold"]}</div>' if v["threshold"] else ""
             note = f'<div class="threshold">{v["note"]}</div>' if v["note"] else ""

