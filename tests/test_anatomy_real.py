@@ -60,7 +60,7 @@ def test_horn_regions_lie_in_the_cord(real):
     # every horn of the covered segments is there, and each lies mostly in the annotated cord
     tab = pd.read_csv(res["dseg_tsv"], sep="\t")
     for _, r in tab.iterrows():
-        m = lab == r["label"]
+        m = lab == r["index"]  # BIDS dseg look-up table
         assert (m & ann).sum() >= 0.6 * m.sum(), r["name"]
     # the run's own cord mask is the cord found on the EPI, not the atlas
     cm = np.asarray(nib.load(res["cord_mask"]).dataobj) > 0

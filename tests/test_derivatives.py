@@ -228,7 +228,8 @@ def test_report_in_browser(study, browser):
         # masks, motion, physio, tSNR, carpet, confound correlations (+ native overlays) per run
         per_run = 7 if name.startswith("native") else 6
         assert len(imgs) >= per_run * n_runs, len(imgs)
-        assert tab.locator(".reportlet").count() == 8 * n_runs
+        n_levels = len(list(deriv.glob("sub-01/figures/*_desc-levels_qc.png")))  # anatomy (native studies)
+        assert tab.locator(".reportlet").count() == 8 * n_runs + n_levels
         assert tab.locator(".reportlet .badge").count() == 8 * n_runs
         text = tab.locator("body").inner_text()
         assert "Traceback" not in text and "Error" not in text and "nan" not in text.split()
