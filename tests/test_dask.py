@@ -33,7 +33,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("dask") / "bids"
-    simulate.simulate_dataset(path, n_subjects=2, n_sessions=1, n_volumes=40)
+    simulate.simulate_dataset(path, n_subjects=2, n_sessions=1, n_volumes=60)  # 40 leave no dof for the default cleaning
     return path
 
 
