@@ -620,15 +620,17 @@ def connectivity_dataset(
             run_ts_params = {**ts_params, "source_sha256": _sha256(p)}  # stale if the run was re-preprocessed
             if p in run_labels:
                 run_ts_params["labels_sha256"] = run_labels[p][2]
-            if not overwrite and _sidecar_matches(ts_path, run_ts_params):
-                ts = _read_ts_tsv(ts_path, regions)
-            else:
-                ts = region_timeseries(img, run_labels[p][0] if p in run_labels else labels_by_grid[key])
-                df = pd.DataFrame(ts, columns=regions)
-                atomic_write_text(ts_path, df.to_csv(sep="\t", index=False, float_format="%.10g", lineterminator="\n"))
-                atomic_write_json(ts_path.with_suffix(".json"), {"Sources": [p.name], "Parameters": run_ts_params,
-                                                                 "Description": "mean BOLD of each region"})
             try:
+                if not overwrite and _sidecar_matches(ts_path, run_ts_params):
+                    ts = _read_ts_tsv(ts_path, regions)
+                else:
+                    ts = region_timeseries(img, run_labels[p][0] if p in run_labels else labels_by_grid[key])
+                    _check_ts(ts, str(ts_path))  # before writing: a bad run leaves nothing behind
+                    df = pd.DataFrame(ts, columns=regions)
+                    atomic_write_text(ts_path, df.to_csv(sep="\t", index=False, float_format="%.10g",
+                                                         lineterminator="\n"))
+                    atomic_write_json(ts_path.with_suffix(".json"), {"Sources": [p.name], "Parameters": run_ts_params,
+                                                                     "Description": "mean BOLD of each region"})
                 _check_ts(ts, str(ts_path))
                 if ts.shape[0] < 6:
                     raise SpineprintError(f"{ts.shape[0]} volumes are too few to split in halves")

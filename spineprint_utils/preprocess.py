@@ -390,9 +390,8 @@ def _read_meta(bold_path: Path, repetition_time, slice_timing):
     if tr is None:
         where = "sidecar found" if own.is_file() else "sidecar not found"
         others = [s.name for s in sources if s != own]
-        if others:
-            where += f"; inherited sidecar(s) {', '.join(others)} lack it too"
-        raise SpineprintError(f"{own}: RepetitionTime missing ({where}); "
+        also = f"; nor in the inherited {', '.join(others)}" if others else ""
+        raise SpineprintError(f"{own}: RepetitionTime missing ({where}){also}; "
                               "it is required for filtering and the physiological model")
     try:
         tr = float(tr)

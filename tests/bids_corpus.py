@@ -20,6 +20,7 @@ volume, laid out as the real sidecars' ``Columns`` say).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -47,6 +48,7 @@ def _copy_text(src_root: Path, dst_root: Path, rel: str) -> Path:
     return dst
 
 
+@functools.lru_cache(maxsize=8)
 def _grid(n_slices: int, thickness: float, inplane=(1.5, 1.5), fov=(24.0, 21.0)):
     """A PAM50-space axial grid centred on the cord at C5, ``n_slices`` x ``thickness`` mm."""
     from spineprint_utils import atlas
@@ -107,8 +109,13 @@ def _physio_tables(n_volumes: float, tr: float, fs: float, lead_s: float, seed: 
 
 
 def _write_tsv_gz(path: Path, columns):
-    text = "\n".join("\t".join(f"{v:.5g}" for v in row) for row in zip(*columns)) + "\n"
-    with gzip.GzipFile(path, "wb", mtime=0) as fh:
+    import pandas as pd
+
+    # integer samples, as the Siemens PMU writes them (a.u.; trigger 0/1)
+    ints = np.column_stack([np.rint(np.asarray(c) * (1 if np.ptp(c) <= 1 and set(np.unique(c)) <= {0, 1} else 1000))
+                            for c in columns]).astype(np.int64)
+    text = pd.DataFrame(ints).to_csv(sep="\t", header=False, index=False)
+    with gzip.GzipFile(path, "wb", mtime=0, compresslevel=1) as fh:
         fh.write(text.encode())
 
 
