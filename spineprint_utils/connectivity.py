@@ -61,7 +61,6 @@ from ._io import (
     atomic_save_npz,
     atomic_write_json,
     atomic_write_text,
-    bids_entities,
     check_label,
     load_nifti,
 )

@@ -81,7 +81,7 @@ from scipy import ndimage
 from . import __version__, denoise, motion
 from . import motion as motion_mod
 from ._io import (SpineprintError, atomic_save_nifti, atomic_write_json, atomic_write_text, bids_entities,
-                  check_label, load_nifti, read_json)
+                  load_nifti, read_json)
 from . import layout
 from .parallel import parallel_map
 
@@ -92,6 +92,7 @@ __all__ = [
     "find_preprocessed_runs",
     "run_prefix",
     "run_outputs",
+    "run_metadata",
     "preprocess_run",
     "preprocess_dataset",
     "load_qc_table",
@@ -430,6 +431,21 @@ def _read_meta(bold_path: Path, repetition_time, slice_timing):
             vals = vals[::-1]
         st = vals.tolist()
     return meta, tr, st, sidecar
+
+
+def run_metadata(bold_path) -> dict:
+    """A run's metadata as preprocessing reads it: the sidecars merged by the BIDS inheritance
+    principle (``meta``), the checked ``tr`` (s), the ``slice_timing`` in image slice order
+    (``SliceEncodingDirection`` applied; None when absent) and the ``sidecar`` that gave the TR.
+
+    Raises
+    ------
+    SpineprintError
+        Missing or millisecond-looking ``RepetitionTime``, slices not along k, bad JSON (named).
+    """
+    meta, tr, st, sidecar = _read_meta(Path(bold_path), None, None)
+    return {"meta": meta, "tr": tr, "slice_timing": None if st is None else np.asarray(st, float),
+            "sidecar": sidecar}
 
 
 def _check_header_tr(img, tr, bold_path, sidecar, notes):

@@ -5,7 +5,6 @@ through preprocess -> connectivity -> fingerprint designs, and every case of the
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
@@ -231,3 +230,27 @@ def test_repetition_time_in_ms_names_field_and_file(corpus, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1
     assert f"{side}: RepetitionTime 2312 looks like milliseconds" in err
+
+
+@pytest.mark.parametrize("name, only, expected", [
+    ("ds004386", ["02", "03", "04"], "between-acquisition (acq-autozshim vs acq-manualzshim)"),
+    ("ds005883", ["04"], "designs: within-session (split half)\n"),
+])
+def test_book_chapters_on_real_layouts(corpus, tmp_path, name, only, expected):
+    """Chapters 2-4 executed by parameters alone on a no-session dataset (ds004386 layout), and
+    chapter 4 on a one-run-per-subject dataset (ds005883): the pairing comes from the dataset."""
+    import nbformat
+    import yaml
+
+    from spineprint_utils import build
+
+    bids = _copy(corpus[name], tmp_path / name)
+    params = {"all": {"bids_dir": str(bids)}, "02_preprocessing": {"native_demo": False, "n_jobs": 1},
+              "04_fingerprinting": {"n_permutations": 20, "n_bootstrap": 20}}
+    (tmp_path / "params.yml").write_text(yaml.safe_dump(params))
+    root = Path(__file__).resolve().parents[1]
+    staged = build.build_book(root, output=tmp_path / "out", params_file=tmp_path / "params.yml", only=only,
+                              html=False, progress=False)
+    nb = nbformat.read(staged / "notebooks" / "04_fingerprinting.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert expected in text, text
