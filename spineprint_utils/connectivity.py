@@ -77,6 +77,7 @@ __all__ = [
     "connectivity_dataset",
     "load_connectomes",
     "coupling_summary",
+    "region_image",
     "register_cli",
 ]
 
@@ -759,6 +760,34 @@ def load_connectomes(path) -> dict:
     out["entities"] = ent[list(_layout.RUN_ENTITIES)]
     out["failed"] = data["failed"].astype(str).tolist() if "failed" in data else []
     return out
+
+
+def region_image(connectomes_path) -> tuple[Path, Path]:
+    """The region label image (and its table) to show for a connectome file.
+
+    The group image ``group/atlas-PAM50horns_dseg.nii.gz`` when every run shares one grid
+    (runs in PAM50 space); else (native-space runs, each with its own regions written by
+    preprocessing) the first run's ``<prefix>_atlas-PAM50horns_dseg.nii.gz``.
+
+    Returns
+    -------
+    labels, table : Path
+        The image and the TSV naming its labels (the run's own table for a run's image).
+    """
+    path = Path(connectomes_path)
+    group = path.parent
+    table = group / f"atlas-{ATLAS_NAME}_dseg.tsv"
+    image = group / f"atlas-{ATLAS_NAME}_dseg.nii.gz"
+    if image.is_file():
+        return image, table
+    data = load_connectomes(path)
+    for rel in data.get("files", []):
+        run = group.parent / rel
+        own = run.parent / f"{_prefix(run)}_atlas-{ATLAS_NAME}_dseg.nii.gz"
+        own_table = run.parent / f"{_prefix(run)}_atlas-{ATLAS_NAME}_dseg.tsv"
+        if own.is_file():
+            return own, own_table if own_table.is_file() else table
+    raise SpineprintError(f"{path}: no region image (neither {image.name} nor a run's own regions)")
 
 
 # ------------------------------------------------------------------ summaries

@@ -192,7 +192,8 @@ def test_acquisition_reads_through_the_index(openneuro, tmp_path):
     shutil.copytree(openneuro / "ds004386", ds, ignore=shutil.ignore_patterns("sub-ZS0[1-4]*", "annexed_files.tsv"))
     _touch(ds / "sub-ZS001" / "func" / "._sub-ZS001_task-rest_acq-autozshim_bold.json", "\x00\x05junk")
     _json(ds / "derivatives" / "x" / "sub-ZS001" / "func" / "sub-ZS001_task-rest_acq-x_bold.json", {})
-    meta = acquisition.read_bids_metadata(ds)
+    with pytest.warns(acquisition.MetadataWarning, match="participants.tsv and subject folders"):
+        meta = acquisition.read_bids_metadata(ds)  # the copy keeps 9 of the 48 listed participants
     keys = [r.key for r in meta.runs]
     assert len(keys) == 2 * 9 and all("acq-" in k for k in keys)
     assert {r.entities["acq"] for r in meta.runs} == {"autozshim", "manualzshim"}
@@ -234,3 +235,36 @@ def test_header_tr_mismatch_reported(tmp_path):
     img.header.set_xyzt_units("mm", "msec")
     preprocess._check_header_tr(img, 2.312, Path("x_bold.nii.gz"), Path("x_bold.json"), notes)  # ms header: agrees
     assert len(notes) == 1
+
+
+def test_fieldmap_sidecars_inherit(openneuro, tmp_path):
+    """Real CoSpine fieldmap sidecars with TotalReadoutTime moved to a top-level acq-motorL_epi.json:
+    the pair still reads (inheritance), and without the top-level file the error names the sidecar."""
+    from spineprint_utils import distortion
+
+    src = openneuro / "ds005884" / "sub-02" / "fmap"
+    fmap = tmp_path / "sub-02" / "fmap"
+    trt = None
+    for d in ("AP", "PA"):
+        meta = json.loads((src / f"sub-02_acq-motorL_dir-{d}_epi.json").read_text())
+        trt = meta.pop("TotalReadoutTime")
+        _json(fmap / f"sub-02_acq-motorL_dir-{d}_epi.json", meta)
+        _nii(fmap / f"sub-02_acq-motorL_dir-{d}_epi.nii.gz")
+    _json(tmp_path / "acq-motorL_epi.json", {"TotalReadoutTime": trt})
+    pair = distortion.read_fieldmap_pair(fmap)
+    assert pair.total_readout_time == pytest.approx(trt)
+    os.remove(tmp_path / "acq-motorL_epi.json")
+    with pytest.raises(SpineprintError, match="sub-02_acq-motorL_dir-.._epi.json"):
+        distortion.read_fieldmap_pair(fmap)
+
+
+def test_bids_app_form_translates_to_the_sub_commands():
+    from spineprint_utils import cli
+
+    assert cli.bids_app_argv(["/d", "/o", "participant", "--participant-label", "01", "--n-jobs", "2"]) == [
+        "preprocess", "/d", "--out", "/o", "--participant-label", "01", "--n-jobs", "2"]
+    assert cli.bids_app_argv(["/d", "/o", "group", "--kind", "partial"]) == ["connectivity", "/o", "--kind", "partial"]
+    assert cli.bids_app_argv(["preprocess", "/d"]) is None
+    assert cli.bids_app_argv(["/d", "/o", "session"]) is None
+    with pytest.raises(SystemExit):  # an unknown level is an argparse error, not a crash
+        cli.main(["/d", "/o", "session"])
