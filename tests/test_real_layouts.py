@@ -233,8 +233,8 @@ def test_repetition_time_in_ms_names_field_and_file(corpus, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name, only, expected", [
-    ("ds004386", ["02", "03", "04"], "between-acquisition (acq-autozshim vs acq-manualzshim)"),
-    ("ds005883", ["04"], "designs: within-session (split half)\n"),
+    ("ds004386", ["02_", "03_", "04_"], "between-acquisition (acq-autozshim vs acq-manualzshim)"),
+    ("ds005883", ["04_"], "designs: within-session (split half)\n"),
 ])
 def test_book_chapters_on_real_layouts(corpus, tmp_path, name, only, expected):
     """Chapters 2-4 executed by parameters alone on a no-session dataset (ds004386 layout), and
