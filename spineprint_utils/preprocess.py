@@ -140,10 +140,11 @@ RUN_DEFAULTS = {
     "hr_rvt": False,
 }
 
-#: fewest degrees of freedom (volumes left after the band-pass, detrending and the planned
-#: nuisance regressors, :func:`spineprint_utils.denoise.effective_dof`) a run may keep; below it
-#: the run is refused before any computation (with fewer the regression fits the noise:
-#: Bright & Murphy 2015)
+#: fewest degrees of freedom the nuisance regression may keep (volumes minus the linear trend
+#: minus the planned regressors); at or below it the run is refused before any computation
+#: (the fit is then nearly exact and the "cleaned" run a constant; with few the regression
+#: fits the noise: Bright & Murphy 2015). The band-pass lowers the effective dof further
+#: (:func:`spineprint_utils.denoise.effective_dof`): that is warned about, not refused.
 MIN_DOF = 10
 
 #: native-space steps: part of the completion key only when changed from these defaults
@@ -1193,15 +1194,17 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     # ---- enough volumes for the requested cleaning? (checked before any computation)
     n_planned = ((2 if (params["motion"] and params["motion_regressors"]) else 0)
                  + (phys_regs.shape[2] if phys_regs is not None else 0) + int(params["n_csf_components"]))
-    dof_planned = denoise.effective_dof(T, tr, hp, lp, n_planned if strategy == "simultaneous" else 0)
-    if strategy == "sequential":
-        dof_planned = min(dof_planned, T - 2.0 - n_planned)
+    # the regression itself: T volumes, a linear detrend (2) and the planned regressors (spikes, known
+    # only after motion correction, can only lower it); at or below MIN_DOF the fit is (nearly) exact
+    # and the "cleaned" run a constant. The band-pass lowers the effective dof further
+    # (denoise.effective_dof, reported and warned about below, not refused).
+    dof_planned = float(T) - 2.0 - n_planned
     if dof_planned <= MIN_DOF:
         raise SpineprintError(
             f"{bold_path}: run too short for the requested cleaning: {T} volumes (TR {tr:g} s) leave "
-            f"{dof_planned:.0f} degrees of freedom after the band-pass ({hp} - {lp} Hz) and {n_planned} regressors "
-            f"per slice (minimum {MIN_DOF}); use a longer run, fewer regressors (n_csf_components, physio orders) "
-            "or no band-pass")
+            f"{dof_planned:.0f} degrees of freedom for the regression of {n_planned} regressors per slice and a "
+            f"linear trend (minimum {MIN_DOF}); use a longer run or fewer regressors (--no-physio, physio orders, "
+            "n_csf_components)")
     # ---- native space: distortion correction of the raw series (before motion), registration to PAM50
     mean_before = data.mean(axis=3)
     data, field_hz, dist_status = _distortion_step(bold_path, img, data, meta, bool(distortion), notes)

@@ -208,7 +208,7 @@ def test_real_sct_run_too_short_is_refused(shared_data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1
     assert "sub-01_task-rest_bold.nii.gz: run too short for the requested cleaning: 30 volumes (TR 1.13 s)" in err
-    assert "39 regressors per slice (minimum 10)" in err
+    assert "regression of 39 regressors per slice and a linear trend (minimum 10)" in err
     assert not (tmp_path / "out" / "sub-01").exists()
     # a lighter model fits: the same run goes through
     with warnings.catch_warnings():
