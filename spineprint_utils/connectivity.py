@@ -640,7 +640,6 @@ def connectivity_dataset(
     ts_params = {**atlas_params, "regions": regions}
     fc_params = {**ts_params, "kind": kind, "fisher_z": bool(fisher_z)}
     records = []
-    failed = []  # (run, reason) of runs left out
     for key, members in grids.items():
         for p, img in members:
             ent = _entities(p)
@@ -664,17 +663,14 @@ def connectivity_dataset(
                 _check_ts(ts, str(ts_path))
                 if ts.shape[0] < 6:
                     raise SpineprintError(f"{ts.shape[0]} volumes are too few to split in halves")
-            except SpineprintError as exc:  # this run is left out (recorded), the others go on
-                failed.append((str(p.relative_to(deriv_dir)), str(exc)))
-                warnings.warn(f"{p}: left out of the connectomes: {exc}", stacklevel=2)
-                continue
+            except SpineprintError as exc:  # refused with the reason, naming the run (nothing is left behind)
+                msg = str(exc)
+                raise SpineprintError(msg if str(p) in msg else f"{p}: {msg}") from None
             fc_paths = {h: folder / f"{prefix}_{stem}_desc-{h}_connectivity.tsv" for h in HALVES}
             records.append({"path": p, "ent": ent, "ts": ts, "fc_paths": fc_paths,
                             "fc_params": {**fc_params, "source_sha256": run_ts_params["source_sha256"]}})
 
     records.sort(key=lambda r: str(r["path"]))  # dataset order: by file name, whatever the grids
-    if not records:
-        raise SpineprintError(f"{deriv_dir}: no usable run; " + "; ".join(f"{f}: {w}" for f, w in failed))
     # ---- FC: full, half1, half2
     n = len(records)
     fc = np.zeros((n, 3, len(regions), len(regions)))
@@ -720,7 +716,6 @@ def connectivity_dataset(
         entity_names=np.array(_layout.RUN_ENTITIES, dtype=str),
         entities=np.array([[r["ent"][k] for k in _layout.RUN_ENTITIES] for r in records], dtype=str).reshape(
             len(records), len(_layout.RUN_ENTITIES)),
-        failed=np.array([f"{f}: {why}" for f, why in failed], dtype=str),
         regions=np.array(regions, dtype=str),
         parts=np.array(HALVES, dtype=str),
         n_volumes=np.array([r["ts"].shape[0] for r in records], dtype=np.int64),
@@ -742,7 +737,7 @@ def load_connectomes(path) -> dict:
         ``sessions``, ``runs`` (1D arrays of str labels, ``""`` when absent);
         ``entities`` (DataFrame, one row per run, a column per
         :data:`spineprint_utils.layout.RUN_ENTITIES`: sub, ses, task, acq, ce, rec, dir, run,
-        echo, part; ``""`` when absent); ``failed`` (runs left out, with the reason);
+        echo, part; ``""`` when absent);
         ``regions`` (list of str); ``kind`` (str); also ``n_volumes``, ``fisher_z``,
         ``parameters`` (dict) and ``files``.
     """
@@ -788,7 +783,6 @@ def load_connectomes(path) -> dict:
         if k not in ent.columns:
             ent[k] = ""
     out["entities"] = ent[list(_layout.RUN_ENTITIES)]
-    out["failed"] = data["failed"].astype(str).tolist() if "failed" in data else []
     return out
 
 

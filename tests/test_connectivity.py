@@ -1,7 +1,6 @@
 """Tests for spineprint_utils.connectivity: region time series, FC kinds, split halves, datasets."""
 
 import json
-import warnings
 
 import nibabel as nib
 import numpy as np
@@ -350,24 +349,9 @@ def test_connectivity_dataset_errors_leave_no_group_file(tmp_path):
     data = np.asarray(img.dataobj).copy()
     data[np.asarray(labels.dataobj) == 1, 4] = np.inf
     nib.save(nib.Nifti1Image(data, img.affine), str(bad))
-    # one bad run is left out with the reason (per-run isolation), the others go on
-    with pytest.warns(UserWarning, match=f"{bad.name}: left out of the connectomes: .*(NaN or infinite|non-finite)"):
-        path = conn.connectivity_dataset(tmp_path, source="phantom", segments=SEGS)
-    data = conn.load_connectomes(path)
-    assert len(data["subjects"]) == len(truth) - 1 and bad.name not in "".join(data["files"])
-    assert len(data["failed"]) == 1 and bad.name in data["failed"][0]
+    with pytest.raises(SpineprintError, match=str(bad.name)):
+        conn.connectivity_dataset(tmp_path, source="phantom", segments=SEGS)
     assert not list(tmp_path.rglob("*.tmp"))
-    # every run bad: a clear error naming them, no group file
-    (tmp_path / "group" / "atlas-PAM50horns_connectomes.npz").unlink()
-    for p in truth:
-        img = nib.load(str(p))
-        data = np.asarray(img.dataobj).copy()
-        data[np.asarray(labels.dataobj) == 1, 4] = np.inf
-        nib.save(nib.Nifti1Image(data, img.affine), str(p))
-    with pytest.raises(SpineprintError, match="no usable run"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            conn.connectivity_dataset(tmp_path, source="phantom", segments=SEGS)
     assert not list((tmp_path / "group").glob("*connectomes.npz"))
 
 
