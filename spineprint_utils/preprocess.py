@@ -1422,6 +1422,8 @@ def _run_one(run, output_dir, params):
         out = preprocess_run(run.path, output_dir, **params)
     except SpineprintError as exc:
         return _status_row(run, "failed", str(exc))
+    except (OSError, MemoryError):  # the machine, not the run (disk full, no memory): stop, clearly
+        raise
     except Exception as exc:  # noqa: BLE001 - one bad run must not stop the others; the reason is kept
         return _status_row(run, "failed", f"{run.path}: {type(exc).__name__}: {exc}")
     row = dict(out["qc_row"])

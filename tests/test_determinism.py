@@ -39,7 +39,8 @@ distributed = pytest.importorskip("dask.distributed")
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("determinism") / "bids"
-    simulate.simulate_dataset(path, n_subjects=2, n_sessions=1, n_volumes=24)
+    # 60 volumes: the default cleaning (39 regressors per slice) needs more than 51 (preprocess.MIN_DOF)
+    simulate.simulate_dataset(path, n_subjects=2, n_sessions=1, n_volumes=60)
     return path
 
 
