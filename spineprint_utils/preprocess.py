@@ -715,7 +715,8 @@ def _anat_registration(t2w: Path, seg: Path, output_dir: Path, root: Path, notes
             "labels": str(labels.name) if labels is not None else None, "labels_kind": kind,
             "level_centres_mm": {str(k): round(v, 2) for k, v in centres.items()}, "levels_figure": fig_path.name,
             "z_offset_mm": reg.z_offset, "z_scale": reg.z_scale, "notes": list(reg.notes),
-            "timings_s": reg.timings, "method": "register_to_template (De Leener 2017; SyN, Avants 2008; dipy)"}
+            "method": "register_to_template (De Leener 2017; SyN, Avants 2008; dipy)"}
+    # no wall times (reg.timings) in a derivative: the same inputs give the same bytes
     atomic_write_json(info_path, info)  # written last: marks the cached transforms complete
     return reg.to_native, info
 
