@@ -82,7 +82,7 @@ def test_levels_match_the_labels(real):
     assert set(pts) == {3, 5}
     for v, z in pts.items():
         assert abs(info["level_centres_mm"][str(v)] - z) < 3.0, (v, info["level_centres_mm"], pts)
-    assert (out / "figures" / info["levels_figure"]).is_file()
+    assert (out / "sub-sct" / "figures" / info["levels_figure"]).is_file()  # derivatives.anat_outputs
 
 
 def test_levels_without_labels_from_the_t2_profile(shared_data):
