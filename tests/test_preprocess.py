@@ -322,6 +322,10 @@ def test_derivatives_do_not_depend_on_the_ground_truth(tmp_path, anatomy):
                     j.get("qc_row", j).pop("runtime_s", None)
                     j.pop("runtime_s", None)
                 assert ja == jb, rel
+        elif rel.name == "dataset_description.json":  # DatasetLinks: each points to its own raw dataset
+            ja, jb = json.loads(a.read_text()), json.loads(b.read_text())
+            assert ja.pop("DatasetLinks") == {"raw": "../with"} and jb.pop("DatasetLinks") == {"raw": "../without"}
+            assert ja == jb
         elif rel.suffix in (".tsv", ".json"):
             assert a.read_text() == b.read_text(), rel
     qc = pd.read_csv(outs["without"] / "qc.tsv", sep="\t")
