@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ._io import SpineprintError, atomic_write_json, atomic_write_text, cache_dir, read_json
+from .plotting import figsize, styled
 
 __all__ = [
     "BidsMetadata",
@@ -728,6 +729,7 @@ def issues_table(datasets: dict) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ figure
+@styled
 def slice_timing_figure(datasets: dict, ncols: int = 2):
     """Slice index versus acquisition time within the TR, one panel per dataset.
 
@@ -753,7 +755,7 @@ def slice_timing_figure(datasets: dict, ncols: int = 2):
     n = max(1, len(items))
     ncols = max(1, min(ncols, n))
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize(1.0, 0.78 * nrows / ncols), squeeze=False)
     colors = plt.get_cmap("tab10").colors
     for a, (name, meta) in zip(axes.ravel(), items):
         p = protocol(meta)
@@ -769,9 +771,9 @@ def slice_timing_figure(datasets: dict, ncols: int = 2):
         a.set_xlim(-0.05 * p["tr_s"], 1.08 * p["tr_s"])
         a.set_xlabel("acquisition time within the TR (s)")
         a.set_ylabel("slice index (0-based)")
-        a.set_title(f"{name}: {p['n_slices']} slices, MB {p['multiband']}\n{p['slice_order']}", fontsize=9)
+        a.set_title(f"{name}: {p['n_slices']} slices, MB {p['multiband']}\n{p['slice_order']}")
         if tab["band"].max() > 0:
-            a.legend(fontsize=7, loc="lower right", title="simultaneous", title_fontsize=7)
+            a.legend(loc="lower right", title="simultaneous")
     for a in axes.ravel()[len(items):]:
         a.set_visible(False)
     fig.tight_layout()

@@ -56,6 +56,7 @@ import pandas as pd
 
 from ._io import SpineprintError, atomic_write_json, bids_entities, cache_dir, load_nifti, read_json
 from .parallel import parallel_map
+from .plotting import figsize, styled
 
 __all__ = [
     "BASE_STUDY",
@@ -469,6 +470,7 @@ def sweep_many(specs, *, base=None, design: str = "within", n_repeats: int = 1, 
     return df.reset_index(drop=True)
 
 
+@styled
 def plot_sweep(df, xlabel: str, *, title: str | None = None, log_x: bool = False):
     """Identification (%) and Idiff against the swept parameter, pipeline vs planted signals.
 
@@ -496,7 +498,7 @@ def plot_sweep(df, xlabel: str, *, title: str | None = None, log_x: bool = False
         raise SpineprintError("plot_sweep: empty sweep table")
     if df["parameter"].nunique() != 1:
         raise SpineprintError(f"plot_sweep: one parameter at a time, got {sorted(df['parameter'].unique())}")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=figsize(1.0, 0.46), constrained_layout=True)
     models = sorted(df["physio_model"].unique(), reverse=True)
     for m in models:
         sub = df[df["physio_model"] == m]
@@ -523,7 +525,7 @@ def plot_sweep(df, xlabel: str, *, title: str | None = None, log_x: bool = False
             ax.set_xscale("log")
             ax.minorticks_off()
             ax.set_xticks(values, [f"{v:g}" for v in values])
-    axes[0].legend(fontsize=8)
+    axes[0].legend()
     if title:
         fig.suptitle(title)
     return fig
@@ -948,6 +950,7 @@ def physio_caution_values(caution, shared=None) -> dict:
     return out
 
 
+@styled
 def plot_physio_caution(table):
     """Bar plots of identification and Idiff per source of :func:`physio_caution_table`.
 
@@ -967,7 +970,7 @@ def plot_physio_caution(table):
     unknown = sorted(set(table["source"]) - set(PHYSIO_SOURCE_LABELS))
     if unknown:
         raise SpineprintError(f"physiology table: unknown source(s) {unknown}")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=figsize(1.0, 0.5), constrained_layout=True)
     names = [PHYSIO_SOURCE_LABELS[s] for s in table["source"]]
     colors = [PHYSIO_SOURCE_COLORS[s] for s in table["source"]]
     axes[0].bar(names, 100 * table["identification"], color=colors)
@@ -975,12 +978,14 @@ def plot_physio_caution(table):
     axes[0].set_ylabel("identification rate (%)")
     axes[0].set_xlabel("data")
     axes[0].set_ylim(0, 103)
-    axes[0].legend(fontsize=8)
+    axes[0].legend()
     axes[1].bar(names, table["idiff"], color=colors)
     axes[1].axhline(0.0, color="0.3", lw=1)
     axes[1].set_ylabel("$I_{diff}$ (x 100 correlation)")
     axes[1].set_xlabel("data")
     for ax in axes:
-        ax.tick_params(axis="x", labelsize=8)
+        ax.tick_params(axis="x", labelrotation=30)
+        for lab in ax.get_xticklabels():
+            lab.set_horizontalalignment("right")
     fig.suptitle("No neural fingerprint: what physiology alone can do")
     return fig

@@ -1,0 +1,156 @@
+"""One matplotlib style for every figure of the book, sized for the page column.
+
+The book's HTML theme (sphinx-book-theme) gives the text column about 770 CSS
+pixels at a 1280 px wide window. A figure ``w`` inches wide saved at ``dpi``
+is ``w * dpi`` pixels wide; wider than the column, the browser shrinks it and
+every label with it. The style therefore fixes
+
+* the resolution, :data:`DPI` = 110, so that a figure of the column width
+  :data:`COLUMN_WIDTH_IN` (7 in) is 770 px: shown at its natural size;
+* font sizes of at least :data:`MIN_FONT_PT` (9 pt) at that size. A font of
+  ``f`` points occupies ``f * DPI / 72`` image pixels, i.e. 13.75 px for 9 pt,
+  or 10.3 pt at the CSS resolution of 96 px per inch, so a figure may be
+  shrunk down to 87 % of its natural size and still show every label at
+  >= 9 pt (the browser test checks that scale).
+
+Notebooks call :func:`use_book_style` once (a hidden cell at the top); the
+plotting functions of the package size their figures with :func:`figsize`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+__all__ = [
+    "COLUMN_WIDTH_IN",
+    "DPI",
+    "MIN_FONT_PT",
+    "MIN_DISPLAY_SCALE",
+    "BOOK_RC",
+    "figsize",
+    "book_style",
+    "styled",
+    "use_book_style",
+    "centred_limits",
+]
+
+#: width of the book's text column in inches at :data:`DPI` (770 px)
+COLUMN_WIDTH_IN = 7.0
+#: resolution of the figures embedded in the pages (dots per inch)
+DPI = 110
+#: smallest font size of the style (points at the figure's natural size)
+MIN_FONT_PT = 9.0
+#: smallest display scale (shown width / natural width) that keeps MIN_FONT_PT
+#: at >= 9 CSS points (12 CSS px): 12 / (9 * DPI / 72)
+MIN_DISPLAY_SCALE = 12.0 / (MIN_FONT_PT * DPI / 72.0)
+
+#: rcParams of the book style
+BOOK_RC = {
+    "figure.dpi": DPI,
+    "savefig.dpi": DPI,
+    "figure.figsize": (COLUMN_WIDTH_IN, 0.6 * COLUMN_WIDTH_IN),
+    "figure.constrained_layout.use": False,
+    "font.size": 10.0,
+    "axes.titlesize": 10.5,
+    "axes.labelsize": 10.0,
+    "xtick.labelsize": MIN_FONT_PT,
+    "ytick.labelsize": MIN_FONT_PT,
+    "legend.fontsize": MIN_FONT_PT,
+    "legend.title_fontsize": MIN_FONT_PT,
+    "figure.titlesize": 11.0,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "image.cmap": "viridis",
+    "legend.framealpha": 0.9,
+}
+
+
+def figsize(width: float = 1.0, aspect: float = 0.6) -> tuple[float, float]:
+    """Figure size (inches) for a fraction of the page column.
+
+    Parameters
+    ----------
+    width : float
+        Fraction of :data:`COLUMN_WIDTH_IN` (0 < width <= 1).
+    aspect : float
+        Height / width.
+
+    Returns
+    -------
+    (float, float)
+        ``(width_in, height_in)`` for ``plt.subplots(figsize=...)``.
+    """
+    if not 0 < width <= 1:
+        raise ValueError(f"width must be a fraction of the column in (0, 1], got {width}")
+    if aspect <= 0:
+        raise ValueError(f"aspect must be positive, got {aspect}")
+    w = width * COLUMN_WIDTH_IN
+    return (round(w, 3), round(w * aspect, 3))
+
+
+def centred_limits(values, quantile: float | None = None) -> tuple[float, float]:
+    """Symmetric colour limits ``(-m, m)`` so that a diverging map is centred on 0.
+
+    Parameters
+    ----------
+    values : array_like
+        Values to be shown (NaNs ignored).
+    quantile : float, optional
+        Use this quantile of ``|values|`` instead of the maximum (robust to outliers).
+
+    Returns
+    -------
+    (float, float)
+    """
+    import numpy as np
+
+    a = np.abs(np.asarray(values, dtype=float))
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return (-1.0, 1.0)
+    m = float(np.quantile(a, quantile) if quantile is not None else a.max())
+    m = m if m > 0 else 1.0
+    return (-m, m)
+
+
+@contextlib.contextmanager
+def book_style():
+    """Context manager applying :data:`BOOK_RC` (``with plotting.book_style(): ...``)."""
+    import matplotlib as mpl
+
+    with mpl.rc_context(BOOK_RC):
+        yield
+
+
+def styled(func):
+    """Decorator: draw the figure of a plotting function inside :func:`book_style`.
+
+    Fonts and resolution are fixed when text and figures are created, so the
+    whole function runs in the style (callers' own rcParams are restored after).
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with book_style():
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+def use_book_style() -> None:
+    """Apply :data:`BOOK_RC` for the rest of the session (notebooks call this once).
+
+    ``matplotlib.pyplot`` is imported first so that the inline backend's own
+    defaults (set when it loads) do not override the style afterwards.
+    """
+    import matplotlib as mpl
+    import matplotlib.pyplot as plt  # noqa: F401  (activates the backend before the style)
+
+    mpl.rcParams.update(BOOK_RC)
+    try:  # figures shown inline are saved at the style's resolution
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+
+        set_matplotlib_formats("png", dpi=DPI)
+    except Exception:  # noqa: BLE001 - not in IPython: nothing to configure
+        pass
