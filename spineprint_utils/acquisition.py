@@ -33,6 +33,7 @@ import pandas as pd
 
 from ._io import SpineprintError, atomic_write_json, atomic_write_text, cache_dir, read_json
 from .plotting import figsize, styled
+from .prose import count
 
 __all__ = [
     "BidsMetadata",
@@ -492,7 +493,7 @@ def _check_defects(meta: BidsMetadata) -> None:
             if not alts & present:
                 absent.append(name)
         if absent:
-            _issue(issues, "warning", meta.readme_path, "README names file(s) that do not exist in the dataset: " + ", ".join(absent))
+            _issue(issues, "warning", meta.readme_path, f"README names {'a file' if len(absent) == 1 else 'files'} that do not exist in the dataset: " + ", ".join(absent))
 
     # 5. participants.tsv vs subject folders
     subjects = {r.entities.get("sub") for r in runs}
@@ -549,6 +550,13 @@ def _hashable(value):
 def _mode(values):
     values = [_hashable(v) for v in values if v is not None]
     return Counter(values).most_common(1)[0][0] if values else None
+
+
+def _scanner(manufacturer, model):
+    """Scanner name for the protocol table; the simulator's sidecars say ``simulated``."""
+    if manufacturer and str(manufacturer).startswith("spineprint simulator"):
+        return "none (simulated data)"
+    return " ".join(str(x) for x in (manufacturer, model) if x) or None
 
 
 def protocol(meta: BidsMetadata) -> dict:
@@ -612,7 +620,7 @@ def protocol(meta: BidsMetadata) -> dict:
 
     return {
         "name": meta.name,
-        "manufacturer": " ".join(str(x) for x in (m("Manufacturer"), m("ManufacturersModelName")) if x) or None,
+        "manufacturer": _scanner(m("Manufacturer"), m("ManufacturersModelName")),
         "field_strength_T": _float(m("MagneticFieldStrength")),
         "tasks": ", ".join(tasks) or None,
         "acq_labels": ", ".join(acqs) or None,
@@ -654,7 +662,7 @@ PROTOCOL_ROWS = {
     "name": "Dataset name",
     "manufacturer": "Scanner",
     "field_strength_T": "Field strength (T)",
-    "tasks": "Task(s)",
+    "tasks": "Tasks",
     "acq_labels": "Acquisition variants (acq-)",
     "n_subjects": "Subjects",
     "n_sessions": "Sessions",
@@ -910,7 +918,7 @@ def issues_admonition(issues: pd.DataFrame, title: str = "Upstream metadata defe
     if issues.empty:
         return f'<div class="admonition note"><p class="admonition-title">{html.escape(title)}</p><p>No issues found.</p></div>'
     n_warn = int((issues["severity"] == "warning").sum())
-    head = f"{title}: {n_warn} warning(s), {len(issues) - n_warn} note(s)"
+    head = f"{title}: {count(n_warn, 'warning')}, {count(len(issues) - n_warn, 'note')}"
     table = issues.to_html(index=False, escape=True, border=0, classes="table")
     return f'<div class="admonition warning"><p class="admonition-title">{html.escape(head)}</p>{table}</div>'
 

@@ -1,17 +1,17 @@
 """One matplotlib style for every figure of the book, sized for the page column.
 
-The book's HTML theme (sphinx-book-theme) gives the text column about 770 CSS
-pixels at a 1280 px wide window. A figure ``w`` inches wide saved at ``dpi``
+The book's HTML theme (sphinx-book-theme) gives a cell's output area 672 CSS
+pixels at a 1280 px wide window (measured in headless Chromium). A figure ``w`` inches wide saved at ``dpi``
 is ``w * dpi`` pixels wide; wider than the column, the browser shrinks it and
 every label with it. The style therefore fixes
 
-* the resolution, :data:`DPI` = 110, so that a figure of the column width
-  :data:`COLUMN_WIDTH_IN` (7 in) is 770 px: shown at its natural size;
-* font sizes of at least :data:`MIN_FONT_PT` (9 pt) at that size. A font of
-  ``f`` points occupies ``f * DPI / 72`` image pixels, i.e. 13.75 px for 9 pt,
-  or 10.3 pt at the CSS resolution of 96 px per inch, so a figure may be
-  shrunk down to 87 % of its natural size and still show every label at
-  >= 9 pt (the browser test checks that scale).
+* the resolution, :data:`DPI` = 96 (the CSS pixel density), so that a figure
+  of the column width :data:`COLUMN_WIDTH_IN` (7 in) is 672 px: shown at its
+  natural size, one point of the figure is one CSS point on the page;
+* font sizes of at least :data:`MIN_FONT_PT` (10 pt). A font of ``f`` points
+  occupies ``f * DPI / 72`` image pixels, 13.3 px for 10 pt, so a figure may be
+  shrunk down to :data:`MIN_DISPLAY_SCALE` (90 %) of its natural size and still
+  show every label at >= 9 pt (12 CSS px); the browser test checks that scale.
 
 Notebooks call :func:`use_book_style` once (a hidden cell at the top); the
 plotting functions of the package size their figures with :func:`figsize`.
@@ -33,16 +33,17 @@ __all__ = [
     "styled",
     "use_book_style",
     "centred_limits",
+    "label_regions",
 ]
 
-#: width of the book's text column in inches at :data:`DPI` (770 px)
+#: width of a cell's output area in the book, inches at :data:`DPI` (672 px)
 COLUMN_WIDTH_IN = 7.0
 #: resolution of the figures embedded in the pages (dots per inch)
-DPI = 110
+DPI = 96
 #: smallest font size of the style (points at the figure's natural size)
-MIN_FONT_PT = 9.0
+MIN_FONT_PT = 10.0
 #: smallest display scale (shown width / natural width) that keeps MIN_FONT_PT
-#: at >= 9 CSS points (12 CSS px): 12 / (9 * DPI / 72)
+#: at >= 9 CSS points (12 CSS px): 12 / (MIN_FONT_PT * DPI / 72) = 0.9
 MIN_DISPLAY_SCALE = 12.0 / (MIN_FONT_PT * DPI / 72.0)
 
 #: rcParams of the book style
@@ -51,14 +52,14 @@ BOOK_RC = {
     "savefig.dpi": DPI,
     "figure.figsize": (COLUMN_WIDTH_IN, 0.6 * COLUMN_WIDTH_IN),
     "figure.constrained_layout.use": False,
-    "font.size": 10.0,
-    "axes.titlesize": 10.5,
-    "axes.labelsize": 10.0,
+    "font.size": 10.5,
+    "axes.titlesize": 11.0,
+    "axes.labelsize": 10.5,
     "xtick.labelsize": MIN_FONT_PT,
     "ytick.labelsize": MIN_FONT_PT,
     "legend.fontsize": MIN_FONT_PT,
     "legend.title_fontsize": MIN_FONT_PT,
-    "figure.titlesize": 11.0,
+    "figure.titlesize": 11.5,
     "axes.spines.top": False,
     "axes.spines.right": False,
     "image.cmap": "viridis",
@@ -147,10 +148,51 @@ def use_book_style() -> None:
     import matplotlib as mpl
     import matplotlib.pyplot as plt  # noqa: F401  (activates the backend before the style)
 
-    mpl.rcParams.update(BOOK_RC)
-    try:  # figures shown inline are saved at the style's resolution
-        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    mpl.rcParams.update(BOOK_RC)  # IPython saves inline figures at fig.dpi, i.e. DPI
 
-        set_matplotlib_formats("png", dpi=DPI)
-    except Exception:  # noqa: BLE001 - not in IPython: nothing to configure
-        pass
+
+def label_regions(ax, regions, axis: str = "both") -> list[str]:
+    """Label the rows/columns of a region x region matrix by spinal segment.
+
+    Regions named ``<segment>_<horn>`` (e.g. ``C5_LV``) and ordered segment by
+    segment are labelled once per segment, at the centre of its block, with thin
+    lines between segments; the horn order inside a block goes into the axis
+    label. Twenty-four region names at 6 pt become six segment names at the
+    style's tick size.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+        Axes showing a matrix with ``imshow`` (one row/column per region).
+    regions : sequence of str
+    axis : {"both", "x", "y"}
+
+    Returns
+    -------
+    list of str
+        The segments, in order.
+    """
+    import numpy as np
+
+    names = [str(r) for r in regions]
+    seg = [n.split("_", 1)[0] for n in names]
+    horn = [n.split("_", 1)[1] if "_" in n else "" for n in names]
+    starts = [i for i in range(len(seg)) if i == 0 or seg[i] != seg[i - 1]]
+    bounds = starts + [len(seg)]
+    centres = [(a + b - 1) / 2 for a, b in zip(bounds[:-1], bounds[1:])]
+    labels = [seg[i] for i in starts]
+    horns = list(dict.fromkeys(horn[starts[0]:bounds[1]])) if starts else []
+    what = f"segment ({' '.join(horns)})" if any(horns) else "region"
+    edges = np.asarray(bounds[1:-1], dtype=float) - 0.5
+    if axis in ("both", "x"):
+        ax.set_xticks(centres, labels, rotation=0)
+        ax.set_xlabel(what)
+        for e in edges:
+            ax.axvline(e, color="0.3", lw=0.5)
+    if axis in ("both", "y"):
+        ax.set_yticks(centres, labels)
+        ax.set_ylabel(what)
+        for e in edges:
+            ax.axhline(e, color="0.3", lw=0.5)
+    ax.tick_params(length=0)
+    return labels

@@ -379,7 +379,7 @@ def test_admonitions_escape_and_flag():
     issues = pd.DataFrame([{"dataset": "d", "severity": "warning", "file": "a<b>.json", "problem": "x"},
                            {"dataset": "d", "severity": "info", "file": ".", "problem": "y"}])
     box = acq.issues_admonition(issues)
-    assert "1 warning(s), 1 note(s)" in box and "a&lt;b&gt;.json" in box
+    assert "1 warning, 1 note" in box and "a&lt;b&gt;.json" in box
     assert "No issues" in acq.issues_admonition(issues.iloc[:0])
 
 
