@@ -217,6 +217,10 @@ def test_default_rerun_reads_the_benchmark(tmp_path):
     assert course.default_rerun("04_x", path) == (
         "42 s on one core, peak memory 300 MB (benchmarks/bench_notebooks.py, 2026-12-03)")
     assert "not measured" in course.default_rerun("05_y", path)
+    path.write_text(json.dumps({"date": "d", "notebooks": {"04_x": {"seconds": 130, "cpu_seconds": 50.2,
+                                                                    "peak_pss_mb": 10}}}))
+    assert course.default_rerun("04_x", path).startswith(
+        "50 s of computing on one core (2 min 10 s wall-clock on the shared benchmark machine), peak memory 10 MB")
     assert "not measured" in course.default_rerun("04_x", tmp_path / "missing.json")
 
 
@@ -229,3 +233,72 @@ def test_prose_plurals():
     assert prose.count(0, "run") == "0 runs"
     assert prose.count(np.int64(3), "resting-state run") == "3 resting-state runs"
     assert prose.plural(2, "analysis", "analyses") == "analyses"
+
+
+def test_percent_identification_columns_and_rows():
+    import pandas as pd
+
+    df = pd.DataFrame({"identification": [0.5, 1.0], "iself": [0.2, 0.3], "chance": [0.25, 0.25]})
+    out = prose.percent_identification(df)
+    assert list(out.columns) == ["identification (%)", "iself", "chance (%)"]
+    assert out["identification (%)"].tolist() == [50.0, 100.0] and out["iself"].tolist() == [0.2, 0.3]
+    col = pd.Series({"identification": 0.625, "idiff": 19.0}).to_frame("base")
+    out = prose.percent_identification(col)
+    assert out.loc["identification (%)", "base"] == 62.5 and out.loc["idiff", "base"] == 19.0
+    assert df["identification"].tolist() == [0.5, 1.0], "the input is not modified"
+
+
+def test_identification_tables_in_percent():
+    """Tables of identification rates are shown in percent (as the prose and figures)."""
+    for path in NOTEBOOKS:
+        for c in _nb(path).cells:
+            # (fingerprint.summary_table is in percent already; sweep and caution tables are fractions)
+            if c.cell_type == "code" and '"identification"' in c.source:
+                last = c.source.strip().split("\n\n")[-1]  # the displayed expression (last block)
+                if ".round(" in last and not last.lstrip().startswith(("glue", "fig")):
+                    assert "percent_identification" in last, f"{path.name}: fractions shown: {last}"
+
+
+def test_glossary_lists_only_terms_the_book_uses():
+    glossary = (ROOT / "book" / "glossary.md").read_text()
+    body = glossary.split("```{glossary}")[1].split("```")[0]
+    terms = re.findall(r"^(\S[^\n]*)$", body, re.M)
+    assert len(terms) > 10
+    text = "\n".join(p.read_text() for p in (ROOT / "book").glob("*.md") if p.name != "glossary.md")
+    for path in NOTEBOOKS:
+        text += "\n".join(c.source for c in _nb(path).cells if c.cell_type == "markdown")
+    for term in terms:
+        key = re.sub(r"\s*\(.*\)", "", term).strip()
+        assert re.search(r"\b" + re.escape(key) + r"s?\b", text, re.I), f"glossary term {term!r} not used in the book"
+
+
+# ------------------------------------------------------------ teaching plan
+def _plan_rows():
+    """(session, minutes, activity, notebook stem or None) of the teaching page's plan tables."""
+    text = (ROOT / "book" / "teaching.md").read_text()
+    rows, session = [], None
+    for line in text.splitlines():
+        m = re.match(r"^### Session (\d)", line)
+        if m:
+            session = int(m.group(1))
+        elif line.startswith("## "):
+            session = None
+        elif session and re.match(r"^\| *\d+ *\|", line):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            nb = re.search(r"notebooks/(\d\d_\w+)>", cells[2])
+            rows.append((session, int(cells[0]), cells[1], nb.group(1) if nb else None))
+    return rows
+
+
+def test_teaching_plan_fits_the_sessions_and_the_measured_run_times():
+    times = json.loads((ROOT / "benchmarks" / "notebook_times.json").read_text())["notebooks"]
+    rows = _plan_rows()
+    assert {r[0] for r in rows} == {1, 2}, "two sessions"
+    for session in (1, 2):
+        total = sum(r[1] for r in rows if r[0] == session)
+        assert total <= 180, f"session {session}: {total} min planned in 3 hours"
+    runs = {r[3]: r[1] for r in rows if r[2].startswith("run all cells")}
+    assert set(runs) == {p.stem for p in NOTEBOOKS}, "every chapter has a run slot"
+    for stem, minutes in runs.items():
+        need = times[stem].get("cpu_seconds", times[stem]["seconds"]) / 60
+        assert minutes >= need, f"{stem}: {minutes} min planned, {need:.1f} min measured on one core"
