@@ -311,6 +311,11 @@ def known_openneuro() -> dict[str, str]:
     return out
 
 
+#: files a local copy may hold beside the dataset's own files (the annex listing of the
+#: images, read from the dataset's git-annex keys): never part of the text-file registry
+_NOT_DATASET_FILES = frozenset({"annexed_files.tsv"})
+
+
 def make_openneuro_registry(local_dir, dataset_id: str, version: str, out=None) -> str:
     """Build the checksum registry of every file in a local copy of a dataset's text files.
 
@@ -336,7 +341,7 @@ def make_openneuro_registry(local_dir, dataset_id: str, version: str, out=None) 
     local_dir = Path(local_dir)
     if not (local_dir / "dataset_description.json").is_file():
         raise SpineprintError(f"{local_dir}: not a BIDS dataset (no dataset_description.json)")
-    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file() and p.name not in _NOT_DATASET_FILES)
     lines = [
         _REGISTRY_HEADER.format(dataset=dataset_id, version=version)
         + ": SHA-256 of every text file (paths relative to the dataset root)"

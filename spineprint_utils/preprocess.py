@@ -15,9 +15,13 @@ One run (:func:`preprocess_run`):
    segmentation in ``derivatives/*/`` (:func:`find_anat`) - the PAM50 maps brought to
    the run through T2w -> PAM50 and mean BOLD -> T2w registrations
    (:mod:`spineprint_utils.registration`; QC column ``registration``), which also give
-   the run's horn x segment regions; else masks from the mean image
-   (:func:`spineprint_utils.motion.auto_cord_mask`: a 10 mm disk around the
-   bright spinal canal; CSF = the brightest 25 % of the disk);
+   the run's horn x segment regions; else the user's EPI cord segmentation in
+   ``derivatives/*/`` (BIDS ``<run>_label-SC_mask`` or SCT ``<run>_bold_seg``) or the
+   cord found on the mean image (:func:`spineprint_utils.cord.find_cord`: dark cord in
+   the bright CSF ring, continuous centerline) with the bright CSF around it; a run
+   where the cord is not found stops with an error (``anatomy="disk"`` opts in to the
+   10 mm disc of :func:`spineprint_utils.motion.auto_cord_mask`, labelled a guess in
+   ``mask_source``);
 3. slice-wise motion correction (:mod:`spineprint_utils.motion`) estimated in the
    cord + CSF mask dilated by 3 voxels in-plane (the cord and CSF edges carry the
    registration signal; a cord-only mask lets Gauss-Newton drift);
@@ -277,14 +281,13 @@ def _load_mask(path, shape, what, affine=None):
 
 def _masks(bold_path, meta, img, mean_img, mask_img, csf_mask_img, anatomy):
     shape = mean_img.shape
-    vs = img.header.get_zooms()[:2]
     cord = _load_mask(mask_img, shape, "cord", img.affine) if mask_img is not None else None
     csf = _load_mask(csf_mask_img, shape, "CSF", img.affine) if csf_mask_img is not None else None
     source = "given"
     if cord is None or csf is None:
-        if anatomy not in ("auto", "atlas", "image"):
-            raise SpineprintError(f"anatomy must be 'auto', 'atlas' or 'image', got {anatomy!r}")
-        src = _atlas_source(bold_path, meta) if anatomy != "image" else None
+        if anatomy not in ("auto", "atlas", "image", "disk"):
+            raise SpineprintError(f"anatomy must be 'auto', 'atlas', 'image' or 'disk', got {anatomy!r}")
+        src = _atlas_source(bold_path, meta) if anatomy not in ("image", "disk") else None
         if anatomy == "atlas" and src is None:
             src = "auto"
         if src is not None:
@@ -296,14 +299,18 @@ def _masks(bold_path, meta, img, mean_img, mask_img, csf_mask_img, anatomy):
                 raise SpineprintError(f"{bold_path}: the PAM50 cord mask is empty on this grid; is the run really "
                                       "in PAM50 space? Pass mask_img/csf_mask_img or anatomy='image'")
         else:
-            disk = motion.auto_cord_mask(mean_img, vs)
-            if cord is None:
-                cord = disk
-            if csf is None:
-                # CSF is the brightest tissue of the spinal canal in T2*-weighted EPI
-                vals = mean_img[disk]
-                csf = disk & (mean_img >= np.percentile(vals, 75))
-            source = "mean image (auto disk)"
+            # the cord on the mean EPI (or the user's EPI segmentation); never a silent guess:
+            # the 10 mm disc only with anatomy="disk", and its source says so
+            from . import cord as cord_mod
+
+            if cord is not None:
+                csf = cord_mod.csf_around(mean_img, cord, img.header.get_zooms()[:3])
+                source = "given cord mask; CSF around it from the mean image"
+            else:
+                found, found_csf, source = cord_mod.epi_cord_masks(bold_path, img, mean_img,
+                                                                   fallback=anatomy == "disk")
+                cord = found
+                csf = found_csf if csf is None else csf
     return cord, csf, source
 
 
@@ -327,7 +334,8 @@ def run_masks(bold_path, *, mask_img=None, csf_mask_img=None, anatomy: str = "au
     -------
     cord, csf : ndarray (X, Y, Z) bool
     source : str
-        ``"given"``, ``"atlas (pam50|phantom)"`` or ``"mean image (auto disk)"``.
+        ``"given"``, ``"atlas (pam50|phantom)"``, ``"given EPI segmentation <file>"`` or
+        ``"mean image (...)"`` (cord found on the EPI, or the 10 mm disc guess with ``anatomy="disk"``).
     """
     bold_path = Path(bold_path)
     meta, _, _, _ = _read_meta(bold_path, 1.0, None)
@@ -735,9 +743,11 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         :func:`spineprint_utils.denoise.slicewise_regression`).
     mask_img, csf_mask_img : path-like, optional
         Cord and CSF masks on the BOLD grid.
-    anatomy : {"auto", "atlas", "image"}
+    anatomy : {"auto", "atlas", "image", "disk"}
         Mask source when not given: PAM50 tissue maps ("atlas"; "auto" when the run
-        is in PAM50 space) or the mean image.
+        is in PAM50 space) or the mean image ("image": the user's EPI cord segmentation or
+        :func:`spineprint_utils.cord.find_cord`, an error when the cord is not found;
+        "disk": the same, falling back to a 10 mm disc labelled as a guess).
     repetition_time, slice_timing : optional
         Override the sidecar's ``RepetitionTime`` / ``SliceTiming``.
     figures : bool
@@ -836,8 +846,8 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     if registration:
         if mask_img is not None or csf_mask_img is not None:
             reg_status = "not needed: masks given"
-        elif anatomy == "image":
-            reg_status = "not needed: anatomy='image'"
+        elif anatomy in ("image", "disk"):
+            reg_status = f"not needed: anatomy={anatomy!r}"
         elif anatomy == "atlas" or _atlas_source(bold_path, meta) is not None:
             reg_status = "not needed: run in PAM50 space"
         else:

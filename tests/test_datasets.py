@@ -17,7 +17,9 @@ from spineprint_utils._io import SpineprintError
 def _readme_registry(shared_data: Path) -> dict[str, str]:
     """The PAM50 checksums as published in the shared data README (independent source)."""
     text = (shared_data / "README.md").read_text()
-    return dict((rel, sha) for sha, rel in re.findall(r"^([0-9a-f]{64})  (\S+)$", text, flags=re.M))
+    pairs = re.findall(r"^([0-9a-f]{64})  (\S+)$", text, flags=re.M)
+    # the README also lists non-PAM50 files (e.g. sct_testing_data/t2/labels.nii.gz)
+    return {rel: sha for sha, rel in pairs if rel.startswith(("template/", "atlas/"))}
 
 
 def _copy_pam50(shared_data: Path, dest: Path) -> Path:
@@ -149,7 +151,7 @@ def _hash_tree(folder: Path) -> dict[str, str]:
     return {
         p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in folder.rglob("*")
-        if p.is_file()
+        if p.is_file() and p.name != "annexed_files.tsv"  # the annex listing beside a local copy
     }
 
 
