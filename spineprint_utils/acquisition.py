@@ -493,7 +493,7 @@ def _check_defects(meta: BidsMetadata) -> None:
             if not alts & present:
                 absent.append(name)
         if absent:
-            _issue(issues, "warning", meta.readme_path, f"README names {'a file' if len(absent) == 1 else 'files'} that do not exist in the dataset: " + ", ".join(absent))
+            _issue(issues, "warning", meta.readme_path, f"README names {'a file that does' if len(absent) == 1 else 'files that do'} not exist in the dataset: " + ", ".join(absent))
 
     # 5. participants.tsv vs subject folders
     subjects = {r.entities.get("sub") for r in runs}

@@ -314,7 +314,7 @@ def test_generic_defects_on_synthetic_dataset(tmp_path):
     text = _problems(meta)
     assert "MultibandAccelerationFactor missing in 3/3" in text and "multiband 2 is inferred" in text
     assert "TaskDescription of 3/3 runs" in text
-    assert "README names file(s) that do not exist in the dataset: task-rest_events.json" in text
+    assert "README names a file that does not exist in the dataset: task-rest_events.json" in text
     assert "missing for 2/3 runs: sub-02_task-rest, sub-03_task-rest" in text
     assert len(record) == sum(i["severity"] == "warning" for i in meta.issues)
 
