@@ -97,8 +97,10 @@ def load_params(path) -> dict:
     """Read a parameters YAML file.
 
     Layout: an optional ``all:`` mapping applied to every notebook that
-    declares the parameter, and one mapping per notebook keyed by its file
-    stem (e.g. ``04_fingerprinting:``) or its path.
+    declares the parameter, one mapping per notebook keyed by its file
+    stem (e.g. ``04_fingerprinting:``) or its path, and an optional ``dataset:``
+    mapping naming a real dataset to fetch first (:func:`fetch_dataset`; its folder
+    becomes ``all: bids_dir``).
     """
     if path is None:
         return {}
@@ -279,6 +281,24 @@ def _stage(root: Path, staging: Path) -> None:
             shutil.copy2(path, dest)
 
 
+def fetch_dataset(spec: dict, source="parameters file") -> Path:
+    """The BIDS folder of the ``dataset:`` section of a parameters file, fetched if needed.
+
+    ``dataset: {openneuro: <accession>, participants: [...], suffixes: [...]}`` downloads the
+    pinned snapshot's metadata and the selected images/physio files
+    (:func:`spineprint_utils.datasets.fetch_openneuro_files`; sizes in README.md), or verifies
+    them in ``$SPINEPRINT_DATA_DIR``.
+    """
+    from . import datasets
+
+    if not isinstance(spec, dict) or "openneuro" not in spec:
+        raise SpineprintError(f"{source}: 'dataset' must be a mapping with an 'openneuro' accession, got {spec!r}")
+    unknown = sorted(set(spec) - {"openneuro", "participants", "suffixes"})
+    if unknown:
+        raise SpineprintError(f"{source}: unknown key(s) {unknown} in 'dataset' (openneuro, participants, suffixes)")
+    return datasets.fetch_openneuro_files(str(spec["openneuro"]), spec.get("participants"), spec.get("suffixes"))
+
+
 def build_book(root=None, output=None, params_file=None, only=None, execute=True,
                html=True, progress=True) -> Path:
     """Execute the notebooks and build the HTML book.
@@ -306,11 +326,16 @@ def build_book(root=None, output=None, params_file=None, only=None, execute=True
     output = Path(output).resolve() if output else root / "_build"
     staging = output / "source"
     all_params = load_params(params_file)
+    dataset = all_params.pop("dataset", None)
     notebooks = toc_notebooks(root)
     known = {nb.stem for nb in notebooks} | {str(nb) for nb in notebooks} | {nb.name for nb in notebooks} | {"all"}
     unknown = sorted(set(all_params) - known)
     if unknown:
         raise SpineprintError(f"{params_file}: no notebook in _toc.yml called {', '.join(unknown)}")
+    if dataset is not None and execute:
+        # a real dataset by parameters alone: fetch (resumable, verified), then every notebook
+        # that declares bids_dir gets it unless its own section says otherwise
+        all_params.setdefault("all", {})["bids_dir"] = str(fetch_dataset(dataset, params_file))
     # validate every notebook's parameters before running anything
     plan = [(nb, _params_for(root / nb, all_params)) for nb in notebooks]
 

@@ -147,7 +147,11 @@ def test_fetch_pam50_corrupt_download_rejected(shared_data, tmp_path, monkeypatc
 
 # ------------------------------------------------------------------ OpenNeuro
 def _hash_tree(folder: Path) -> dict[str, str]:
-    """Independent checksum of every file of a folder (hashlib, os.walk-free)."""
+    """Independent checksum of every file of a folder (hashlib, os.walk-free).
+
+    ``annexed_files.tsv`` at the top is not a dataset file: the shared copy's listing of the
+    annexed (image/physio) files, from which the package's image registry was built.
+    """
     return {
         p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in folder.rglob("*")
