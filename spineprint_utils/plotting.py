@@ -182,7 +182,7 @@ def label_regions(ax, regions, axis: str = "both") -> list[str]:
     centres = [(a + b - 1) / 2 for a, b in zip(bounds[:-1], bounds[1:])]
     labels = [seg[i] for i in starts]
     horns = list(dict.fromkeys(horn[starts[0]:bounds[1]])) if starts else []
-    what = f"segment ({' '.join(horns)})" if any(horns) else "region"
+    what = f"segment ({' '.join(horns)})" if any(horns) and len(horns) <= 4 else "segment"
     edges = np.asarray(bounds[1:-1], dtype=float) - 0.5
     if axis in ("both", "x"):
         ax.set_xticks(centres, labels, rotation=0)

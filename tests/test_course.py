@@ -285,7 +285,7 @@ def _plan_rows():
             session = None
         elif session and re.match(r"^\| *\d+ *\|", line):
             cells = [c.strip() for c in line.strip("|").split("|")]
-            nb = re.search(r"notebooks/(\d\d_\w+)>", cells[2])
+            nb = re.search(r"notebooks/(\w+)>", cells[2])
             rows.append((session, int(cells[0]), cells[1], nb.group(1) if nb else None))
     return rows
 

@@ -234,8 +234,55 @@ than the rest of its row has the higher identification rate and Idiff in the tab
 default study the within-session design usually does, because the two halves of a run share
 the session's state as well as the participant's fingerprint.""",
     ),
-    "05_drivers": dict(
+    "04b_real_spineprint": dict(
         number=6,
+        objectives="""- run the fingerprinting analysis of chapter 5 on real spinal cord fMRI time series and set it beside the simulated study;
+- read a permutation p-value and a bootstrap interval, and check an assumption of the data (the participant order across sessions);
+- test whether a result depends on analysis choices (gray matter only or with white matter, task kept or regressed out).""",
+        prerequisites="chapter 5 (identification, Idiff, PCA reconstruction, edgewise ICC, permutation tests).",
+        predict_q="""Set `regions = "gray matter"` and `regress_task = False` in the parameters cell.
+*Before* rerunning, write down whether you expect identification within a session to go up or
+down, and why; then rerun the chapter and compare the main results with the table of the last
+section.""",
+        predict_a="""The main analysis of your rerun is now the "gray matter, task kept" row of the table of
+the last section (the table computes all four combinations every time), so the two must agree.
+Fewer regions give fewer edges to compare; keeping the task leaves a response shared by every
+participant, which makes people more alike. Which effect wins is what the rerun shows; with
+this few participants, a difference of one or two identifications is within the bootstrap
+intervals, so do not read much into it.""",
+        code_title="permutation p-value of Idiff",
+        code="""# Complete the blank (...): one-sided permutation p-value of Idiff,
+# p = (1 + number of null values >= observed) / (1 + number of permutations).
+import numpy as np
+
+from spineprint_utils import fingerprint as fp
+
+rng = np.random.default_rng(5)
+A = rng.normal(0.3, 0.1, size=(6, 6)) + 0.15 * np.eye(6)  # an identifiability matrix
+res = fp.permutation_test(A, n_permutations=200, seed=0)  # res.null_idiff: the null
+
+my_p = ...  # blank
+
+if my_p is Ellipsis:
+    print("Not attempted yet: replace ... with your expression and rerun this cell.")
+else:
+    assert np.isclose(my_p, res.p_idiff), "Not yet: count null values >= res.idiff"
+    print("Correct: p =", round(float(my_p), 4))""",
+        solution="my_p = (1 + np.sum(res.null_idiff >= res.idiff)) / (1 + res.n_permutations)",
+        wrong="my_p = np.mean(res.null_idiff > res.idiff)",
+        figure_q="""Compare the four identifiability matrices of **The same analysis on real and simulated
+cords** (real and simulated, within and between sessions). In which of them does the
+diagonal stand out from its row and column, and how does that match the identification rates
+glued in the next section?""",
+        figure_a="""A participant is identified when their diagonal value is the largest of their row (or
+column). Where the diagonal is visibly brighter than the rest, the glued identification rate
+is high; where it blends into the rows, the rate drops towards chance. Within a session the two
+halves share the session's state, so diagonals usually stand out more than between sessions,
+in real as in simulated data; the permutation p-values say whether what you see could arise
+by chance with this few participants.""",
+    ),
+    "05_drivers": dict(
+        number=7,
         objectives="""- predict how scan length, temporal SNR, physiological noise, motion and fingerprint strength change identification and Idiff;
 - separate what the pipeline recovers from what was planted (dashed lines: the simulation's ground truth);
 - explain why physiology alone can identify participants, and what that means for a spine-print study.""",
@@ -273,11 +320,11 @@ Adding volumes is worth it while both lines still climb; once identification is 
 100 % and the curves flatten, Idiff is the more sensitive measure to compare designs.""",
     ),
     "06_clinical": dict(
-        number=7,
+        number=8,
         objectives="""- summarise what spinal cord fMRI has shown in spinal cord injury, multiple sclerosis, myelopathy and ALS, and the obstacles to clinical use;
 - model a focal lesion in a connectome and follow it through identification, Idiff and edgewise reliability;
 - argue what an individual spine-print could, and could not yet, offer a clinician.""",
-        prerequisites="chapter 5 (identification, Idiff, edgewise ICC); chapter 6 helps.",
+        prerequisites="chapter 5 (identification, Idiff, edgewise ICC); chapter 7 helps.",
         code_title="edges touched by a lesion",
         code="""# Complete the blank (...): the edges a lesion changes are those with at least one
 # end in a lesioned region; build that (R, R) boolean mask from `inside`.
@@ -313,6 +360,18 @@ in one person, which is what a clinical follow-up needs.""",
 }
 
 
+def _intro(c: dict) -> str:
+    """The exercises intro; chapters without exercises of their own get the heading and a
+    predict-then-run exercise here."""
+    if "predict_q" not in c:
+        return INTRO
+    return (
+        "## Exercises\n\n"
+        f"**Predict, then run.** {c['predict_q']}\n\n"
+        f"```{{admonition}} Solution\n:class: dropdown\n{c['predict_a']}\n```\n\n" + INTRO
+    )
+
+
 def _md(cell_id: str, source: str):
     cell = nbformat.v4.new_markdown_cell(source)
     cell.id = cell_id
@@ -331,7 +390,7 @@ def course_cells(stem: str) -> dict:
     return {
         "course-header": _md("course-header", HEADER.format(**c)),
         "course-setup": _code("course-setup", SETUP, ["remove-cell"]),
-        "course-exercises": _md("course-exercises", INTRO),
+        "course-exercises": _md("course-exercises", _intro(c)),
         "course-code": _md("course-code", f"**Complete the code: {c['code_title']}.**"),
         "course-code-cell": _code("course-code-cell", c["code"], ["exercise"]),
         "course-code-solution": _md(
