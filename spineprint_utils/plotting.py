@@ -142,10 +142,22 @@ def styled(func):
 def use_book_style() -> None:
     """Apply :data:`BOOK_RC` for the rest of the session (notebooks call this once).
 
-    ``matplotlib.pyplot`` is imported first so that the inline backend's own
-    defaults (set when it loads) do not override the style afterwards.
+    In a Jupyter kernel the inline backend is switched on first (``%matplotlib
+    inline``): a headless ``MPLBACKEND=Agg`` inherited from the environment that
+    started the kernel (a test runner, a CI job) would otherwise silently drop
+    every figure from the book. ``matplotlib.pyplot`` is imported before the
+    style so that the backend's own defaults do not override it afterwards.
     """
     import matplotlib as mpl
+
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:  # pragma: no cover - IPython comes with the book's tools
+        shell = None
+    if shell is not None and hasattr(shell, "kernel"):
+        shell.run_line_magic("matplotlib", "inline")
     import matplotlib.pyplot as plt  # noqa: F401  (activates the backend before the style)
 
     mpl.rcParams.update(BOOK_RC)  # IPython saves inline figures at fig.dpi, i.e. DPI
