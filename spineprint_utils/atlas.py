@@ -7,7 +7,9 @@ with these grids (the simulated default study) or normalised to the template wit
 the Spinal Cord Toolbox can use the atlas directly after resampling to their grid.
 
 - :func:`pam50_epi_grid` builds an axial EPI grid centred on the cord centerline and
-  covering a set of spinal segments (``PAM50_spinal_levels``: 1..30 = C1..S5).
+  covering a set of spinal segments (``PAM50_spinal_levels``: 1..30 = C1..S5; the
+  template's spinal levels, placed from the vertebral levels with the segment/vertebra
+  relation of Frostell et al. 2016).
 - :func:`tissue_maps` averages the 0.5 mm PAM50 maps into each EPI voxel (partial
   volume fractions of cord, gray matter, white matter, CSF; probabilities of the four
   gray-matter horns; majority spinal level).
@@ -29,6 +31,10 @@ References
 De Leener B, Fonov VS, Collins DL, Callot V, Stikov N, Cohen-Adad J (2018). PAM50:
 Unbiased multimodal template of the brainstem and spinal cord aligned with the
 ICBM152 space. NeuroImage 165:170-179. doi:10.1016/j.neuroimage.2017.10.041
+
+Frostell A, Hakim R, Thelin EP, Mattsson P, Svensson M (2016). A review of the
+segmental diameter of the healthy human spinal cord. Front Neurol 7:238.
+doi:10.3389/fneur.2016.00238
 
 Kaptan M, Horn U, Vannesjo SJ, et al. (2023). Reliability of resting-state functional
 connectivity in the human spinal cord: assessing the impact of distinct noise
@@ -318,7 +324,8 @@ def pam50_epi_grid(
     The PAM50 cord is straightened, so its centerline is (nearly) constant in x/y;
     the grid is centred on the mean centerline position over the requested
     segments, with slices spanning the rostro-caudal extent of the segments in
-    ``PAM50_spinal_levels`` (De Leener et al. 2018), centred on that extent.
+    ``PAM50_spinal_levels`` (De Leener et al. 2018; levels after Frostell et al. 2016),
+    centred on that extent.
 
     Parameters
     ----------

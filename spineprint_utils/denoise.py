@@ -11,12 +11,12 @@
   since nilearn filters one column at a time; the tests compare both). nilearn
   (0.14) first removes a linear trend from the signals *and* the confounds, then
   applies the same Butterworth band-pass to both, then projects the filtered
-  confounds out of the filtered signals (QR with pivoting): the "simultaneous"
-  strategy, which keeps filter and regression orthogonal (Hallquist et al. 2013;
-  Lindquist et al. 2019). The default "sequential" strategy regresses on the full
-  bandwidth and then band-passes the residuals, which costs far fewer in-band
-  degrees of freedom with the 30-40 regressors of a spinal model (see
-  :func:`slicewise_regression`).
+  confounds out of the filtered signals (QR with pivoting). This "simultaneous"
+  strategy (the default) keeps filter and regression orthogonal: Lindquist et al.
+  (2019) show that regressing first and band-passing the residuals afterwards (the
+  "sequential" order, kept as an option for comparison) re-introduces part of the
+  nuisance signal that the regression had removed. :func:`effective_dof` counts
+  what the band-pass and the regressors leave.
 - :func:`variance_removed`: how much of the cord signal each model explains, for the
   QC table.
 """
@@ -133,20 +133,31 @@ def dvars(data, mask=None) -> np.ndarray:
     return out
 
 
-def spike_regressors(metric, threshold: float) -> np.ndarray:
+def spike_regressors(metric, threshold: float, neighbours=(0, 0)) -> np.ndarray:
     """One-hot regressors for outlier volumes ("spike regression", Lemieux et al. 2007).
+
+    A volume whose *metric* exceeds *threshold* gets its own regressor (a column
+    with a single 1), which removes it from the fit. Power et al. (2012) censor, with
+    FD > 0.5 mm, also the volume before and the two after (``neighbours=(1, 2)``);
+    the pipeline's default flags the volume alone, and its FD is the in-plane
+    translation-only FD of :func:`spineprint_utils.motion.framewise_displacement`
+    (no rotations, no through-plane motion), so the same 0.5 mm threshold flags
+    fewer volumes than Power's six-parameter FD would.
 
     Parameters
     ----------
     metric : ndarray, (T,)
-        Framewise displacement (mm, Power et al. 2012) or DVARS.
+        Framewise displacement (mm) or DVARS.
     threshold : float
-        Volumes with ``metric > threshold`` get their own regressor (column with a
-        single 1). ``None`` or ``inf`` disables.
+        Volumes with ``metric > threshold`` are flagged. ``None`` or ``inf`` disables.
+    neighbours : (int, int)
+        Also flag this many volumes before and after each flagged one
+        (Power et al. 2012: ``(1, 2)``).
 
     Returns
     -------
     ndarray, (T, n_spikes)
+        One column per flagged volume, in time order.
     """
     metric = np.asarray(metric, dtype=float)
     if metric.ndim != 1:
@@ -154,7 +165,16 @@ def spike_regressors(metric, threshold: float) -> np.ndarray:
     T = metric.size
     if threshold is None or not np.isfinite(threshold):
         return np.zeros((T, 0))
-    idx = np.flatnonzero(metric > threshold)
+    before, after = (int(n) for n in neighbours)
+    if before < 0 or after < 0:
+        raise SpineprintError(f"spike_regressors: neighbours must be non-negative, got {neighbours!r}")
+    hit = metric > threshold
+    flag = hit.copy()
+    for k in range(1, before + 1):
+        flag[:-k] |= hit[k:]
+    for k in range(1, after + 1):
+        flag[k:] |= hit[:-k]
+    idx = np.flatnonzero(flag)
     out = np.zeros((T, idx.size))
     out[idx, np.arange(idx.size)] = 1.0
     return out
@@ -274,8 +294,9 @@ def _clean(Y, C, t_r, high_pass, low_pass):
     return Y
 
 
-#: default order of regression and band-pass (see :func:`slicewise_regression`)
-STRATEGY_DEFAULT = "sequential"
+#: default order of regression and band-pass (see :func:`slicewise_regression`):
+#: confounds band-passed with the data, then projected out (Lindquist et al. 2019)
+STRATEGY_DEFAULT = "simultaneous"
 
 
 def slicewise_regression(data, slice_design=None, shared_confounds=None, mask=None, *, t_r=None, high_pass=None,
@@ -292,20 +313,19 @@ def slicewise_regression(data, slice_design=None, shared_confounds=None, mask=No
 
     ``strategy`` sets how regression and band-pass combine:
 
-    ``"simultaneous"``
+    ``"simultaneous"`` (default)
         nilearn's order above: the band-passed design is projected out of the
-        band-passed data (Lindquist et al. 2019). Exact, but each regressor costs a
-        degree of freedom *inside the pass band*; with the 32 RETROICOR regressors
-        per slice plus CSF and motion this leaves few (a 200-volume run at TR 2 s
-        keeps ~96 in 0.01-0.13 Hz) and the regression removes neural signal by
-        chance.
-    ``"sequential"`` (default)
+        band-passed data, so the cleaned series is orthogonal to every band-passed
+        regressor (Lindquist, Geuter, Wager & Caffo 2019, Hum Brain Mapp
+        40:2358, "Modular preprocessing pipelines can reintroduce artifacts into
+        fMRI data"). Each regressor costs one degree of freedom inside the pass
+        band; :func:`effective_dof` counts them.
+    ``"sequential"``
         OLS of the unfiltered data on ``[1, t, C]`` first, then the band-pass of the
-        residuals. The regressors are fitted on the full bandwidth, where cardiac
-        and respiratory fluctuations are well determined. On the simulated study
-        this gives cleaned signals closer to the true neural signals (see
-        ``benchmarks/README.md``); the filter can in principle re-introduce a small
-        part of the nuisance space (Lindquist et al. 2019).
+        residuals. The filter is not a projection onto a subspace orthogonal to the
+        design, so it re-introduces part of the nuisance signal (Lindquist et al.
+        2019; ``tests/test_denoise.py`` measures it). Kept only to show the
+        difference (chapter 02).
 
     Parameters
     ----------
@@ -361,23 +381,50 @@ def slicewise_regression(data, slice_design=None, shared_confounds=None, mask=No
     return out
 
 
-def effective_dof(n_volumes: int, t_r: float, high_pass=None, low_pass=None, n_regressors: int = 0) -> float:
+def effective_dof(n_volumes: int, n_regressors: int = 0, *, t_r=None, high_pass=None, low_pass=None) -> float:
     """Degrees of freedom left after band-pass filtering and nuisance regression.
 
     A band-pass keeps about ``T * (f_high - f_low) / f_Nyquist`` independent
-    samples (the fraction of the spectrum passed); the linear detrend takes 2 and
-    every regressor one more. When this is small the regression fits the noise and
-    removes signal too (Bright & Murphy 2015; Hallquist et al. 2013).
+    samples (the fraction of the spectrum ``[0, 1 / (2 TR)]`` it passes; filtering
+    leaves fewer independent samples, Davey et al. 2013, NeuroImage 64:728); the
+    linear detrend takes 2 and every nuisance regressor one more, whatever the order
+    of filter and regression (with the default simultaneous strategy each
+    band-passed regressor is projected out inside the pass band). When few remain the regression fits the noise and removes
+    signal too (Bright & Murphy 2015; Hallquist et al. 2013):
+    :func:`spineprint_utils.preprocess.preprocess_run` warns when fewer than
+    ``max(10, 0.1 T)`` are left.
+
+    Parameters
+    ----------
+    n_volumes : int
+        Number of volumes ``T``.
+    n_regressors : int
+        Number of nuisance regressors (slice-specific ones counted once per slice
+        model, plus the shared ones).
+    t_r : float, keyword-only
+        Repetition time (s); needed when a cut-off is given.
+    high_pass, low_pass : float or None, keyword-only
+        Cut-offs (Hz); a low-pass at or above Nyquist counts as none.
+
+    Returns
+    -------
+    float
+        Effective degrees of freedom (can be negative: the model is over-fitted).
     """
+    n_reg = int(n_regressors)
+    if n_reg != n_regressors or n_reg < 0:
+        raise SpineprintError(f"effective_dof: n_regressors must be a non-negative integer, got {n_regressors!r}")
     T = float(n_volumes)
     if high_pass is None and low_pass is None:
         kept = T
     else:
+        if t_r is None or not t_r > 0:
+            raise SpineprintError(f"effective_dof: band-pass cut-offs need a positive t_r, got {t_r!r}")
         nyq = 0.5 / float(t_r)
         lo = high_pass or 0.0
         hi = min(low_pass, nyq) if low_pass is not None else nyq
         kept = T * max(hi - lo, 0.0) / nyq
-    return kept - 2.0 - float(n_regressors)
+    return kept - 2.0 - float(n_reg)
 
 
 def variance_removed(data, mask, models: dict, *, t_r=None, high_pass=None, low_pass=None, cleaned=None,

@@ -38,8 +38,9 @@ physiological motion effects in fMRI: RETROICOR. Magn Reson Med 44:162-167.
 Kaptan M, Horn U, Vannesjo SJ, et al. (2023). Reliability of resting-state functional
 connectivity in the human spinal cord: assessing the impact of distinct noise sources.
 NeuroImage 275:120152. doi:10.1016/j.neuroimage.2023.120152
-Ricchi I, et al. (2025). Spine-prints: individual fingerprints of spinal cord functional
-connectivity. bioRxiv doi:10.1101/2025.05.30.656545
+Ricchi I, Santoro A, Kinany N, et al. (2025). Spine-prints: transposing brain fingerprints to
+the spinal cord. bioRxiv doi:10.1101/2025.05.30.656545 (Imaging Neuroscience 2026,
+doi:10.1162/IMAG.a.1128)
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ from .parallel import parallel_map
 from .plotting import figsize, styled
 
 __all__ = [
+    "trend_verdict",
+    "sweep_trends",
     "BASE_STUDY",
     "SWEEP_PREPROCESS",
     "SWEEP_COLUMNS",
@@ -89,7 +92,9 @@ __all__ = [
 #: session-specific deviation: the two halves of a run share it, so within a session it
 #: would act as a second fingerprint and ``fingerprint_strength = 0`` would still identify.
 #: Every parameter that shapes the results is set here, so that a change of the
-#: simulator's defaults does not silently change the chapter.
+#: simulator's defaults does not silently change the chapter. ``tsnr`` is the tSNR of the
+#: thermal noise alone (``tsnr_reference="thermal"``): the thermal noise stays the same when a
+#: sweep adds physiological noise or motion, so each sweep changes one factor.
 BASE_STUDY = {
     "n_subjects": 6,
     "n_sessions": 1,
@@ -100,14 +105,18 @@ BASE_STUDY = {
     "session_strength": 0.0,
     "neural_amplitude": 5.0,
     "tsnr": 12.0,
+    "tsnr_reference": "thermal",
     "physio_amplitude": 1.0,
     "physio_subject_specificity": 0.5,
     "motion_amplitude": 0.2,
 }
 
 #: Preprocessing of the sweeps (:func:`spineprint_utils.preprocess.preprocess_run`
-#: arguments). RETROICOR of order 2 with no interaction terms matches the simulator's
-#: 2nd-order model and keeps enough degrees of freedom in short runs; no QC figures.
+#: arguments): the RETROICOR model of Glover et al. (2000), cardiac and respiratory order 2
+#: without interaction terms (8 regressors per slice instead of the 32 of the 4/4/(2x2)
+#: default), because the sweeps' runs are short (50-200 volumes) and every regressor costs a
+#: degree of freedom in the pass band (chapter 02 shows the effect of the model order); three
+#: aCompCor components; no QC figures.
 SWEEP_PREPROCESS = {
     "cardiac_order": 2,
     "respiratory_order": 2,
@@ -479,7 +488,7 @@ def plot_sweep(df, xlabel: str, *, title: str | None = None, log_x: bool = False
     df : pandas.DataFrame
         Rows of one parameter from :func:`sweep` / :func:`sweep_many` (several
         ``physio_model`` settings give one line each). Repeats are averaged; their
-        minimum and maximum are shown as error bars.
+        minimum and maximum are shown as error bars and each repeat as a dot.
     xlabel : str
         Axis label with units.
     title : str, optional
@@ -506,8 +515,10 @@ def plot_sweep(df, xlabel: str, *, title: str | None = None, log_x: bool = False
         label = "pipeline" if len(models) == 1 else f"pipeline, physiological model {'on' if m else 'off'}"
         for ax, col, scale in ((axes[0], "identification", 100.0), (axes[1], "idiff", 1.0)):
             mean, lo, hi = (g[col].mean() * scale, g[col].min() * scale, g[col].max() * scale)
-            ax.errorbar(mean.index, mean.values, yerr=[mean.values - lo.values, hi.values - mean.values], marker="o",
-                        capsize=3, label=label)
+            bars = ax.errorbar(mean.index, mean.values, yerr=[mean.values - lo.values, hi.values - mean.values],
+                               marker="o", capsize=3, label=label)
+            if sub["repeat"].nunique() > 1:  # every repeat, so the spread is visible
+                ax.plot(sub["value"], sub[col] * scale, ".", color=bars[0].get_color(), alpha=0.45, ms=5)
     g = df[df["physio_model"] == models[0]].groupby("value")
     axes[0].plot(g["identification_truth"].mean().index, 100 * g["identification_truth"].mean().values, "k--",
                  marker="s", mfc="none", label="planted neural signals")
@@ -809,7 +820,8 @@ def sweep_endpoints(results) -> dict:
     ``s_idiff_last`` (Idiff, Amico & Goñi 2018) and ``s_truth_idiff_first``/
     ``s_truth_idiff_last`` (Idiff of the planted neural signals). For the
     physiological-noise sweep without the model: ``physio_off_idiff_last`` and
-    ``physio_off_id_last`` (%). A sweep without rows gives NaN.
+    ``physio_off_id_last`` (%). A sweep without rows gives NaN (see :func:`sweep_trends`
+    for what the repeats allow one to say about each sweep).
 
     Parameters
     ----------
@@ -834,6 +846,70 @@ def sweep_endpoints(results) -> dict:
     out["physio_off_idiff_last"] = float(by_off["idiff"].iloc[-1]) if by_off is not None else nan
     out["physio_off_id_last"] = float(100 * by_off["identification"].iloc[-1]) if by_off is not None else nan
     return out
+
+
+def sweep_trends(results) -> dict:
+    """The trend sentences chapter 5 glues: :func:`trend_verdict` of every sweep.
+
+    Returns
+    -------
+    dict of str to str
+        ``<short>_id_trend`` (identification rate) and ``<short>_idiff_trend`` (Idiff) for
+        every short name of :data:`SWEEP_SHORT_NAMES`, with the physiological model on, and
+        ``physio_off_idiff_trend`` without it.
+    """
+    results = _check_results(results)
+    out = {}
+    for parameter, name in SWEEP_SHORT_NAMES.items():
+        out[f"{name}_id_trend"] = trend_verdict(results, parameter, "identification")
+        out[f"{name}_idiff_trend"] = trend_verdict(results, parameter, "idiff")
+    out["physio_off_idiff_trend"] = trend_verdict(results, "physio_amplitude", "idiff", physio_model=False)
+    return out
+
+
+def trend_verdict(results, parameter: str, column: str, *, physio_model: bool = True) -> str:
+    """What the repeats of a sweep allow one to say about its trend, in words.
+
+    The values at the smallest and the largest setting of *parameter* are compared
+    through their repeats: if every repeat at one end lies above every repeat at the
+    other (the min-max ranges do not overlap), the statistic "rises" or "falls"
+    across the sweep; otherwise the difference is within the spread of the repeats.
+    With a single repeat no spread is known and nothing is claimed.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        Rows of :func:`sweep_many` (columns :data:`SWEEP_COLUMNS`).
+    parameter : str
+        Swept parameter.
+    column : str
+        Statistic (e.g. ``"identification"`` or ``"idiff"``).
+    physio_model : bool
+        Which preprocessing (with or without the physiological model).
+
+    Returns
+    -------
+    str
+        E.g. ``"rises (every one of the 3 repeats at the largest value is above every repeat
+        at the smallest)"``; ``"n/a"`` for a missing sweep.
+    """
+    results = _check_results(results)
+    model = results["physio_model"].astype(bool)
+    sub = results[(results["parameter"] == parameter) & (model if physio_model else ~model)]
+    if not len(sub) or sub["value"].nunique() < 2:
+        return "n/a"
+    values = np.sort(sub["value"].unique())
+    first = sub.loc[sub["value"] == values[0], column].to_numpy(float)
+    last = sub.loc[sub["value"] == values[-1], column].to_numpy(float)
+    n = int(min(first.size, last.size))
+    if n < 2:
+        return "cannot be judged from a single repeat per point (raise n_repeats)"
+    if last.min() > first.max():
+        return f"rises (all {n} repeats at the largest value lie above all repeats at the smallest)"
+    if last.max() < first.min():
+        return f"falls (all {n} repeats at the largest value lie below all repeats at the smallest)"
+    return (f"changes less than the spread of the {n} repeats (their ranges overlap), so no trend can be read "
+            "from this sweep")
 
 
 def base_study_values(base: dict, base_df=None, n_repeats: int = 1) -> dict:

@@ -19,17 +19,21 @@ Estimation
 Regularisation along z
     ``"poly"`` fits, per volume, a polynomial of degree ``poly_degree`` in z to the
     per-slice translations (weighted by each slice's mask size) - the SCT
-    ``poly`` parameter; ``"gaussian"`` smooths the z-profile with a Gaussian of
-    ``sigma_z`` slices (the default: the most accurate on the simulated study, see
-    :data:`REGULARIZE_DEFAULT`); ``"none"`` keeps the raw per-slice estimates.
+    ``poly`` parameter (the default, :data:`REGULARIZE_DEFAULT`); ``"gaussian"``
+    smooths the z-profile with a Gaussian of ``sigma_z`` slices; ``"none"`` keeps the
+    raw per-slice estimates.
 Application
     Each slice is resampled with cubic B-spline interpolation
     (:func:`scipy.ndimage.map_coordinates`, order 3).
 Framewise displacement
     Power et al. (2012) define FD as the sum of the absolute backward differences
-    of the six rigid-body parameters. With in-plane translations only, we use the
-    slice-averaged translations (mm): ``FD_t = |dX_t - dX_{t-1}| + |dY_t - dY_{t-1}|``,
-    ``FD_0 = 0``.
+    of the six rigid-body parameters (rotations converted to mm on a 50 mm sphere).
+    The slice-wise model here has in-plane translations only, so FD is computed from
+    the slice-averaged translations (mm): ``FD_t = |dX_t - dX_{t-1}| + |dY_t - dY_{t-1}|``,
+    ``FD_0 = 0``. It omits rotations and through-plane motion, so it is smaller than
+    Power's FD for the same movement, and Power's 0.5 mm threshold (used for the
+    spike regressors, :func:`spineprint_utils.denoise.spike_regressors`) is a lenient
+    one on it.
 
 Parameter tables are "wide": one row per volume, columns ``x_slice00, x_slice01,
 ..., y_slice00, ...`` in millimetres along the first and second voxel axes of the
@@ -62,9 +66,10 @@ __all__ = [
     "plot_motion",
 ]
 
-#: default z-regularisation: the most accurate on the simulated study (RMS error 0.082 mm vs 0.092 mm
-#: for "poly" and 0.111 mm for "none", true motion 0.49 mm RMS; benchmarks/bench_preprocess.py --case accuracy)
-REGULARIZE_DEFAULT = "gaussian"
+#: default z-regularisation: a degree-2 polynomial along z, the regularisation of the Spinal Cord Toolbox's
+#: slice-wise motion correction (De Leener et al. 2017), not a choice tuned to the simulator
+#: (chapter 02 compares the three options on the simulated study)
+REGULARIZE_DEFAULT = "poly"
 
 
 @dataclass

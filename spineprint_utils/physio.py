@@ -16,9 +16,11 @@ nuisance regressors:
 4. :func:`cardiac_phase` and :func:`respiratory_phase` implement the phases of
    RETROICOR (Glover et al. 2000).
 5. :func:`retroicor_regressors` expands the phases in a Fourier series with the
-   cardiac x respiratory interaction terms of Harvey et al. (2008) (the FSL PNM
-   default: 4 cardiac, 4 respiratory and 2 x 2 interaction orders = 32
-   regressors); :func:`slice_regressors` samples them at each slice's
+   cardiac x respiratory interaction terms of Harvey et al. (2008) (4 cardiac,
+   4 respiratory and 2 x 2 interaction orders = 32 regressors, the usual spinal
+   setting, e.g. Kaptan et al. 2023, used with FSL PNM as ``pnm_evs --oc=4 --or=4
+   --multc=2 --multr=2``; ``pnm_evs`` itself defaults to ``--oc=2 --or=1
+   --multc=0 --multr=0``); :func:`slice_regressors` samples them at each slice's
    acquisition time (``SliceTiming``) as in Brooks et al. (2008) and PhysIO
    (Kasper et al. 2017).
 6. :func:`hr_rvt_regressors` gives low-frequency heart-rate
@@ -942,8 +944,10 @@ def retroicor_regressors(
       m = 1..``interaction_order[0]``, n = 1..``interaction_order[1]``
 
     (these sums/differences span the same space as Harvey's products
-    :math:`\\cos m\\varphi_c \\cos n\\varphi_r`, ...). The FSL PNM default
-    (4, 4, (2, 2)) gives 8 + 8 + 16 = 32 regressors.
+    :math:`\\cos m\\varphi_c \\cos n\\varphi_r`, ...). The usual spinal setting
+    (4, 4, (2, 2)) (e.g. Kaptan et al. 2023; FSL ``pnm_evs --oc=4 --or=4 --multc=2
+    --multr=2``) gives 8 + 8 + 16 = 32 regressors; ``pnm_evs``'s own defaults
+    (2, 1, (0, 0)) give 6.
 
     Parameters
     ----------
@@ -1022,7 +1026,7 @@ def slice_regressors(
     slice_timing : array-like, shape (n_slices,)
         BIDS ``SliceTiming`` (s from the volume onset, in [0, TR)).
     cardiac_order, respiratory_order, interaction_order
-        As in :func:`retroicor_regressors` (FSL PNM default 4, 4, (2, 2)).
+        As in :func:`retroicor_regressors` (usual spinal setting 4, 4, (2, 2)).
     onsets : ndarray, shape (n_volumes,), optional
         Volume onsets on the physio clock (default :func:`scan_onsets`).
     min_hr, max_hr : float

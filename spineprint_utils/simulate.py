@@ -25,16 +25,19 @@ Baseline image
     (z-shim) factors.
 Neural signal with a planted fingerprint
     For region pair (i, j) the group correlation is
-    ``G_ij = A[h_i, h_j] * rho ** |s_i - s_j|`` (horn coupling ``A``: strong
-    left-right ventral-ventral and dorsal-dorsal coupling, weaker dorsal-ventral,
-    Barry et al. 2014; Kinany et al. 2020; decaying across segments, Kowalczyk et
-    al. 2024). Subject *n*, session *e* gets
+    ``G_ij = A[h_i, h_j] * rho ** |s_i - s_j|`` (horn coupling ``A``, see
+    :func:`horn_coupling`: strongest between the dorsal and ventral horn of the same
+    side, then left-right dorsal-dorsal and ventral-ventral, weakest between dorsal and
+    ventral horns of opposite sides, as Kowalczyk et al. 2024 report within a
+    segment, with the left-right dorsal-dorsal and ventral-ventral coupling of Barry
+    et al. 2014; decaying across segments, where Kowalczyk et al. 2024 found sparser
+    connections). Subject *n*, session *e* gets
     ``C_ne = (G + f W_n + g W_ne) / (1 + f + g)`` with random low-rank correlation
     matrices ``W`` (subject deviation, strength ``f = fingerprint_strength``;
     session deviation, strength ``g = session_strength``). ``C`` is a correlation
     matrix (convex combination of correlation matrices). Region time series are
     ``L @ (h * e)`` with ``L L^T = C``, ``e`` white noise on a grid of
-    ``TR / n_shots`` and ``h`` the canonical double-gamma HRF (Glover 1999), so each
+    ``TR / n_shots`` and ``h`` SPM's canonical double-gamma HRF (``spm_hrf``), so each
     slice samples the signal at its own acquisition time. Voxel signal =
     region signal x spatial weight (horn probability) x ``neural_amplitude`` % of
     the local baseline.
@@ -67,7 +70,11 @@ Thermal noise
     **cord tSNR of the raw data** - the median over cord voxels (cord probability
     >= 0.5) of temporal mean / temporal standard deviation of the written BOLD
     image, motion and physiological noise included - equals ``tsnr``
-    (:func:`measure_tsnr`).
+    (:func:`measure_tsnr`). With ``tsnr_reference="thermal"`` the standard deviation
+    is instead ``median cord mean / tsnr`` (the tSNR thermal noise alone would give;
+    the cord mean of the series before motion),
+    so that it stays the same when physiological noise or motion change (chapter 5
+    varies one factor at a time this way).
 
 Files
 -----
@@ -166,7 +173,7 @@ __all__ = [
 ]
 
 #: Version of the generative model; part of the cache key (bump on any change of output).
-SIMULATOR_VERSION = "5"
+SIMULATOR_VERSION = "6"
 
 HORNS = ("LV", "RV", "LD", "RD")
 
@@ -196,11 +203,13 @@ DEFAULTS = {
     "space": "PAM50",
     "distortion": False,
     "b0_peak_hz": 30.0,
+    "tsnr_reference": "raw",
 }
 
 #: Parameters added after simulator version 5 (native space, distortion): left out of the
 #: cache hash and of ``params.json`` at their default values, so the default study keeps its bytes.
-_OPTIONAL_DEFAULTS = {"space": "PAM50", "distortion": False, "b0_peak_hz": 30.0}
+_OPTIONAL_DEFAULTS = {"space": "PAM50", "distortion": False, "b0_peak_hz": 30.0, "tsnr_reference": "raw"}
+_TSNR_REFERENCES = ("raw", "thermal")
 _SPACES = ("PAM50", "native")
 _TRT = 0.03  # TotalReadoutTime (s) of the simulated EPI
 _ANAT_VOXEL = (0.5, 0.5, 1.0)  # native-space T2w grid (mm)
@@ -272,20 +281,26 @@ def slice_timing(n_slices: int, tr: float, order: str = "interleaved", multiband
 def canonical_hrf(dt: float, length: float = 32.0) -> np.ndarray:
     """Canonical double-gamma haemodynamic response sampled every *dt* seconds.
 
-    ``h(t) = t^5 e^{-t} / 5! - t^15 e^{-t} / (6 * 15!)`` (gamma densities of shape
-    6 and 16, undershoot ratio 1/6; Glover 1999, as in SPM), normalised to unit sum.
+    ``h(t) = t^5 e^{-t} / 5! - t^15 e^{-t} / (6 * 15!)``: the default of SPM's
+    ``spm_hrf.m`` (gamma densities of shape 6 and 16, scale 1 s, undershoot ratio
+    1/6; Friston et al. 1998, NeuroImage 7:30), normalised to unit sum.
     """
     t = np.arange(0.0, length, dt)
     h = t**5 * np.exp(-t) / math.factorial(5) - t**15 * np.exp(-t) / (6.0 * math.factorial(15))
     return h / h.sum()
 
 
-def horn_coupling(vv: float = 0.6, dd: float = 0.6, same_side_dv: float = 0.25, cross_dv: float = 0.15) -> np.ndarray:
+def horn_coupling(vv: float = 0.45, dd: float = 0.45, same_side_dv: float = 0.5, cross_dv: float = 0.15) -> np.ndarray:
     """Within-segment coupling between the four horns, order ``LV, RV, LD, RD``.
 
-    Left-right ventral-ventral (``vv``) and dorsal-dorsal (``dd``) coupling is
-    strong, dorsal-ventral coupling weaker on the same side than across
-    (Barry et al. 2014; Kinany et al. 2020). Returns a (4, 4) correlation matrix.
+    The defaults follow the order of the within-segment correlations that
+    Kowalczyk et al. (2024, 23 participants, C5-C8) report: strongest between the
+    dorsal and ventral horn of the same side (``same_side_dv``), followed by the
+    left-right dorsal-dorsal (``dd``) and ventral-ventral (``vv``) connections,
+    which Barry et al. (2014) and Kaptan et al. (2023) also find robustly; the
+    dorsal-ventral coupling across sides (``cross_dv``) is the weakest. The values
+    themselves are illustrative (correlations of the neural signal, before noise),
+    not estimates from those studies. Returns a (4, 4) correlation matrix.
     """
     a = np.array([
         [1.0, vv, same_side_dv, cross_dv],
@@ -654,6 +669,9 @@ def _validate(params: dict) -> dict:
         raise SpineprintError(f"distortion must be True or False, got {p['distortion']!r}")
     p["distortion"] = bool(p["distortion"])
     number("b0_peak_hz", 0.0)
+    if p["tsnr_reference"] not in _TSNR_REFERENCES:
+        raise SpineprintError(f"tsnr_reference must be one of {', '.join(_TSNR_REFERENCES)}, "
+                              f"got {p['tsnr_reference']!r}")
     if p["distortion"] and p["space"] != "native":
         raise SpineprintError("distortion=True needs space='native' (distortion correction precedes registration "
                               "to PAM50, so distorted data are simulated in a native space)")
@@ -859,6 +877,9 @@ def _simulate_run(p, anat, corr, subj, ses, run, phys_maps, base, native=None):
             from . import distortion
 
             obj = distortion.distort(obj, native["field"], 1, _TRT, -1, order=1).astype(np.float32)
+    cord_mask = np.asarray(tissues["cord"]) >= 0.5 if native is None else native["cord"]
+    # the cord signal level before motion moves CSF into cord voxels: the reference of tsnr_reference="thermal"
+    level = float(np.median(obj[cord_mask].mean(axis=1))) if p["tsnr_reference"] == "thermal" else None
     # motion + respiratory B0 shift along the phase-encoding (second) axis
     scale = phys["motion_scale"]
     motion = slicewise_motion(n_vol, nz, p["motion_amplitude"] * scale, _rng(seed, _T_MOTION, subj, ses, run))
@@ -868,10 +889,12 @@ def _simulate_run(p, anat, corr, subj, ses, run, phys_maps, base, native=None):
     vox = np.asarray(p["voxel_size"][:2])
     if np.any(shift_mm):
         obj = shift_slices(obj, shift_mm / vox)
-    # thermal noise to reach the requested cord tSNR on the raw data
-    cord_mask = np.asarray(tissues["cord"]) >= 0.5 if native is None else native["cord"]
-    ts = obj[cord_mask].astype(np.float64)
-    sigma = thermal_sigma_for_tsnr(ts.mean(axis=1), ts.var(axis=1), p["tsnr"])
+    # thermal noise: the requested cord tSNR on the raw data ("raw"), or with thermal noise alone ("thermal")
+    if level is not None:
+        sigma = level / float(p["tsnr"])
+    else:
+        ts = obj[cord_mask].astype(np.float64)
+        sigma = thermal_sigma_for_tsnr(ts.mean(axis=1), ts.var(axis=1), p["tsnr"])
     noise_rng = _rng(seed, _T_NOISE, subj, ses, run)
     obj += (sigma * noise_rng.standard_normal(obj.shape, dtype=np.float32))
     bold = np.clip(np.rint(obj), 0, 32767).astype(np.int16)
@@ -1307,6 +1330,11 @@ def simulate_dataset(out_dir, *, overwrite: bool = False, progress: bool = False
         scale it by a log-normal factor).
     tsnr : float > 0
         Target cord tSNR of the raw data (realistic 5-30, default 15), see :func:`measure_tsnr`.
+    tsnr_reference : {"raw", "thermal"}
+        ``"raw"`` (default): *tsnr* is the cord tSNR of the raw data, all noise included,
+        so adding physiological noise or motion lowers the thermal noise. ``"thermal"``:
+        *tsnr* is the tSNR of the thermal noise alone (its standard deviation is the median
+        cord signal / *tsnr*), independent of the other noise sources.
     physio_sampling_frequency : float
         Physiological recordings sampling rate in Hz (default 100).
     seed : int
@@ -1329,7 +1357,8 @@ def simulate_dataset(out_dir, *, overwrite: bool = False, progress: bool = False
     b0_peak_hz : float
         Amplitude of the periodic component of that field (default 30 Hz, about 0.9 voxel).
     overwrite : bool
-        Replace an existing different dataset in *out_dir*.
+        Replace a different simulated dataset in *out_dir* (a folder holding anything
+        else is never replaced).
     progress : bool
         Show a progress bar.
 
@@ -1350,6 +1379,9 @@ def simulate_dataset(out_dir, *, overwrite: bool = False, progress: bool = False
         if any(out.iterdir()) and not overwrite:
             raise SpineprintError(f"{out}: folder is not empty and does not hold this simulation; "
                                   "choose another folder or pass overwrite=True (--overwrite)")
+        if any(out.iterdir()) and _complete(out) is None:  # overwrite replaces only a simulation of ours
+            raise SpineprintError(f"{out}: folder is not empty and is not a spineprint simulation (no {_MARKER}); "
+                                  "it is kept, even with --overwrite. Choose another folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -1514,6 +1546,8 @@ def register_cli(subparsers) -> None:
     sp.add_argument("--space", choices=_SPACES, default=d["space"], help="PAM50 or a planted native space")
     sp.add_argument("--distortion", action="store_true", help="B0 distortion + reverse-PE fieldmaps (native only)")
     sp.add_argument("--b0-peak-hz", type=float, default=d["b0_peak_hz"])
+    sp.add_argument("--tsnr-reference", choices=_TSNR_REFERENCES, default=d["tsnr_reference"],
+                    help="raw: --tsnr is the raw-data tSNR (all noise); thermal: the tSNR of thermal noise alone")
     sp.add_argument("--overwrite", action="store_true", help="replace a different dataset in OUT_DIR")
     sp.set_defaults(func=_cli_main)
 

@@ -152,16 +152,6 @@ def test_tissue_maps_phantom_closed_form():
     assert (maps["spinal_level"] > 0).sum() == (maps["cord"] > 0).sum()
 
 
-def test_tissue_maps_speed_default_grid(shared_data):
-    import time
-
-    affine, shape = atlas.pam50_epi_grid(source="pam50")
-    atlas.tissue_maps(affine, shape, source="pam50")  # warm the template cache
-    t0 = time.perf_counter()
-    atlas.tissue_maps(affine, shape, source="pam50")
-    assert time.perf_counter() - t0 < 2.0
-
-
 # ------------------------------------------------------------------ regions
 @pytest.fixture(scope="module")
 def pam50_regions():

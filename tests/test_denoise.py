@@ -119,8 +119,18 @@ def test_variance_removed_known_fraction():
 
 def test_effective_dof_closed_form():
     # 200 volumes, TR 2 s: Nyquist 0.25 Hz; 0.01-0.13 Hz keeps 200 * 0.12 / 0.25 = 96; minus detrend 2 and 10 regressors
-    assert denoise.effective_dof(200, 2.0, 0.01, 0.13, 10) == pytest.approx(84)
-    assert denoise.effective_dof(200, 2.0, None, None, 10) == pytest.approx(188)
+    assert denoise.effective_dof(200, 10, t_r=2.0, high_pass=0.01, low_pass=0.13) == pytest.approx(84)
+    assert denoise.effective_dof(200, 10) == pytest.approx(188)
+    # a low-pass above Nyquist passes everything up to Nyquist
+    assert denoise.effective_dof(100, 0, t_r=2.0, low_pass=1.0) == pytest.approx(98)
+    # regressors are counted for the default strategy too: 41 regressors on 200 volumes leave 96 - 2 - 41
+    assert denoise.effective_dof(200, 41, t_r=2.0, high_pass=0.01, low_pass=0.13) == pytest.approx(53)
+    with pytest.raises(TypeError):  # the old positional order (n, t_r, hp, lp, n_reg) cannot be used by mistake
+        denoise.effective_dof(200, 2.0, 0.01, 0.13, 10)
+    with pytest.raises(SpineprintError, match="t_r"):
+        denoise.effective_dof(200, 3, high_pass=0.01)
+    with pytest.raises(SpineprintError, match="integer"):
+        denoise.effective_dof(200, 2.5)
     assert denoise.filter_min_volumes(2.0, 0.01, 0.13) == 34  # scipy sosfiltfilt padlen 33 for 5 sections
 
 
@@ -132,3 +142,61 @@ def test_bandpass_checks_and_bad_design():
         denoise.slicewise_regression(np.zeros((2, 2, 2, 5)), np.zeros((3, 5, 1)))
     with pytest.raises(SpineprintError, match="NaN"):
         denoise.slicewise_regression(np.zeros((2, 2, 2, 5)), None, np.full((5, 1), np.nan))
+
+
+def _nuisance_design(T, t_r, rng):
+    """Confounds like a run's: aliased cardiac/respiratory sinusoids, a motion random walk, a spike."""
+    t = np.arange(T) * t_r
+    cols = []
+    for f in (0.02, 0.07, 0.11, 0.19, 0.23):  # in and out of the 0.01-0.13 Hz band (Nyquist 0.25 Hz)
+        ph = rng.uniform(0, 2 * np.pi)
+        cols += [np.sin(2 * np.pi * f * t + ph), np.cos(2 * np.pi * f * t + ph)]
+    cols.append(np.cumsum(rng.normal(size=T)))
+    spike = np.zeros(T)
+    spike[T // 3] = 1.0
+    cols.append(spike)
+    return np.column_stack(cols)
+
+
+def test_default_cleaning_does_not_reintroduce_nuisance():
+    """Lindquist et al. (2019): after regression then band-pass, the cleaned data correlate again with the
+    band-passed regressors; with the default (filter data and regressors, then project) they cannot.
+
+    Measured on white noise, so any correlation with the regressors is re-introduced by the cleaning."""
+    from scipy import signal as sp_signal
+
+    rng = np.random.default_rng(11)
+    T, t_r, hp, lp = 200, 2.0, 0.01, 0.13
+    C = _nuisance_design(T, t_r, rng)
+    data = rng.normal(size=(4, 4, 1, T)) + 100.0
+    # band-passed regressors, computed independently: scipy Butterworth on the least-squares-detrended columns
+    D = np.column_stack([np.ones(T), np.arange(T)])
+    Cd = C - D @ np.linalg.lstsq(D, C, rcond=None)[0]
+    sos = sp_signal.butter(5, [hp, lp], btype="band", output="sos", fs=1 / t_r)
+    Cf = sp_signal.sosfiltfilt(sos, Cd, axis=0)
+
+    def max_corr(strategy):
+        out = denoise.slicewise_regression(data, None, C, t_r=t_r, high_pass=hp, low_pass=lp, keep_mean=False,
+                                           strategy=strategy)
+        Y = out[:, :, 0, :].reshape(-1, T).T.astype(np.float64)
+        Yc, Cc = Y - Y.mean(0), Cf - Cf.mean(0)
+        r = (Yc.T @ Cc) / np.outer(np.linalg.norm(Yc, axis=0), np.linalg.norm(Cc, axis=0))
+        return np.abs(r).max(), np.abs(r).mean()
+
+    assert denoise.STRATEGY_DEFAULT == "simultaneous"
+    default_max, _ = max_corr(denoise.STRATEGY_DEFAULT)
+    assert default_max < 1e-3  # float32 output: orthogonal up to rounding
+    seq_max, seq_mean = max_corr("sequential")
+    assert seq_max > 0.1 and seq_mean > 0.02  # the sequential order re-introduces nuisance: the test can fail
+
+
+def test_spike_regressors_one_hot_and_power_neighbours():
+    fd = np.array([0.0, 0.1, 0.9, 0.1, 0.1, 0.1, 0.1, 0.7])
+    one = denoise.spike_regressors(fd, 0.5)
+    assert one.shape == (8, 2) and np.array_equal(np.flatnonzero(one.sum(1)), [2, 7])
+    assert np.array_equal(one.sum(0), [1, 1])
+    # Power et al. 2012: the volume before and the two after are censored too (clipped at the ends)
+    pw = denoise.spike_regressors(fd, 0.5, neighbours=(1, 2))
+    assert np.array_equal(np.flatnonzero(pw.sum(1)), [1, 2, 3, 4, 6, 7])
+    assert np.array_equal(pw.sum(0), np.ones(6)) and np.array_equal(pw.sum(1), [0, 1, 1, 1, 1, 0, 1, 1])
+    assert denoise.spike_regressors(fd, None).shape == (8, 0)

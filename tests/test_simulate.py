@@ -82,8 +82,10 @@ def test_group_pattern_brute_force():
             expect = a[sim.HORNS.index(horns[i]), sim.HORNS.index(horns[j])] * 0.5 ** abs(num[segs[i]] - num[segs[j]])
             assert g[i, j] == pytest.approx(expect)
     assert np.linalg.eigvalsh(g).min() > 0
-    # the known organisation: LV-RV and LD-RD stronger than dorsal-ventral within a segment
-    assert g[0, 1] > g[0, 2] and g[2, 3] > g[1, 2]
+    # the organisation of Kowalczyk et al. 2024 within a segment: same-side dorsal-ventral (LV-LD, RV-RD) strongest,
+    # then left-right ventral-ventral (LV-RV) and dorsal-dorsal (LD-RD), then dorsal-ventral across sides (LV-RD)
+    assert g[0, 2] > g[0, 1] and g[1, 3] > g[2, 3]
+    assert min(g[0, 1], g[2, 3]) > g[0, 3] and min(g[0, 1], g[2, 3]) > g[1, 2]
     # decays across segments
     assert g[0, 1] > g[0, 5] > g[0, 9]
 
@@ -117,7 +119,7 @@ def test_neural_timeseries_has_planted_correlation():
 def test_canonical_hrf_peak():
     h = sim.canonical_hrf(0.1)
     assert h.sum() == pytest.approx(1.0)
-    assert 4.0 < np.argmax(h) * 0.1 < 6.0  # peak ~5 s (Glover 1999)
+    assert 4.0 < np.argmax(h) * 0.1 < 6.0  # peak at (shape - 1) * scale = 5 s (spm_hrf default)
     assert h.min() < 0  # undershoot
 
 
@@ -508,3 +510,20 @@ def test_group_pattern_recovered_from_dataset(tmp_path):
     raw_fc = np.mean(raw, axis=0)
     assert np.corrcoef(raw_fc[iu], g[iu])[0, 1] > 0.6
     assert np.corrcoef(raw_fc[iu], g[np.ix_(perm, perm)][iu])[0, 1] < 0.5
+
+
+def test_thermal_tsnr_reference_keeps_the_thermal_noise_fixed(tmp_path):
+    """tsnr_reference="thermal": the thermal SD is median cord mean / tsnr whatever the physiological noise and
+    motion, so sweeping them changes one factor at a time; the default ("raw") lowers it when they grow."""
+    small = dict(n_subjects=1, n_sessions=1, n_volumes=20, anatomy="phantom", segments=("C5",), fov_mm=(20.0, 16.0))
+    sig = {}
+    for ref in ("raw", "thermal"):
+        for amp in (0.0, 3.0):
+            root = sim.simulate_dataset(tmp_path / f"{ref}{amp}", tsnr=4.0, tsnr_reference=ref, physio_amplitude=amp,
+                                        motion_amplitude=0.3 * amp, **small)
+            runs = pd.read_csv(root / "derivatives/groundtruth/runs.tsv", sep="\t")
+            sig[ref, amp] = float(runs["thermal_sigma"].iloc[0])
+    assert sig["thermal", 3.0] == pytest.approx(sig["thermal", 0.0], rel=0.02)
+    assert sig["raw", 3.0] < 0.9 * sig["raw", 0.0]
+    with pytest.raises(SpineprintError, match="tsnr_reference"):
+        sim.simulate_dataset(tmp_path / "bad", tsnr_reference="both", **small)
