@@ -302,3 +302,15 @@ def test_teaching_plan_fits_the_sessions_and_the_measured_run_times():
     for stem, minutes in runs.items():
         need = times[stem].get("cpu_seconds", times[stem]["seconds"]) / 60
         assert minutes >= need, f"{stem}: {minutes} min planned, {need:.1f} min measured on one core"
+
+
+def test_chapter_numbers_in_prose_are_the_table_of_contents_numbers():
+    """Prose says "chapter 3", never the notebook's file number ("chapter 02"), and no number
+    beyond the numbered chapters."""
+    n_chapters = len(NOTEBOOKS)
+    texts = {p.name: "\n".join(c.source for c in _nb(p).cells if c.cell_type == "markdown") for p in NOTEBOOKS}
+    texts.update({p.name: p.read_text() for p in (ROOT / "book").glob("*.md")})
+    for name, text in texts.items():
+        assert not re.search(r"\bchapters? 0\d", text, re.I), f"{name}: file number used as a chapter number"
+        for n in re.findall(r"\bchapters? (\d+)", text, re.I):
+            assert 1 <= int(n) <= n_chapters, f"{name}: chapter {n} does not exist"

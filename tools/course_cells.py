@@ -55,8 +55,9 @@ CHAPTERS = {
 - compute the temporal SNR of a voxel time course.""",
         prerequisites="basic Python and NumPy; what an fMRI run and a correlation are. No earlier chapter.",
         code_title="temporal SNR",
-        code="""# Complete the blank (...): temporal SNR = temporal mean / temporal standard deviation,
-# one value per voxel (time is the last axis). The assert checks it against the package.
+        code="""# Complete the blank (...): temporal SNR = temporal mean / temporal standard deviation
+# (the sample SD, ddof=1, as SCT computes it), one value per voxel (time is the last
+# axis). The assert checks it against the package.
 import numpy as np
 
 from spineprint_utils import preprocess
@@ -72,7 +73,7 @@ else:
     expected = preprocess.tsnr(data)
     assert np.allclose(my_tsnr, expected), "Not yet: mean over time / SD over time"
     print("Correct.")""",
-        solution="my_tsnr = data.mean(axis=-1) / data.std(axis=-1)",
+        solution="my_tsnr = data.mean(axis=-1) / data.std(axis=-1, ddof=1)",
         wrong="my_tsnr = data.std(axis=-1) / data.mean(axis=-1)",
         figure_q="""Look at the three matrices of **The planted spine-print** (group pattern, planted matrix of
 one participant and session, connectivity of the ground-truth time series). Why do the
