@@ -69,13 +69,19 @@ def run_dipy(tmp: Path) -> dict:
     from dipy.align.metrics import CCMetric
 
     st, mv = nib.load(str(tmp / "static.nii.gz")), nib.load(str(tmp / "moving.nii.gz"))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     sdr = SymmetricDiffeomorphicRegistration(CCMetric(3, sigma_diff=3.0, radius=2), level_iters=list(ITERS))
     mapping = sdr.optimize(np.asarray(st.dataobj), np.asarray(mv.dataobj), st.affine, st.affine)
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, _cpu() - c0
     np.save(tmp / "dipy_fwd.npy", np.asarray(mapping.get_forward_field(), np.float32))
     np.save(tmp / "dipy_bwd.npy", np.asarray(mapping.get_backward_field(), np.float32))
-    return {"seconds": round(secs, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    return {"seconds": round(secs, 2), "cpu_s": round(cpu, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def _cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def run_ants(tmp: Path) -> dict:
@@ -84,10 +90,10 @@ def run_ants(tmp: Path) -> dict:
 
     st = ants.image_read(str(tmp / "static.nii.gz"))
     mv = ants.image_read(str(tmp / "moving.nii.gz"))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     out = ants.registration(fixed=st, moving=mv, type_of_transform="SyNOnly", syn_metric="CC", syn_sampling=2,
                             reg_iterations=ITERS, outprefix=str(tmp / "ants_"))
-    secs = time.perf_counter() - t0
+    secs, cpu = time.perf_counter() - t0, _cpu() - c0
     # fwdtransforms[0]: warp moving -> fixed (maps fixed points to moving points); invtransforms[-1]: inverse
     fwd = [p for p in out["fwdtransforms"] if p.endswith("Warp.nii.gz")][0]
     inv = [p for p in out["invtransforms"] if p.endswith("InverseWarp.nii.gz")][0]
@@ -95,8 +101,9 @@ def run_ants(tmp: Path) -> dict:
         img = nib.load(path)
         v = np.asarray(img.dataobj, np.float32).reshape(img.shape[:3] + (3,))
         np.save(tmp / f"{name}.npy", v * np.array([-1.0, -1.0, 1.0], np.float32))  # LPS -> RAS
-    return {"seconds": round(secs, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "antspyx": ants.__version__}
+    return {"seconds": round(secs, 2), "cpu_s": round(cpu, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "antspyx": ants.__version__, "itk_threads": os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "default")}
 
 
 def evaluate(tmp: Path, engine: str) -> dict:

@@ -475,6 +475,7 @@ def _check_regions_in_cord(grids, run_labels, labels_by_grid):
             cm_path = p.parent / f"{_prefix(p)}_desc-cord_mask.nii.gz"
             if not cm_path.is_file():
                 continue
+            verify_nifti(cm_path)
             cm_img = nib.load(str(cm_path))
             if cm_img.shape[:3] != img.shape[:3] or not np.allclose(cm_img.affine, img.affine, atol=1e-3):
                 continue

@@ -379,6 +379,9 @@ def epi_cord_masks(bold_path, img, mean_img, *, fallback: bool = False):
     mean = np.asarray(mean_img, dtype=np.float64)
     seg = find_epi_cord_seg(bold_path)
     if seg is not None:
+        from ._io import verify_nifti
+
+        verify_nifti(seg)  # gzip CRC: a damaged file is an error, never wrong values
         simg = nib.load(seg)
         m = np.asarray(simg.dataobj)
         if m.ndim == 4 and m.shape[3] == 1:

@@ -74,6 +74,9 @@ def label_kind(path, default: str = "levels") -> str:
     """``"discs"`` when the file name says disc, else *default*; checks the image has labels."""
     import nibabel as nib
 
+    from ._io import verify_nifti
+
+    verify_nifti(path)  # gzip CRC: a damaged file is an error, never wrong labels
     img = nib.load(str(path))
     v = np.rint(np.asarray(img.dataobj, dtype=np.float32))
     vals = np.unique(v[v > 0])

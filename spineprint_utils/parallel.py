@@ -21,6 +21,7 @@ import contextlib
 import functools
 import os
 import signal
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import as_completed as _as_completed
 
@@ -30,14 +31,30 @@ __all__ = ["parallel_map", "NUMERIC_THREADS", "pinned_threads"]
 NUMERIC_THREADS = 1
 
 
+_PIN_LOCK = threading.Lock()
+_PIN = {"depth": 0, "limiter": None}
+
+
 @contextlib.contextmanager
 def pinned_threads(n: int = NUMERIC_THREADS):
     """Pin the BLAS/LAPACK/OpenMP thread pools to *n* threads inside the block
-    (``threadpoolctl.threadpool_limits``), restoring them afterwards."""
+    (``threadpoolctl.threadpool_limits``), restoring them when the last of the blocks
+    running at the same time (threads of one Dask worker) ends: the limits are
+    process-wide, so one thread's exit must not lift them under another's feet."""
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=int(n)):
+    with _PIN_LOCK:
+        if _PIN["depth"] == 0:
+            _PIN["limiter"] = threadpool_limits(limits=int(n))
+        _PIN["depth"] += 1
+    try:
         yield
+    finally:
+        with _PIN_LOCK:
+            _PIN["depth"] -= 1
+            if _PIN["depth"] == 0:
+                _PIN["limiter"].restore_original_limits()
+                _PIN["limiter"] = None
 
 
 def _pinned_call(func, item):

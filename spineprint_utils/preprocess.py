@@ -88,7 +88,7 @@ from scipy import ndimage
 from . import __version__, denoise, motion
 from . import motion as motion_mod
 from ._io import (SpineprintError, atomic_save_nifti, atomic_write_json, atomic_write_text, bids_entities,
-                  check_label, load_nifti, read_json, recorded_warnings)
+                  check_label, load_nifti, read_json, recorded_warnings, verify_nifti)
 from ._outputs import guarded_output
 from .parallel import parallel_map
 
@@ -684,6 +684,7 @@ def _anat_registration(t2w: Path, seg: Path, output_dir: Path, root: Path, notes
 
         to_native = xfm.load_itk(given)
         tcord = registration._load_template_img(Path(registration._template("PAM50", None)), "PAM50_cord.nii.gz")
+        verify_nifti(seg)  # gzip CRC
         seg_img = nib.load(str(seg))
         on_t2w = np.asarray(registration.apply_transforms(tcord, seg_img, to_native).dataobj) >= 0.5
         return to_native, {"dice": registration.dice(on_t2w, np.asarray(seg_img.dataobj) > 0.5),
@@ -696,6 +697,7 @@ def _anat_registration(t2w: Path, seg: Path, output_dir: Path, root: Path, notes
     reg = registration.register_to_template(t2w, seg, levels_img=labels, levels_kind=kind or "levels")
     import nibabel as nib
 
+    verify_nifti(t2w)  # gzip CRC
     t2w_img = nib.load(str(t2w))
     # ANTs/ITK/SCT-readable copies (BIDS names): template -> T2w field on the T2w grid, T2w -> template
     # field on the template-space working grid
@@ -715,7 +717,8 @@ def _anat_registration(t2w: Path, seg: Path, output_dir: Path, root: Path, notes
             "labels": str(labels.name) if labels is not None else None, "labels_kind": kind,
             "level_centres_mm": {str(k): round(v, 2) for k, v in centres.items()}, "levels_figure": fig_path.name,
             "z_offset_mm": reg.z_offset, "z_scale": reg.z_scale, "notes": list(reg.notes),
-            "timings_s": reg.timings, "method": "register_to_template (De Leener 2017; SyN, Avants 2008; dipy)"}
+            "method": "register_to_template (De Leener 2017; SyN, Avants 2008; dipy)"}
+    # no wall times (reg.timings) in a derivative: the same inputs give the same bytes
     atomic_write_json(info_path, info)  # written last: marks the cached transforms complete
     return reg.to_native, info
 

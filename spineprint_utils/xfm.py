@@ -129,6 +129,9 @@ def load_itk(path) -> list:
         raise SpineprintError(f"{path}: transform file not found")
     name = path.name
     if name.endswith((".nii.gz", ".nii")):
+        from ._io import verify_nifti
+
+        verify_nifti(path)  # gzip CRC: a damaged field is an error, never a wrong warp
         try:
             img = nib.load(str(path))
             data = np.asarray(img.dataobj, dtype=np.float32)

@@ -184,3 +184,4 @@ def test_serial_jobs_and_dask_identical_under_cpu_load(study, cluster, tmp_path,
         assert sorted(got) == sorted(ref), name
         differ = [f for f in ref if got[f] != ref[f]]
         assert not differ, f"{name} derivatives differ from the serial run under load: {differ}"
+

@@ -108,6 +108,8 @@ def test_registration_brings_the_atlas_back(study):
     pam = np.asarray(nib.load(gt["labels"]).dataobj)
     qc = preprocess.load_qc_table(deriv)
     assert qc["registration"].str.startswith("applied").all()
+    records = sorted(deriv.glob("sub-*/**/anat/*_desc-registration_qc.json"))
+    assert records and not any("timings" in p.read_text() for p in records)  # no wall time in a derivative
     assert (qc["t2w_pam50_dice"] > 0.9).all()
     assert qc["mask_source"].str.contains("registration").all()
     rec_d, none_d = [], []

@@ -302,3 +302,26 @@ def test_simulate_overwrite_replaces_only_a_simulation(tmp_path, capsys):
         err = capsys.readouterr().err
         assert rc == 1 and "not empty" in err, err
     assert _tree(mine) == before
+
+
+def _damaged_nifti(path: Path, data) -> Path:
+    """A .nii.gz whose deflate stream has one flipped byte (nibabel alone may decode it)."""
+    nib.save(nib.Nifti1Image(np.asarray(data, dtype=np.float32), np.eye(4)), str(path))
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_user_images_are_crc_checked(tmp_path):
+    """Vertebral labels and given warps (user inputs of the native-space steps) are read only
+    after their gzip CRC is checked."""
+    from spineprint_utils import levels, xfm
+
+    rng = np.random.default_rng(0)
+    labels = _damaged_nifti(tmp_path / "sub-01_T2w_label-disc.nii.gz", rng.integers(0, 5, (20, 20, 20)))
+    with pytest.raises(SpineprintError, match="sub-01_T2w_label-disc.nii.gz: corrupt or truncated NIfTI"):
+        levels.label_kind(labels)
+    warp = _damaged_nifti(tmp_path / "warp_template2anat.nii.gz", rng.standard_normal((10, 10, 10, 1, 3)))
+    with pytest.raises(SpineprintError, match="warp_template2anat.nii.gz: corrupt or truncated NIfTI"):
+        xfm.load_itk(warp)
