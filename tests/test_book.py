@@ -270,3 +270,11 @@ def test_every_chapter_states_objectives_and_times(offline_pages):
             assert needed in text, f"{page}: chapter box without {needed!r}"
         assert re.search(r"about \d+ min", text), f"{page}: no reading time"
         assert re.search(r"Rerun time.*?: (\d+ s|\d+ min \d+ s);", text, re.S), f"{page}: no measured rerun time"
+
+
+@pytest.mark.browser
+def test_code_blocks_fit_the_column(offline_pages):
+    """At 1280 px no code block is cut on the right (code is formatted at 88 characters)."""
+    for page, info in offline_pages.items():
+        for pre in info["geometry"]["pre"]:
+            assert pre["scroll"] <= pre["client"] + 1, f"{page}: code block wider than the column: {pre['text']!r}"
