@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 __all__ = ["PlainText", "reading_minutes", "kernel_seconds", "default_rerun", "default_rerun_short",
-           "glue_chapter_facts",
+           "glue_chapter_facts", "reader_warnings",
            "format_seconds", "WORDS_PER_MINUTE", "SECONDS_PER_CODE_CELL"]
 
 WORDS_PER_MINUTE = 200.0
@@ -121,6 +121,21 @@ def default_rerun_short(stem: str, path=None) -> str:
         return format_seconds(row.get("cpu_seconds", row["seconds"]))
     except (OSError, KeyError, TypeError, ValueError):
         return "n/a"
+
+
+def reader_warnings() -> None:
+    """Show warnings on the pages as ``Category: message``, without the source file path.
+
+    Python's default format starts with the path of the module that warned (a path
+    of the machine that built the book) and repeats the source line; the reader
+    needs the message only.
+    """
+    import warnings
+
+    def _format(message, category, filename, lineno, line=None):
+        return f"{category.__name__}: {message}\n"
+
+    warnings.formatwarning = _format
 
 
 def glue_chapter_facts(stem: str) -> dict:

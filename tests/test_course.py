@@ -224,6 +224,18 @@ def test_default_rerun_reads_the_benchmark(tmp_path):
     assert "not measured" in course.default_rerun("04_x", tmp_path / "missing.json")
 
 
+def test_reader_warnings_hide_the_source_path(capsys):
+    import warnings
+
+    old = warnings.formatwarning
+    try:
+        course.reader_warnings()
+        text = warnings.formatwarning("run x: few volumes", UserWarning, "/some/where/preprocess.py", 12, "x = 1")
+        assert text == "UserWarning: run x: few volumes\n"
+    finally:
+        warnings.formatwarning = old
+
+
 def test_kernel_seconds_positive():
     assert 0 < course.kernel_seconds() < 7 * 24 * 3600
 

@@ -23,7 +23,11 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SETUP = "from spineprint_utils import course, plotting, prose\n\nplotting.use_book_style()"
+SETUP = (
+    "from spineprint_utils import course, plotting, prose\n\n"
+    "plotting.use_book_style()\n"
+    "course.reader_warnings()  # warnings without the path of the machine that built the page"
+)
 
 HEADER = """:::{{admonition}} Chapter {number} at a glance
 :class: chapter-facts
