@@ -888,14 +888,16 @@ def trend_verdict(results, parameter: str, column: str, *, physio_model: bool = 
     Returns
     -------
     str
-        E.g. ``"rises (every one of the 3 repeats at the largest value is above every repeat
-        at the smallest)"``; ``"n/a"`` for a missing sweep.
+        E.g. ``"rises (all 3 repeats at the largest value lie above all repeats at the
+        smallest)"``; a sentence saying so when the sweep is missing or has one value.
     """
     results = _check_results(results)
     model = results["physio_model"].astype(bool)
     sub = results[(results["parameter"] == parameter) & (model if physio_model else ~model)]
-    if not len(sub) or sub["value"].nunique() < 2:
-        return "n/a"
+    if not len(sub):
+        return "was not computed (no such sweep)"
+    if sub["value"].nunique() < 2:
+        return "cannot be judged from a single swept value"
     values = np.sort(sub["value"].unique())
     first = sub.loc[sub["value"] == values[0], column].to_numpy(float)
     last = sub.loc[sub["value"] == values[-1], column].to_numpy(float)
