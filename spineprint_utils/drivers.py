@@ -128,7 +128,7 @@ SWEEP_PREPROCESS = {
 SWEEP_COLUMNS = [
     "parameter", "value", "repeat", "seed", "design", "physio_model", "n_subjects", "n_volumes_compared",
     "identification", "identification_ab", "identification_ba", "iself", "iothers", "idiff", "chance",
-    "identification_truth", "idiff_truth", "tsnr_raw", "tsnr_clean",
+    "identification_truth", "idiff_truth", "tsnr_raw", "tsnr_clean", "n_spikes", "dof_remaining",
 ]
 
 DESIGNS = ("within", "between")
@@ -261,7 +261,8 @@ def fingerprint_point(bids_dir, *, design: str = "within", physio_model: bool = 
         The keys of :func:`fingerprint_connectomes`, ``identification_truth`` and
         ``idiff_truth`` (NaN without ground truth), ``n_volumes_compared`` (volumes per
         connectome), ``tsnr_raw`` and ``tsnr_clean`` (mean cord tSNR before and after
-        preprocessing, mean over runs).
+        preprocessing, mean over runs), ``n_spikes`` and ``dof_remaining`` (QC table, mean
+        over runs).
     """
     from . import atlas, connectivity, preprocess
 
@@ -298,6 +299,8 @@ def fingerprint_point(bids_dir, *, design: str = "within", physio_model: bool = 
         qc = preprocess.load_qc_table(deriv)
         res["tsnr_raw"] = float(qc["tsnr_pre_cord"].mean())
         res["tsnr_clean"] = float(qc["tsnr_post_cord"].mean())
+        res["n_spikes"] = float(qc["n_spikes"].mean())
+        res["dof_remaining"] = float(qc["dof_remaining"].mean())
         if sim is not None:
             t = _truth_fingerprint(bids_dir, records, design)
             res["identification_truth"], res["idiff_truth"] = t["identification"], t["idiff"]
@@ -471,7 +474,7 @@ def sweep_many(specs, *, base=None, design: str = "within", n_repeats: int = 1, 
         res = {k: v for k, v in done[key].items() if k not in ("value", "repeat", "seed")}
         rows.append({**res, **{k: item[k] for k in ("parameter", "value", "repeat", "seed", "physio_model")},
                      "design": design})
-    df = pd.DataFrame(rows)[SWEEP_COLUMNS]
+    df = pd.DataFrame(rows).reindex(columns=SWEEP_COLUMNS)  # results cached before a column was added: NaN
     order = {(p, bool(rest[0]) if rest else True): i for i, (p, _, *rest) in enumerate(specs)}
     df["_spec"] = [order[(p, m)] for p, m in zip(df["parameter"], df["physio_model"])]
     df = df.sort_values(["_spec", "repeat", "value"], kind="stable").drop(columns="_spec")
