@@ -15,6 +15,8 @@ import json
 import os
 import re
 import tempfile
+import threading
+import warnings
 import zlib
 from pathlib import Path
 
@@ -29,8 +31,10 @@ __all__ = [
     "atomic_save_npz",
     "read_json",
     "load_nifti",
+    "verify_nifti",
     "check_label",
     "bids_entities",
+    "recorded_warnings",
     "cache_dir",
     "data_dir",
 ]
@@ -87,6 +91,12 @@ def atomic_write(path, mode: str = "wb"):
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if exc.filename is None and exc.errno is not None:  # e.g. disk full: name the file being written
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -200,6 +210,30 @@ def _verify_gzip(path, chunk: int = 1 << 22) -> None:
             pass
 
 
+def verify_nifti(path) -> None:
+    """Check that a NIfTI file decodes completely (``.nii.gz``: gzip CRC-32 and length).
+
+    For readers that let nibabel load the image lazily (``nib.load(path).dataobj``):
+    call this once so that a damaged file is an error naming it, never wrong voxel
+    values. Raises :class:`SpineprintError` ``<file>: corrupt or truncated NIfTI file``.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpineprintError(f"{path}: NIfTI file not found")
+    try:
+        if path.name.endswith(".gz"):
+            _verify_gzip(path)
+        else:
+            img = nib.load(str(path))
+            expected = int(img.header.get_data_offset()) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+            if path.stat().st_size < expected:
+                raise EOFError(f"{path.stat().st_size} bytes, the header describes {expected}")
+    except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
+        raise SpineprintError(f"{path}: corrupt or truncated NIfTI file ({exc})") from None
+
+
 def load_nifti(path, ndim: int | None = None, finite: bool = False, dtype=np.float32):
     """Load a NIfTI image and its data with clear errors.
 
@@ -257,3 +291,35 @@ def bids_entities(name: str) -> dict:
     """BIDS entities of a file name or prefix, e.g.
     ``sub-01_ses-02_task-rest_run-1_bold.nii.gz`` -> ``{"sub": "01", "ses": "02", "task": "rest", "run": "1"}``."""
     return dict(_ENTITY_RE.findall(Path(name).name))
+
+
+_WARNINGS_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def recorded_warnings():
+    """Record every warning *this thread* raises inside the block; yields the list.
+
+    Unlike ``warnings.catch_warnings(record=True)``, which records the warnings of
+    every thread of the process, warnings raised meanwhile by other threads (a Dask
+    worker's event loop, a garbage-collected socket's ``ResourceWarning``...) are shown
+    as usual but never recorded - recorded warnings end up in derivatives (run notes),
+    which must not depend on what else the process was doing. Every warning is
+    recorded, also repeats (filter ``"always"``), so the first and the tenth run of a
+    process record the same. Blocks of several threads are serialised by a lock, so
+    their filter changes do not interleave.
+    """
+    me = threading.get_ident()
+    records: list = []
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("always")
+        previous = warnings.showwarning
+
+        def _hook(message, category, filename, lineno, file=None, line=None):
+            if threading.get_ident() == me:
+                records.append(warnings.WarningMessage(message, category, filename, lineno, file, line))
+            else:
+                previous(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = _hook
+        yield records

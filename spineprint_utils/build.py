@@ -29,12 +29,15 @@ import yaml
 
 from . import __version__
 from ._io import SpineprintError, atomic_write_text
+from ._outputs import BuildOutput
 
 __all__ = [
     "find_book_root",
     "toc_notebooks",
     "load_params",
     "check_params",
+    "declared_parameters",
+    "plan_params",
     "execute_notebook",
     "build_book",
 ]
@@ -118,69 +121,246 @@ def load_params(path) -> dict:
     return params
 
 
-_TYPE_NAMES = {
-    "int": (int,),
-    "float": (int, float),
-    "str": (str,),
-    "bool": (bool,),
-    "list": (list, tuple),
-    "dict": (dict,),
-    "tuple": (list, tuple),
-}
+def declared_parameters(notebook) -> dict:
+    """The parameters a notebook declares: ``{name: {"default": value, "source": text,
+    "type": type name, "help": comment}}`` from its cell tagged ``parameters``.
+
+    Parsed with :mod:`ast` (one top-level ``name = literal`` per parameter, comments
+    free), so every parameter the notebook declares is known - papermill's own line
+    parser skips lines whose comments contain ``=``. ``type`` is the type of the
+    default (``"float"``, ``"int"``, ``"bool"``, ``"str"``, ``"list"``, ``"dict"``,
+    ``"tuple"``) or ``"None"``.
+    """
+    import nbformat
+
+    notebook = Path(notebook)
+    try:
+        nb = nbformat.read(str(notebook), as_version=4)
+    except Exception as exc:  # noqa: BLE001 - nbformat raises many types
+        raise SpineprintError(f"{notebook}: not a readable notebook ({exc})") from None
+    cells = [c for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    if not cells:
+        return {}
+    source = cells[0].source
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise SpineprintError(f"{notebook}: the parameters cell is not valid Python ({exc})") from None
+    lines = source.splitlines()
+    out = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            continue
+        text = ast.get_source_segment(source, node.value) or ""
+        try:
+            value = ast.literal_eval(node.value)
+        except (ValueError, SyntaxError, TypeError):
+            value = text
+        line = lines[node.end_lineno - 1]
+        help_text = line.split("#", 1)[1].strip() if "#" in line[node.end_col_offset:] else ""
+        out[node.targets[0].id] = {"default": value, "source": text,
+                                   "type": "None" if value is None else type(value).__name__, "help": help_text}
+    return out
 
 
 def _declared(notebook: Path) -> dict:
-    import papermill as pm
-
-    return {name: dict(info) for name, info in pm.inspect_notebook(str(notebook)).items()}
+    return declared_parameters(notebook)
 
 
-def _type_of_default(info) -> str:
-    name = info.get("inferred_type_name") or "None"
-    if name == "None":
+def _suggest(name: str, candidates) -> str:
+    import difflib
+
+    candidates = sorted(set(candidates))
+    key = str(name).replace("-", "_").lower()
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+#: parameters whose value is a mapping of keyword arguments: the keys allowed inside
+def _nested_keys(name: str):
+    if name in ("study_params", "native_study", "physio_study"):
+        from . import simulate
+
+        return tuple(simulate.DEFAULTS)
+    if name == "preprocess_params":
+        import inspect
+
+        from . import preprocess
+
+        return tuple(p for p in inspect.signature(preprocess.preprocess_run).parameters if p not in
+                     ("bold_path", "output_dir"))
+    return None
+
+
+_FLOAT_STRING = ("inf", "+inf", "-inf", "nan")
+
+
+def _as_float(value):
+    """A float from a YAML number or from the strings YAML 1.1 leaves unparsed (``1e-2``)."""
+    if isinstance(value, bool):
+        raise TypeError
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        if text.lower() in _FLOAT_STRING:
+            raise TypeError  # not a usable parameter value
+        return float(text)
+    raise TypeError
+
+
+def _check_value(where: str, name: str, value, info: dict):
+    """*value* converted to the type of the declared default, or a SpineprintError."""
+    kind = info["type"]
+    default = info["default"]
+    expected = f"expects {kind} (default {info['source']})"
+    if value is None:
+        if kind != "None":
+            raise SpineprintError(f"{where}: parameter {name!r} {expected}, got null; null is only accepted where "
+                                  "the default is None")
+        return None
+    if kind == "None":
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise SpineprintError(f"{where}: parameter {name!r} {expected}, got {type(value).__name__} {value!r} "
+                                  "(write true or false)")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpineprintError(f"{where}: parameter {name!r} {expected}, got {type(value).__name__} {value!r}")
+        return value
+    if kind == "float":
         try:
-            value = ast.literal_eval(info.get("default", "None"))
-        except (ValueError, SyntaxError):
-            return "None"
-        name = type(value).__name__ if value is not None else "None"
-    return name
+            return _as_float(value)
+        except (TypeError, ValueError):
+            raise SpineprintError(f"{where}: parameter {name!r} {expected}, got {type(value).__name__} "
+                                  f"{value!r}") from None
+    if kind == "str":
+        if not isinstance(value, str):
+            raise SpineprintError(f"{where}: parameter {name!r} {expected}, got {type(value).__name__} {value!r}")
+        return value
+    if kind in ("list", "tuple"):
+        if not isinstance(value, (list, tuple)):
+            raise SpineprintError(f"{where}: parameter {name!r} {expected}, got {type(value).__name__} {value!r}")
+        kinds = {type(v).__name__ for v in default}
+        if len(kinds) == 1 and value:
+            item = {"type": kinds.pop(), "default": default[0], "source": repr(default[0])}
+            if item["type"] in ("int", "float", "str", "bool"):
+                if item["type"] == "int" and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                 for v in value) and any(isinstance(v, float) for v in value):
+                    item["type"] = "float"  # e.g. [50, 100.5]: numbers where the default has integers
+                value = [_check_value(where, f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+        return list(value)
+    if kind == "dict":
+        if not isinstance(value, dict):
+            raise SpineprintError(f"{where}: parameter {name!r} {expected}, got {type(value).__name__} {value!r}")
+        allowed = _nested_keys(name)
+        if allowed is not None:
+            for key in value:
+                if key not in allowed:
+                    raise SpineprintError(f"{where}: parameter {name!r} has an unknown key {key!r}"
+                                          f"{_suggest(key, allowed)} (known: {', '.join(allowed)})")
+        if name in ("study_params", "native_study", "physio_study"):
+            from . import simulate
+
+            try:
+                simulate._validate(value)
+            except SpineprintError as exc:
+                raise SpineprintError(f"{where}: parameter {name!r}: {exc}") from None
+        return value
+    return value
 
 
-def check_params(notebook: Path, params: dict, declared: dict | None = None, strict: bool = True) -> dict:
+#: parameters naming a folder / file of the caller's: they must exist and are made absolute
+_FOLDER_PARAMS = ("bids_dir",)
+_FILE_PARAMS = ("connectome_file",)
+
+
+def _resolve_path(where: str, name: str, value, base: Path):
+    if value is None or (name not in _FOLDER_PARAMS and name not in _FILE_PARAMS):
+        return value
+    if not isinstance(value, (str, os.PathLike)):
+        raise SpineprintError(f"{where}: parameter {name!r} expects a path, got {type(value).__name__} {value!r}")
+    path = Path(os.path.expandvars(os.fspath(value))).expanduser()
+    path = (base / path) if not path.is_absolute() else path
+    path = Path(os.path.abspath(path))
+    if name in _FOLDER_PARAMS and not path.is_dir():
+        raise SpineprintError(f"{where}: parameter {name!r}: folder {path} not found"
+                              + (f" (relative paths are resolved against {base})" if not Path(value).is_absolute()
+                                 else ""))
+    if name in _FILE_PARAMS and not path.is_file():
+        raise SpineprintError(f"{where}: parameter {name!r}: file {path} not found"
+                              + (f" (relative paths are resolved against {base})" if not Path(value).is_absolute()
+                                 else ""))
+    return str(path)
+
+
+def check_params(notebook: Path, params: dict, declared: dict | None = None, strict: bool = True,
+                 base=None, where=None) -> dict:
     """Validate parameters against the notebook's ``parameters`` cell.
 
-    Unknown names and values whose type does not match the default's type are
-    rejected (``None`` defaults accept anything; an ``int`` is accepted where
-    a ``float`` is declared). Returns the accepted parameters.
+    Unknown names are rejected with a did-you-mean suggestion (``strict``; otherwise
+    skipped). Values follow the type of the declared default: an ``int`` or a number
+    written in any YAML spelling (``1e-2``) where a ``float`` is declared, ``null``
+    only where the default is ``None``; lists element by element when the default's
+    elements share one type; mappings of simulation (``study_params``...) or
+    preprocessing (``preprocess_params``) settings key by key. Path parameters
+    (``bids_dir``, ``connectome_file``) must exist and are resolved against *base*
+    (default: the current working folder). Returns the accepted, converted parameters.
     """
     declared = _declared(notebook) if declared is None else declared
+    base = Path(base) if base is not None else Path.cwd()
+    where = where or str(notebook)
     accepted = {}
     for name, value in params.items():
         if name not in declared:
             if strict:
                 known = ", ".join(sorted(declared)) or "none"
-                raise SpineprintError(f"{notebook}: unknown parameter {name!r} (declared: {known})")
+                raise SpineprintError(f"{where}: unknown parameter {name!r}{_suggest(name, declared)} "
+                                      f"(declared: {known})")
             continue
-        type_name = _type_of_default(declared[name])
-        allowed = _TYPE_NAMES.get(type_name)
-        if value is not None and allowed is not None:
-            bad_bool = isinstance(value, bool) and type_name in ("int", "float")
-            if bad_bool or not isinstance(value, allowed):
-                raise SpineprintError(
-                    f"{notebook}: parameter {name!r} expects {type_name} "
-                    f"(default {declared[name].get('default')}), got {type(value).__name__} {value!r}"
-                )
-        accepted[name] = value
+        value = _check_value(where, name, value, declared[name])
+        accepted[name] = _resolve_path(where, name, value, base)
     return accepted
 
 
-def _params_for(notebook: Path, all_params: dict) -> dict:
-    declared = _declared(notebook)
-    merged = check_params(notebook, all_params.get("all", {}), declared, strict=False)
+def _params_for(notebook: Path, all_params: dict, declared: dict | None = None, base=None,
+                label: str | None = None) -> dict:
+    declared = _declared(notebook) if declared is None else declared
+    label = label or str(notebook)
+    merged = check_params(notebook, all_params.get("all", {}), declared, strict=False, base=base,
+                          where=f"{label} (from 'all:')")
     for key in (notebook.stem, str(notebook), notebook.name):
         if key in all_params:
-            merged.update(check_params(notebook, all_params[key], declared, strict=True))
+            merged.update(check_params(notebook, all_params[key], declared, strict=True, base=base,
+                                       where=f"{label} (section '{key}:')"))
     return merged
+
+
+def plan_params(root: Path, notebooks, all_params: dict, params_file=None, base=None) -> list:
+    """Check a whole parameters file against the book before anything runs.
+
+    Every section must name a notebook of ``_toc.yml`` (or be ``all``); every key of
+    ``all:`` must be declared by at least one notebook; every notebook's keys and values
+    are checked by :func:`check_params`. Errors name the file, the section, the key
+    and suggest the closest known name. Returns ``[(notebook, params), ...]``.
+    """
+    where = params_file or "parameters"
+    names = {nb.stem for nb in notebooks} | {str(nb) for nb in notebooks} | {nb.name for nb in notebooks}
+    for section in all_params:
+        if section not in ("all", "dataset") and section not in names:
+            raise SpineprintError(f"{where}: no notebook in _toc.yml called {section!r}"
+                                  f"{_suggest(section, {nb.stem for nb in notebooks} | {'all', 'dataset'})} "
+                                  f"(notebooks: {', '.join(nb.stem for nb in notebooks)})")
+    declared = {nb: _declared(root / nb) for nb in notebooks}
+    everywhere = set().union(*declared.values()) if declared else set()
+    for name in all_params.get("all", {}):
+        if name not in everywhere:
+            raise SpineprintError(f"{where}: section 'all:': no notebook declares a parameter {name!r}"
+                                  f"{_suggest(name, everywhere)}")
+    return [(nb, _params_for(root / nb, all_params, declared[nb], base=base, label=f"{where}: {nb}"))
+            for nb in notebooks]
 
 
 # --------------------------------------------------------------- execution
@@ -323,22 +503,22 @@ def build_book(root=None, output=None, params_file=None, only=None, execute=True
         The HTML folder (or the staging folder when ``html=False``).
     """
     root = find_book_root(root)
+    default_output = not output
     output = Path(output).resolve() if output else root / "_build"
-    staging = output / "source"
     all_params = load_params(params_file)
     dataset = all_params.pop("dataset", None)
     notebooks = toc_notebooks(root)
-    known = {nb.stem for nb in notebooks} | {str(nb) for nb in notebooks} | {nb.name for nb in notebooks} | {"all"}
-    unknown = sorted(set(all_params) - known)
-    if unknown:
-        raise SpineprintError(f"{params_file}: no notebook in _toc.yml called {', '.join(unknown)}")
+    # validate every notebook's parameters before anything runs (or is fetched); paths relative to the caller's folder
+    plan = plan_params(root, notebooks, all_params, params_file, base=Path.cwd())
     if dataset is not None and execute:
         # a real dataset by parameters alone: fetch (resumable, verified), then every notebook
         # that declares bids_dir gets it unless its own section says otherwise
         all_params.setdefault("all", {})["bids_dir"] = str(fetch_dataset(dataset, params_file))
-    # validate every notebook's parameters before running anything
-    plan = [(nb, _params_for(root / nb, all_params)) for nb in notebooks]
+        plan = plan_params(root, notebooks, all_params, params_file, base=Path.cwd())
 
+    # the build replaces only what it wrote: entries of --output it did not create are kept
+    owned = BuildOutput(output, default=default_output or output == (root / "_build").resolve())
+    staging = owned.claim("source")
     _stage(root, staging)
     package_hash = _package_hash()
     timings = {}
@@ -353,20 +533,20 @@ def build_book(root=None, output=None, params_file=None, only=None, execute=True
                 continue
             print(f"[{i}/{len(plan)}] executing {nb} {params or ''}", flush=True)
             timings[str(nb)] = execute_notebook(root / nb, out, params, key, progress=progress,
-                                                failed_dir=output / "failed")
+                                                failed_dir=owned.claim("failed"))
             print(f"[{i}/{len(plan)}] {nb}: {timings[str(nb)]:.1f} s", flush=True)
     missing = [nb for nb, _ in plan if not (staging / nb).is_file()]
     if html and missing:
         raise SpineprintError(
             "cannot build the HTML: not executed yet: " + ", ".join(map(str, missing))
         )
-    atomic_write_text(output / "timings.json", json.dumps(timings, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(owned.claim("timings.json"), json.dumps(timings, indent=2, sort_keys=True) + "\n")
     if not html:
         return staging
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [
         str(jb) if jb.exists() else "jupyter-book", "build", str(staging),
-        "--path-output", str(output / "jb"), "-W", "--keep-going",
+        "--path-output", str(owned.claim("jb")), "-W", "--keep-going",
         "--all",  # re-render every page: Sphinx misses some changes (e.g. to references.bib)
     ]
     print("building HTML:", " ".join(cmd[1:]), flush=True)
@@ -374,10 +554,7 @@ def build_book(root=None, output=None, params_file=None, only=None, execute=True
     if result.returncode != 0:
         raise SpineprintError(f"jupyter-book build failed (exit {result.returncode}); see the warnings above")
     built = output / "jb" / "_build" / "html"
-    final = output / "html"
-    if final.exists():
-        shutil.rmtree(final)
-    shutil.copytree(built, final)
+    final = owned.replace_tree(built, "html")
     print(f"book built: {final / 'index.html'}", flush=True)
     return final
 

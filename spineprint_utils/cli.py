@@ -45,6 +45,26 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def os_error_line(exc: OSError) -> str:
+    """``<path>: <reason>`` for an operating-system error (the path it concerns first)."""
+    import errno as _errno
+
+    reason = exc.strerror or str(exc)
+    hint = {
+        _errno.ENOSPC: "the disk is full; free space or choose another output folder",
+        _errno.EFBIG: "file size limit reached (disk quota or ulimit -f); free space or raise the limit",
+        _errno.EROFS: "the file system is read-only; choose another output folder",
+        _errno.EACCES: "permission denied; choose a folder you can write to",
+        _errno.EPERM: "operation not permitted; choose a folder you can write to",
+        getattr(_errno, "EDQUOT", -1): "disk quota exceeded",
+    }.get(exc.errno)
+    where = exc.filename if exc.filename is not None else None
+    text = f"{where}: {reason}" if where is not None else reason
+    if exc.filename2 is not None:
+        text += f" (-> {exc.filename2})"
+    return f"{text} ({hint})" if hint else text
+
+
 def _sigterm_as_interrupt(signum, frame):
     """SIGTERM (e.g. a batch scheduler or ``kill``) stops like Ctrl-C: the
     ``KeyboardInterrupt`` unwinds through the atomic writers, which remove their
@@ -69,6 +89,9 @@ def main(argv=None) -> int:
         result = args.func(args)
     except SpineprintError as exc:
         print(f"spineprint {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # read-only folder, disk full, permission...: one line naming the path
+        print(f"spineprint {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"spineprint {args.command}: interrupted; completed outputs are kept, rerun to resume", file=sys.stderr)

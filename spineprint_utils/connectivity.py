@@ -63,7 +63,9 @@ from ._io import (
     bids_entities,
     check_label,
     load_nifti,
+    verify_nifti,
 )
+from ._outputs import guarded_output
 from .fingerprint import split_half  # first/second half of a run: the within-session design
 
 __all__ = [
@@ -108,6 +110,7 @@ def _as_image(img, what):
         path = Path(img)
         if not path.is_file():
             raise SpineprintError(f"{path}: {what} not found")
+        verify_nifti(path)  # the gzip CRC: a damaged file is an error, never wrong values
         try:
             return nib.load(str(path)), str(path)
         except Exception as exc:  # noqa: BLE001 - nibabel raises many types
@@ -459,10 +462,34 @@ def _common_regions(table, labels_by_grid, run_labels, segs, hs):
     return new_table, new_grids, new_runs
 
 
+def _check_regions_in_cord(grids, run_labels, labels_by_grid):
+    """:func:`spineprint_utils.cord.check_regions_in_cord` on every run with a preprocessing
+    cord mask (``<prefix>_desc-cord_mask.nii.gz`` beside the run) on the run's grid."""
+    import nibabel as nib
+
+    from . import cord as cord_mod
+
+    checks = []
+    for key, members in grids.items():
+        for p, img in members:
+            cm_path = p.parent / f"{_prefix(p)}_desc-cord_mask.nii.gz"
+            if not cm_path.is_file():
+                continue
+            verify_nifti(cm_path)
+            cm_img = nib.load(str(cm_path))
+            if cm_img.shape[:3] != img.shape[:3] or not np.allclose(cm_img.affine, img.affine, atol=1e-3):
+                continue
+            lab = run_labels[p][0] if p in run_labels else labels_by_grid[key]
+            checks.append((p.name, np.asarray(lab.dataobj), np.asarray(cm_img.dataobj) > 0))
+    return cord_mod.check_regions_in_cord(checks)
+
+
 def _grid_key(img):
     return (tuple(int(s) for s in img.shape[:3]), tuple(np.round(np.asarray(img.affine), 4).ravel().tolist()))
 
 
+@guarded_output(lambda a: a["output_dir"] if a["output_dir"] is not None else a["deriv_dir"],
+                option="the connectivity output folder (--output-dir, default DERIV_DIR)")
 def connectivity_dataset(
     deriv_dir,
     kind: str = "correlation",
@@ -540,6 +567,7 @@ def connectivity_dataset(
     grids = {}
     run_labels = {}  # run path -> (labels image, regions table, sha256) for runs with native-space regions
     for p in runs:
+        verify_nifti(p)  # the gzip CRC: a damaged run is an error naming it, never wrong values
         try:
             hdr_img = nib.load(str(p))
         except Exception as exc:  # noqa: BLE001
@@ -587,6 +615,9 @@ def connectivity_dataset(
     if len(grids) == 1 and labels_by_grid:
         atomic_save_nifti(next(iter(labels_by_grid.values())), group_dir / f"atlas-{ATLAS_NAME}_dseg.nii.gz")
     atomic_write_text(group_dir / f"atlas-{ATLAS_NAME}_dseg.tsv", table.to_csv(sep="\t", index=False, lineterminator="\n"))
+
+    # ---- the regions must lie in each run's cord (issue 14): refuse runs whose do not, naming them
+    _check_regions_in_cord(grids, run_labels, labels_by_grid)
 
     # ---- per-run time series (kind independent)
     stem = _stem(kind)

@@ -4,17 +4,63 @@
 local processes with ``n_jobs > 1``, or on a Dask cluster when a scheduler
 address is given (argument or ``$DASK_SCHEDULER_ADDRESS``). Results always come
 back in input order, so a stage gives the same output whichever backend ran it.
+
+Same bytes on every backend: each item runs with the numerical thread pools (BLAS,
+LAPACK, OpenMP) pinned to :data:`NUMERIC_THREADS` thread(s) with ``threadpoolctl``,
+in the calling process as in the workers. Multi-threaded OpenBLAS splits dot
+products, matrix-vector products, ``syrk``, ``eigh`` and ``lstsq`` between its
+threads and sums the parts in another order, so the same run gives different last
+bits with 1 or 2 threads - and a Dask worker starts with ``OMP_NUM_THREADS=1``
+while the caller has one thread per core. Pinning makes the result independent of
+the backend, the machine's core count and its load.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import as_completed as _as_completed
 
-__all__ = ["parallel_map"]
+__all__ = ["parallel_map", "NUMERIC_THREADS", "pinned_threads"]
+
+#: threads of the numerical libraries (BLAS/LAPACK/OpenMP) while an item runs, on every backend
+NUMERIC_THREADS = 1
+
+
+_PIN_LOCK = threading.Lock()
+_PIN = {"depth": 0, "limiter": None}
+
+
+@contextlib.contextmanager
+def pinned_threads(n: int = NUMERIC_THREADS):
+    """Pin the BLAS/LAPACK/OpenMP thread pools to *n* threads inside the block
+    (``threadpoolctl.threadpool_limits``), restoring them when the last of the blocks
+    running at the same time (threads of one Dask worker) ends: the limits are
+    process-wide, so one thread's exit must not lift them under another's feet."""
+    from threadpoolctl import threadpool_limits
+
+    with _PIN_LOCK:
+        if _PIN["depth"] == 0:
+            _PIN["limiter"] = threadpool_limits(limits=int(n))
+        _PIN["depth"] += 1
+    try:
+        yield
+    finally:
+        with _PIN_LOCK:
+            _PIN["depth"] -= 1
+            if _PIN["depth"] == 0:
+                _PIN["limiter"].restore_original_limits()
+                _PIN["limiter"] = None
+
+
+def _pinned_call(func, item):
+    """``func(item)`` with the numerical thread pools pinned (module level: picklable for Dask)."""
+    with pinned_threads():
+        return func(item)
 
 
 def _progress(iterable, total, desc, disable):
@@ -58,10 +104,16 @@ def parallel_map(func, items, n_jobs: int = 1, scheduler: str | None = None, des
     scheduler = scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
     disable = not progress
     if scheduler:
-        from dask.distributed import Client, as_completed
+        from dask.distributed import as_completed
 
-        with Client(scheduler) as client:
-            futures = client.map(func, items, pure=False)
+        with _connect(scheduler) as client:
+            import uuid
+
+            from dask.utils import funcname
+
+            # task keys named after the stage's function (not the pinning wrapper), as without it
+            keys = [f"{funcname(func)}-{uuid.uuid4().hex}" for _ in items]
+            futures = client.map(functools.partial(_pinned_call, func), items, key=keys, pure=False)
             for _ in _progress(as_completed(futures), len(futures), desc, disable):
                 pass
             return client.gather(futures)
@@ -69,7 +121,8 @@ def parallel_map(func, items, n_jobs: int = 1, scheduler: str | None = None, des
     if n_jobs < 0:
         n_jobs = os.cpu_count() or 1
     if n_jobs == 1 or len(items) == 1:
-        return [func(item) for item in _progress(items, len(items), desc, disable)]
+        with pinned_threads():
+            return [func(item) for item in _progress(items, len(items), desc, disable)]
     pool = ProcessPoolExecutor(max_workers=min(n_jobs, len(items)), initializer=_worker_init)
     futures = []
     try:
@@ -82,6 +135,26 @@ def parallel_map(func, items, n_jobs: int = 1, scheduler: str | None = None, des
         raise
     pool.shutdown(wait=True)
     return results
+
+
+#: seconds to wait for a Dask scheduler before giving up (``$SPINEPRINT_SCHEDULER_TIMEOUT``)
+SCHEDULER_TIMEOUT = 10.0
+
+
+def _connect(address: str):
+    """A :class:`dask.distributed.Client` for *address*, or one clear error naming it."""
+    from dask.distributed import Client
+
+    from ._io import SpineprintError
+
+    timeout = float(os.environ.get("SPINEPRINT_SCHEDULER_TIMEOUT", SCHEDULER_TIMEOUT))
+    try:
+        return Client(address, timeout=timeout)
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        raise SpineprintError(
+            f"Dask scheduler {address}: cannot connect within {timeout:g} s ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no reply'}); check the address (--scheduler / "
+            "$DASK_SCHEDULER_ADDRESS) and that the scheduler is running") from None
 
 
 _BUSY = False
@@ -111,7 +184,7 @@ def _run_task(func, item):
     try:
         if _STOPPING:
             raise KeyboardInterrupt
-        return func(item)
+        return _pinned_call(func, item)
     finally:
         _BUSY = False
 

@@ -55,10 +55,18 @@ Outputs (``<prefix>`` = raw name without ``_bold.nii.gz``), under
 - native-space runs only: ``<prefix>_desc-b0_fieldmap.nii.gz`` (estimated field, Hz),
   ``<prefix>_atlas-PAM50horns_dseg.nii.gz``/``.tsv`` (regions on the run's grid, used by
   the connectivity step), ``<prefix>_from-PAM50_to-bold_xfm.npz`` (transform chain,
-  :func:`spineprint_utils.registration.load_transforms`),
-  ``figures/<prefix>_desc-native_qc.png``; and per T2w image, under ``anat/``,
-  ``<T2w>_from-T2w_to-PAM50_xfm.npz``, ``<T2w>_from-PAM50_to-T2w_xfm.npz`` and
-  ``<T2w>_desc-registration_qc.json`` (reused by the participant's other runs)
+  :func:`spineprint_utils.registration.load_transforms`) and the same chain as an ITK/ANTs
+  displacement field ``<prefix>_from-PAM50_to-bold_mode-image_xfm.nii.gz``, the cord-driven
+  func -> T2w transform ``<prefix>_from-T2w_to-bold_mode-image_xfm.nii.gz``
+  (:mod:`spineprint_utils.xfm`), ``figures/<prefix>_desc-native_qc.png`` and
+  ``figures/<prefix>_desc-funcanat_qc.png`` (EPI cord, T2w cord on the EPI, horn regions);
+  and per T2w image, under ``anat/``, ``<T2w>_from-T2w_to-PAM50_xfm.npz``,
+  ``<T2w>_from-PAM50_to-T2w_xfm.npz``, their ITK copies ``<T2w>_from-*_to-*_mode-image_xfm.nii.gz``
+  and ``<T2w>_desc-registration_qc.json`` (reused by the participant's other runs; records the
+  vertebral labels used, :func:`spineprint_utils.levels.find_vertebral_labels`, and the PAM50
+  level centres), plus ``figures/<T2w>_desc-levels_qc.png``. User-provided warps (SCT's
+  ``warp_template2anat.nii.gz``, an EPI -> PAM50 field) replace the registrations
+  (:func:`spineprint_utils.xfm.find_given_anat_warp`, :func:`~spineprint_utils.xfm.find_given_epi_warp`)
 
 and dataset-level ``dataset_description.json`` and ``qc.tsv``. If a run fails,
 every file it wrote is removed: no partial derivative is left behind.
@@ -80,7 +88,8 @@ from scipy import ndimage
 from . import __version__, denoise, motion
 from . import motion as motion_mod
 from ._io import (SpineprintError, atomic_save_nifti, atomic_write_json, atomic_write_text, bids_entities,
-                  check_label, load_nifti, read_json)
+                  check_label, load_nifti, read_json, recorded_warnings, verify_nifti)
+from ._outputs import guarded_output
 from .parallel import parallel_map
 
 __all__ = [
@@ -127,13 +136,15 @@ RUN_DEFAULTS = {
 #: native-space steps: part of the completion key only when changed from these defaults
 _NATIVE_DEFAULTS = {"distortion": True, "registration": True}
 #: outputs written only by some runs (not required for a run to count as complete)
-_OPTIONAL_OUTPUTS = ("fig_physio", "fieldmap", "dseg", "dseg_tsv", "xfm", "fig_native")
+_OPTIONAL_OUTPUTS = ("fig_physio", "fieldmap", "dseg", "dseg_tsv", "xfm", "fig_native", "fig_funcanat", "xfm_itk",
+                     "xfm_f2a_itk")
 
 QC_COLUMNS = [
     "run", "subject", "session", "n_volumes", "tr_s", "tsnr_pre_cord", "tsnr_post_cord", "mean_fd_mm", "max_fd_mm",
     "n_spikes", "heart_rate_bpm", "respiratory_rate_bpm", "physio_model_applied", "physio_model",
     "var_motion_pct", "var_physio_pct", "var_csf_pct", "var_spikes_pct", "var_filter_pct", "var_total_pct",
-    "n_regressors", "dof_remaining", "mask_source", "distortion_correction", "registration", "registration_dice",
+    "n_regressors", "dof_remaining", "mask_source", "distortion_correction", "registration", "t2w_pam50_dice",
+    "func_t2w_cord_dice", "regions_in_cord_pct",
     "runtime_s",
 ]
 
@@ -171,7 +182,9 @@ def find_bold_runs(bids_dir, participants=None) -> list[Path]:
     bids_dir = Path(bids_dir)
     if not bids_dir.is_dir():
         raise SpineprintError(f"{bids_dir}: BIDS folder not found")
-    runs = sorted(p for p in bids_dir.glob("sub-*/**/func/*" + _BOLD_SUFFIX) if "derivatives" not in p.parts)
+    # derivative outputs (a ``desc-`` entity, which raw BOLD names never have) are never raw runs
+    runs = sorted(p for p in bids_dir.glob("sub-*/**/func/*" + _BOLD_SUFFIX)
+                  if "derivatives" not in p.parts and "_desc-" not in p.name)
     if participants:
         keep = {check_label(p, "sub") for p in participants}
         found = {bids_entities(run_prefix(p)).get("sub") for p in runs}
@@ -206,10 +219,13 @@ def run_outputs(bold_path, output_dir) -> dict:
         "fig_tsnr": fig / f"{p}_desc-tsnr_qc.png",
         "fig_physio": fig / f"{p}_desc-physio_qc.png",
         "fig_native": fig / f"{p}_desc-native_qc.png",
+        "fig_funcanat": fig / f"{p}_desc-funcanat_qc.png",
         "fieldmap": folder / f"{p}_desc-b0_fieldmap.nii.gz",
         "dseg": folder / f"{p}_atlas-PAM50horns_dseg.nii.gz",
         "dseg_tsv": folder / f"{p}_atlas-PAM50horns_dseg.tsv",
         "xfm": folder / f"{p}_from-PAM50_to-bold_xfm.npz",
+        "xfm_itk": folder / f"{p}_from-PAM50_to-bold_mode-image_xfm.nii.gz",
+        "xfm_f2a_itk": folder / f"{p}_from-T2w_to-bold_mode-image_xfm.nii.gz",
         "qc": folder / f"{p}_desc-qc_metrics.json",
     }
 
@@ -651,19 +667,58 @@ def _anat_registration(t2w: Path, seg: Path, output_dir: Path, root: Path, notes
     to_native_path = folder / f"{stem}_from-PAM50_to-T2w_xfm.npz"
     to_template_path = folder / f"{stem}_from-T2w_to-PAM50_xfm.npz"
     info_path = folder / f"{stem}_desc-registration_qc.json"
+    from . import levels as levels_mod
+
+    sub = bids_entities(t2w.name.split(".nii")[0]).get("sub")
+    labels, kind = levels_mod.find_vertebral_labels(t2w, root, sub)
     key = {"t2w": t2w.name, "seg": seg.name, "t2w_bytes": t2w.stat().st_size, "seg_bytes": seg.stat().st_size,
-           "version": __version__}
+           "labels": labels.name if labels is not None else None,
+           "labels_bytes": labels.stat().st_size if labels is not None else None, "version": __version__}
+    from . import xfm
+
+    given = xfm.find_given_anat_warp(t2w, root, sub)
+    if given is not None:
+        # the user's template -> T2w warp (SCT's warp_template2anat): used as is; its QC is the Dice
+        # of the T2w cord with the PAM50 cord brought through it
+        import nibabel as nib
+
+        to_native = xfm.load_itk(given)
+        tcord = registration._load_template_img(Path(registration._template("PAM50", None)), "PAM50_cord.nii.gz")
+        verify_nifti(seg)  # gzip CRC
+        seg_img = nib.load(str(seg))
+        on_t2w = np.asarray(registration.apply_transforms(tcord, seg_img, to_native).dataobj) >= 0.5
+        return to_native, {"dice": registration.dice(on_t2w, np.asarray(seg_img.dataobj) > 0.5),
+                           "z_method": "given", "given": given.name}
     if to_native_path.is_file() and to_template_path.is_file() and info_path.is_file():
         with contextlib.suppress(SpineprintError):
             info = read_json(info_path)
             if info.get("key") == key:
                 return registration.load_transforms(to_native_path), info
-    reg = registration.register_to_template(t2w, seg)
+    reg = registration.register_to_template(t2w, seg, levels_img=labels, levels_kind=kind or "levels")
+    import nibabel as nib
+
+    verify_nifti(t2w)  # gzip CRC
+    t2w_img = nib.load(str(t2w))
+    # ANTs/ITK/SCT-readable copies (BIDS names): template -> T2w field on the T2w grid, T2w -> template
+    # field on the template-space working grid
+    xfm.save_itk(reg.to_native, folder / xfm.xfm_name(stem, "PAM50", "T2w"), reference=t2w_img)
+    xfm.save_itk(reg.to_template, folder / xfm.xfm_name(stem, "T2w", "PAM50"), reference=reg.reference)
+    fig_path = output_dir / "figures" / f"{stem}_desc-levels_qc.png"
+    lev = levels_mod.levels_on_anat(reg, t2w_img)
+    centres = levels_mod.level_centres(lev, t2w_img.affine)
+    levels_mod.plot_levels_sagittal(
+        t2w_img, lev, nib.load(str(labels)) if labels is not None and kind == "levels" and
+        levels_mod.is_point_labels(labels) else None,
+        title=f"{stem}: PAM50 levels ({reg.z_method}{', ' + labels.name if labels is not None else ''})",
+        path=fig_path)
     registration.save_transforms(to_native_path, reg.to_native)
     registration.save_transforms(to_template_path, reg.to_template)
     info = {"key": key, "dice": reg.dice, "dice_affine": reg.dice_affine, "z_method": reg.z_method,
+            "labels": str(labels.name) if labels is not None else None, "labels_kind": kind,
+            "level_centres_mm": {str(k): round(v, 2) for k, v in centres.items()}, "levels_figure": fig_path.name,
             "z_offset_mm": reg.z_offset, "z_scale": reg.z_scale, "notes": list(reg.notes),
-            "timings_s": reg.timings, "method": "register_to_template (De Leener 2017; SyN, Avants 2008; dipy)"}
+            "method": "register_to_template (De Leener 2017; SyN, Avants 2008; dipy)"}
+    # no wall times (reg.timings) in a derivative: the same inputs give the same bytes
     atomic_write_json(info_path, info)  # written last: marks the cached transforms complete
     return reg.to_native, info
 
@@ -721,24 +776,42 @@ def _registration_step(bold_path: Path, img, mean_img, output_dir: Path, notes: 
 
     from . import atlas, registration
 
+    from . import xfm
+
+    root = _bids_root(bold_path)
+    sub = bids_entities(run_prefix(bold_path)).get("sub")
+    epi_warp = xfm.find_given_epi_warp(bold_path, root, sub) if root is not None else None
     t2w, seg, reason = find_anat(bold_path)
-    if t2w is None:
+    if t2w is None and epi_warp is None:
         return None, f"skip: {reason}"
     if atlas.pam50_source("auto")[0] != "pam50":
         return None, ("skip: the PAM50 template is not available offline (set SPINEPRINT_DATA_DIR or run "
                       "spineprint_utils.datasets.fetch_pam50())")
-    root = _bids_root(bold_path)
-    to_native, info = _anat_registration(t2w, seg, Path(output_dir), root, notes)
     mean3 = nib.Nifti1Image(np.asarray(mean_img, dtype=np.float32), img.affine)
-    # the rigid func -> anat fit runs on the T2w resampled to 1 mm (the BOLD has 1 x 1 x 5 mm voxels or
-    # coarser; a finer anat grid only slows the mutual information down)
-    anat1, seg1 = _coarse(t2w), _coarse(seg)
-    f2a = registration.register_func_to_anat(mean3, anat1, seg1, iterations=(100, 50))
-    chain = list(f2a.to_func) + list(to_native)
     shape = tuple(int(s) for s in mean_img.shape[:3])
     vs = tuple(float(v) for v in img.header.get_zooms()[:3])
-    t_shape, t_aff = _template_grid_for(shape, img.affine, chain, vs)
     source = atlas.pam50_source("auto")[0]
+    if epi_warp is not None:
+        # the user's own EPI -> template warp (e.g. from SCT): used as is, no registration here
+        chain = xfm.load_itk(epi_warp)
+        f2a_info, info, to_func = None, {"dice": float("nan"), "z_method": "given"}, []
+        with contextlib.suppress(SpineprintError):
+            epi_cord, epi_csf, msrc = _epi_cord_or_none(bold_path, img, mean_img)
+            if epi_cord is not None:
+                f2a_info = {"to_func": [], "dice": float("nan"), "dice_header": float("nan"), "alignment": None,
+                            "epi_cord": epi_cord, "epi_csf": epi_csf, "mask_source": msrc}
+    else:
+        to_native, info = _anat_registration(t2w, seg, Path(output_dir), root, notes)
+        f2a_info = _func_to_anat_on_cord(bold_path, img, mean_img, seg, to_native, shape, vs, source, notes)
+        if f2a_info is not None:
+            to_func = f2a_info["to_func"]
+        else:
+            # no cord on the EPI: rigid mutual information on the T2w resampled to 1 mm (the BOLD has
+            # 1 x 1 x 5 mm voxels or coarser; a finer anat grid only slows the mutual information down)
+            anat1, seg1 = _coarse(t2w), _coarse(seg)
+            to_func = registration.register_func_to_anat(mean3, anat1, seg1, iterations=(100, 50)).to_func
+        chain = list(to_func) + list(to_native)
+    t_shape, t_aff = _template_grid_for(shape, img.affine, chain, vs)
     maps = atlas.tissue_maps(t_aff, t_shape, source=source)
     ref = nib.Nifti1Image(np.zeros(t_shape, np.float32), t_aff)
     with warnings.catch_warnings(record=True) as caught:
@@ -760,10 +833,66 @@ def _registration_step(bold_path: Path, img, mean_img, output_dir: Path, notes: 
                              n_voxels=[int((new == k).sum()) for k in range(1, len(regions) + 1)])
     if not cord.any():
         raise SpineprintError(f"{bold_path}: the PAM50 cord brought to the run through the registration is empty")
-    status = (f"applied: {t2w.name} + {seg.name} -> PAM50 (cord Dice {info['dice']:.3f}, z placement "
-              f"{info['z_method']}), mean BOLD -> T2w rigid (mutual information)")
-    return {"cord": cord, "csf": csf, "labels": new, "regions": regions, "chain": chain, "dice": float(info["dice"]),
-            "status": status, "t2w": t2w, "seg": seg, "mean": mean3}, status
+    if f2a_info is not None:
+        cord, csf = f2a_info["epi_cord"], f2a_info["epi_csf"]  # the run's own cord, found on its EPI
+    if epi_warp is not None:
+        status = f"applied: given EPI -> PAM50 warp {epi_warp.name} (no registration run)"
+    else:
+        if f2a_info is not None:
+            f2a_desc = (f"mean BOLD -> T2w on the cord (slice-wise, spineprint_utils.funcreg; EPI-T2w cord Dice "
+                        f"{f2a_info['dice']:.3f}, header {f2a_info['dice_header']:.3f})")
+        else:
+            f2a_desc = "mean BOLD -> T2w rigid (mutual information; no cord found on the EPI)"
+        given = f"given warp {info['given']}" if info.get("given") else f"z placement {info['z_method']}"
+        status = (f"applied: {t2w.name} + {seg.name} -> PAM50 (T2w-PAM50 cord Dice {info['dice']:.3f}, {given}), "
+                  f"{f2a_desc}")
+    return {"cord": cord, "csf": csf, "labels": new, "regions": regions, "chain": chain, "to_func": list(to_func),
+            "dice": float(info["dice"]), "func_dice": f2a_info["dice"] if f2a_info else float("nan"),
+            "f2a": f2a_info, "status": status, "t2w": t2w, "seg": seg, "mean": mean3,
+            "epi_mask_source": f2a_info["mask_source"] if f2a_info else None}, status
+
+
+def _regions_in_cord_pct(labels, cord) -> float:
+    """Percentage of region voxels inside the run's cord mask."""
+    lab = np.asarray(labels) > 0
+    return float(100.0 * (lab & np.asarray(cord, bool)).sum() / lab.sum()) if lab.any() else float("nan")
+
+
+def _epi_cord_or_none(bold_path, img, mean_img):
+    """:func:`spineprint_utils.cord.epi_cord_masks` or ``(None, None, reason)`` when no cord is found."""
+    from . import cord as cord_mod
+
+    try:
+        return cord_mod.epi_cord_masks(bold_path, img, mean_img)
+    except SpineprintError as exc:
+        return None, None, str(exc)
+
+
+def _func_to_anat_on_cord(bold_path, img, mean_img, seg, to_native, shape, vs, source, notes):
+    """Cord-driven mean BOLD -> T2w alignment (:func:`spineprint_utils.funcreg.align_func_to_anat_cord`)
+    from the run's EPI cord (user segmentation or :func:`spineprint_utils.cord.find_cord`), with the
+    PAM50 cord through T2w -> PAM50 as the target where the T2w does not cover a slice; None when no
+    cord is found on the EPI (the caller falls back to mutual information and says so)."""
+    import nibabel as nib
+
+    from . import atlas, funcreg, registration
+    from . import cord as cord_mod
+
+    try:
+        epi_cord, epi_csf, msrc = cord_mod.epi_cord_masks(bold_path, img, mean_img)
+    except SpineprintError as exc:
+        msg = f"{bold_path.name}: no cord on the mean EPI ({exc}); mean BOLD -> T2w by mutual information"
+        warnings.warn(msg, stacklevel=3)
+        notes.append(msg)
+        return None
+    t_shape, t_aff = _template_grid_for(shape, img.affine, list(to_native), vs, margin_mm=25.0)
+    tcord = atlas.tissue_maps(t_aff, t_shape, source=source)["cord"]
+    fallback = np.asarray(registration.apply_transforms(nib.Nifti1Image(np.asarray(tcord, np.float32), t_aff),
+                                                        (shape, img.affine), list(to_native)).dataobj) >= 0.5
+    al = funcreg.align_func_to_anat_cord(epi_cord, img.affine, seg, fallback_target=fallback)
+    notes.extend(al.notes)
+    return {"to_func": al.to_func, "dice": al.dice, "dice_header": al.dice_header, "alignment": al,
+            "epi_cord": epi_cord, "epi_csf": epi_csf, "mask_source": msrc}
 
 
 def _native_figure(before, after, field, labels, cord, path, title):
@@ -923,8 +1052,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         warnings.warn(msg, stacklevel=2)
         notes.append(msg)
         hp = lp = None
-    with warnings.catch_warnings(record=True) as caught:  # physio quality warnings go into the notes too
-        warnings.simplefilter("always")
+    with recorded_warnings() as caught:  # physio quality warnings go into the notes too (this run's only)
         phys_regs, phys_names, phys_desc, phys_summary = _physio_model(bold_path, data.shape, tr, st, params, notes)
     for w in caught:
         if str(w.message) not in notes:
@@ -947,7 +1075,9 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
             if native is None:
                 notes.append(f"{bold_path.name}: not registered to PAM50 ({reg_status}); masks from the mean image")
     if native is not None:
-        cord, csf, mask_source = native["cord"], native["csf"], "atlas via registration (PAM50 -> T2w -> BOLD)"
+        cord, csf = native["cord"], native["csf"]
+        mask_source = (f"{native['epi_mask_source']}; regions via registration (PAM50 -> T2w -> BOLD)"
+                       if native["epi_mask_source"] else "atlas via registration (PAM50 -> T2w -> BOLD)")
     else:
         cord, csf, mask_source = _masks(bold_path, meta, img, mean_raw, mask_img, csf_mask_img, anatomy)
     vs = img.header.get_zooms()[:2]
@@ -1052,7 +1182,9 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         **{f"var_{k}_pct": float(v) for k, v in var.items()},
         "n_regressors": int(n_reg), "dof_remaining": float(dof),
         "mask_source": mask_source, "distortion_correction": dist_status, "registration": reg_status,
-        "registration_dice": native["dice"] if native is not None else float("nan"),
+        "t2w_pam50_dice": native["dice"] if native is not None else float("nan"),
+        "func_t2w_cord_dice": native["func_dice"] if native is not None else float("nan"),
+        "regions_in_cord_pct": _regions_in_cord_pct(native["labels"], cord) if native is not None else float("nan"),
     }
     # ---- write (all or nothing)
     written = []
@@ -1086,10 +1218,24 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
             _w("dseg_tsv", atomic_write_text, outs["dseg_tsv"],
                native["regions"].to_csv(sep="\t", index=False, lineterminator="\n"))
             _w("xfm", registration_mod.save_transforms, outs["xfm"], native["chain"])
+            from . import xfm as xfm_mod
+
+            grid = (tuple(cord.shape), img.affine)
+            _w("xfm_itk", xfm_mod.save_itk, native["chain"], outs["xfm_itk"], grid)
+            if native["to_func"]:
+                _w("xfm_f2a_itk", xfm_mod.save_itk, native["to_func"], outs["xfm_f2a_itk"], grid)
         if figures and (native is not None or field_hz is not None):
             _w("fig_native", _native_figure, mean_before, mean_raw, field_hz,
                native["labels"] if native is not None else np.zeros(cord.shape, np.int16), cord, outs["fig_native"],
                f"{row['run']}: distortion correction and PAM50 regions")
+        if figures and native is not None and native["f2a"] is not None:
+            from . import funcreg
+
+            _w("fig_funcanat", lambda: funcreg.plot_func_anat_overlay(
+                mean_raw, cord, native["f2a"]["alignment"].warped_cord, native["labels"],
+                title=(f"{row['run']}: EPI cord (cyan), T2w cord on the EPI (yellow dashed; Dice "
+                       f"{native['func_dice']:.2f}), horn regions ({row['regions_in_cord_pct']:.0f}% in the cord)"),
+                path=outs["fig_funcanat"]))
         if figures:
             import matplotlib.pyplot as plt
 
@@ -1129,6 +1275,25 @@ def load_qc_table(deriv_dir) -> pd.DataFrame:
     return df[QC_COLUMNS].sort_values("run", kind="stable").reset_index(drop=True) if len(df) else df[QC_COLUMNS]
 
 
+def _default_out(a):
+    return a["output_dir"] if a["output_dir"] is not None else Path(a["bids_dir"]) / "derivatives" / "spineprint"
+
+
+def _keep_completed_runs(out: Path):
+    """On failure keep what completed runs wrote (a rerun resumes from them), and the
+    folder's dataset_description.json with them; with no completed run, keep nothing."""
+    state = {}
+
+    def keep(path: Path) -> bool:
+        if "done" not in state:
+            state["done"] = any(out.glob("**/*_desc-qc_metrics.json"))
+        return state["done"]
+
+    return keep
+
+
+@guarded_output(_default_out, raw_of=lambda a: a["bids_dir"], keep_of=_keep_completed_runs,
+                option="the preprocessing output folder (--out)")
 def preprocess_dataset(bids_dir, output_dir=None, participants=None, n_jobs: int = 1, scheduler=None,
                        progress: bool = True, **run_params) -> Path:
     """Preprocess every BOLD run of a BIDS dataset (resumable).

@@ -6,9 +6,13 @@ segmentation is registered to the PAM50 cord mask
 
 1. **z placement** - where along the template the subject's coverage lies: from
    vertebral/spinal level labels when given (least-squares fit of the level
-   centroids), else from the cord cross-sectional-area profile (normalised
-   cross-correlation with the PAM50 profile over the cervical cord; a heuristic,
-   recorded in :attr:`Registration.z_method`), else an explicit offset;
+   centroids), else from the T2 intensity profile in front of the cord (vertebral
+   bodies and discs) matched to the PAM50 T2 template's
+   (:func:`spineprint_utils.levels.z_from_t2_profile`; needs a PAM50 T2 image and a
+   correlation of at least :data:`PROFILE_MIN_R`), else from the cord
+   cross-sectional-area profile (normalised cross-correlation with the PAM50 profile
+   over the cervical cord; a heuristic, about one vertebral level off on the SCT test
+   image), recorded in :attr:`Registration.z_method`, or an explicit offset;
 2. **centre-of-mass alignment** of the cords (translation);
 3. **affine**: closed-form match of the cords' centrelines (straight-line fit) and
    in-plane second moments (counterpart of SCT's ``centermassrot``), optionally
@@ -79,6 +83,9 @@ __all__ = [
 
 #: PAM50 vertebral levels searched for the z placement without labels (C1..T1).
 CERVICAL_LEVELS = (1, 8)
+#: smallest correlation of the T2 vertebral profile with the PAM50 T2's accepted for the z placement
+#: (real SCT T2w: 0.57; a simulated T2w without vertebrae: 0.09); below it the CSA profile is used
+PROFILE_MIN_R = 0.3
 
 
 # ---------------------------------------------------------------- transforms
@@ -448,7 +455,7 @@ class Registration:
     dice_affine : float
         Same after the affine steps only (before SyN).
     z_method : str
-        ``"levels"``, ``"csa-profile"``, ``"offset"`` or ``"header"``.
+        ``"levels"``, ``"t2-profile"``, ``"csa-profile"``, ``"offset"`` or ``"header"``.
     z_scale, z_offset : float
         Initial placement ``z_t = z_scale * z_native + z_offset`` (mm).
     template_dir : Path
@@ -724,8 +731,23 @@ def register_to_template(anat_img, cord_seg_img, template: str = "PAM50", levels
         a, b, z_method = 1.0, float(z_offset), "offset"
     else:
         z_t, csa_t, zmin, zmax = _template_profile(str(root), int(restrict_levels[0]), int(restrict_levels[1]))
-        a, b, _ = _z_from_csa(z_s, csa_s, z_t, csa_t, zmin, zmax, notes)
-        z_method = "csa-profile"
+        # the vertebral intensity profile in front of the cord matched to the PAM50 T2's
+        # (spineprint_utils.levels.z_from_t2_profile); the CSA profile only without a T2 template
+        from .levels import z_from_t2_profile
+
+        prof = z_from_t2_profile(anat, seg_img, root, z_range=(zmin - 10.0, zmax + 10.0))
+        if prof is not None and prof[2] < PROFILE_MIN_R:
+            notes.append(f"T2 vertebral profile not used: correlation {prof[2]:.2f} < {PROFILE_MIN_R} (no vertebral "
+                         "pattern in the image)")
+            prof = None
+        if prof is not None:
+            a, b, r, r2, tpath = prof
+            notes.append(f"z placement from the T2 vertebral profile vs {Path(tpath).name} (z_t = {a:.2f} z + "
+                         f"{b:.1f} mm, r = {r:.2f}; best placement >= 8 mm away r = {r2:.2f})")
+            z_method = "t2-profile"
+        else:
+            a, b, _ = _z_from_csa(z_s, csa_s, z_t, csa_t, zmin, zmax, notes)
+            z_method = "csa-profile"
     timings["z_placement"] = time.perf_counter() - t0
 
     # 2. centre of mass + working grid --------------------------------------------

@@ -1357,7 +1357,8 @@ def simulate_dataset(out_dir, *, overwrite: bool = False, progress: bool = False
     b0_peak_hz : float
         Amplitude of the periodic component of that field (default 30 Hz, about 0.9 voxel).
     overwrite : bool
-        Replace an existing different dataset in *out_dir*.
+        Replace a different simulated dataset in *out_dir* (a folder holding anything
+        else is never replaced).
     progress : bool
         Show a progress bar.
 
@@ -1378,6 +1379,9 @@ def simulate_dataset(out_dir, *, overwrite: bool = False, progress: bool = False
         if any(out.iterdir()) and not overwrite:
             raise SpineprintError(f"{out}: folder is not empty and does not hold this simulation; "
                                   "choose another folder or pass overwrite=True (--overwrite)")
+        if any(out.iterdir()) and _complete(out) is None:  # overwrite replaces only a simulation of ours
+            raise SpineprintError(f"{out}: folder is not empty and is not a spineprint simulation (no {_MARKER}); "
+                                  "it is kept, even with --overwrite. Choose another folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:

@@ -276,6 +276,7 @@ def test_build_fetches_the_dataset_section(tmp_path, monkeypatch):
 
     def fake(ds, participants, suffixes, **kw):
         calls.append((ds, participants, suffixes))
+        (tmp_path / "fetched").mkdir(exist_ok=True)
         return tmp_path / "fetched"
 
     monkeypatch.setattr(datasets, "fetch_openneuro_files", fake)

@@ -48,7 +48,7 @@ def test_outputs_and_qc_table(sim, deriv):
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "spineprint"
     qc = pd.read_csv(out / "qc.tsv", sep="\t")
     assert list(qc["run"]) == [_prefix("01"), _prefix("02")]
-    native_only = {"fieldmap", "dseg", "dseg_tsv", "xfm", "fig_native"}  # native-space runs (tests/test_native.py)
+    native_only = {"fieldmap", "dseg", "dseg_tsv", "xfm", "fig_native", "fig_funcanat", "xfm_itk", "xfm_f2a_itk"}  # native-space runs (tests/test_native.py)
     for key, path in preprocess.run_outputs(sim / "sub-01/ses-01/func" / f"{_prefix('01')}_bold.nii.gz", out).items():
         assert path.is_file() != (key in native_only), key
     assert qc["registration"].eq("not needed: run in PAM50 space").all()
