@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import layout as _layout
 from ._io import SpineprintError, atomic_write_json, atomic_write_text, cache_dir, read_json
 from .plotting import figsize, styled
 from .prose import count
@@ -65,44 +66,15 @@ _ENTITY_RE = re.compile(r"^([a-zA-Z0-9]+)-([a-zA-Z0-9]+)$")
 
 
 def _split_name(name: str) -> tuple[dict[str, str], str]:
-    """``sub-01_task-rest_bold.nii.gz`` -> ({'sub': '01', 'task': 'rest'}, 'bold')."""
-    stem = name.split(".", 1)[0]
-    parts = stem.split("_")
-    entities = {}
-    for part in parts[:-1]:
-        m = _ENTITY_RE.match(part)
-        if m:
-            entities[m.group(1)] = m.group(2)
-    return entities, parts[-1]
-
-
-def _applies(candidate: dict, target: dict) -> bool:
-    """Inheritance rule: a sidecar applies if its entities are a subset of the data file's."""
-    return all(target.get(k) == v for k, v in candidate.items())
+    """``sub-01_task-rest_bold.nii.gz`` -> ({'sub': '01', 'task': 'rest'}, 'bold') (the dataset index's parser)."""
+    ents, suffix, _ = _layout.parse_name(name)
+    return ents, suffix
 
 
 def _inherited(root: Path, data_file: Path, suffix: str) -> tuple[dict, list[Path]]:
-    """Merge every applicable ``*_<suffix>.json`` from the dataset root down to the file's folder.
-
-    BIDS inheritance principle (BIDS specification, "The Inheritance Principle"):
-    metadata files higher in the hierarchy apply to every data file below whose
-    entities include theirs; key/value pairs of deeper (more specific) files
-    override those of higher ones.
-    """
-    target, _ = _split_name(data_file.name)
-    rel = data_file.parent.relative_to(root)
-    levels = [root] + [root.joinpath(*rel.parts[: i + 1]) for i in range(len(rel.parts))]
-    merged, used = {}, []
-    for level in levels:
-        cands = []
-        for p in level.glob(f"*_{suffix}.json"):
-            ents, suf = _split_name(p.name)
-            if suf == suffix and _applies(ents, target):
-                cands.append((len(ents), p))
-        for _, p in sorted(cands):
-            merged.update(read_json(p))
-            used.append(p)
-    return merged, used
+    """Every applicable ``*_<suffix>.json`` merged from the dataset root down to the file's folder
+    (BIDS inheritance principle; :func:`spineprint_utils.layout.metadata`)."""
+    return _layout.metadata(data_file, suffix, root)
 
 
 # ------------------------------------------------------------------ data classes
@@ -337,23 +309,25 @@ def read_bids_metadata(bids_dir) -> BidsMetadata:
     description = read_json(desc_path)
     issues: list = []
 
-    # --- functional runs: union of sidecars and images under sub-*/[ses-*/]func
+    # --- functional runs: union of sidecars and images, from the dataset index (sessions optional,
+    # hidden files and .bidsignore skipped, derivatives never taken as runs)
+    index = _layout.DatasetIndex(root)
     found: dict[Path, dict] = {}
-    for pattern in ("sub-*/func/*_bold.*", "sub-*/ses-*/func/*_bold.*"):
-        for p in sorted(root.glob(pattern)):
-            name = p.name
-            if name.endswith("_bold.json"):
-                found.setdefault(p.parent / name[: -len("_bold.json")], {})["json"] = p
-            elif name.endswith(("_bold.nii.gz", "_bold.nii")):
-                stem = name[: -len("_bold.nii.gz")] if name.endswith(".gz") else name[: -len("_bold.nii")]
-                found.setdefault(p.parent / stem, {})["nifti"] = p
+    for p, ents, suf, ext in index.files:
+        if suf != "bold" or "desc" in ents or ext not in (".json", ".nii.gz", ".nii"):
+            continue
+        base = p.parent / p.name[: -len("_bold" + ext)]
+        if ext == ".json":
+            found.setdefault(base, {})["json"] = p
+        elif ext == ".nii.gz" or "nifti" not in found.get(base, {}):
+            found.setdefault(base, {})["nifti"] = p
     if not found:
-        raise SpineprintError(f"{root}: no functional runs (sub-*/[ses-*/]func/*_bold.json or .nii.gz)")
+        raise SpineprintError(f"{root}: no functional runs (sub-*/[ses-*/]func/*_bold.json or .nii[.gz])")
 
     runs = []
     for base, files in sorted(found.items()):
         anchor = files.get("json") or files["nifti"]
-        meta, sources = _inherited(root, anchor if anchor.suffix == ".json" else base.parent / (base.name + "_bold.json"), "bold")
+        meta, sources = _inherited(root, anchor, "bold")
         entities, _ = _split_name(base.name + "_bold")
         shown = files.get("json") or files.get("nifti")
         if "RepetitionTime" not in meta:
@@ -367,33 +341,40 @@ def read_bids_metadata(bids_dir) -> BidsMetadata:
             raise SpineprintError(f"{shown}: RepetitionTime {meta['RepetitionTime']!r} is not a number") from None
         if not tr > 0:
             raise SpineprintError(f"{shown}: RepetitionTime must be positive, found {tr}")
+        if tr > 30:
+            raise SpineprintError(f"{sources[-1] if sources else shown}: RepetitionTime {tr:g} looks like "
+                                  "milliseconds; BIDS gives it in seconds")
         run = Run(key=base.name, entities=entities, sidecar=files.get("json"), meta=meta, sources=sources)
         if "nifti" in files:
-            run.nifti = files["nifti"]
-            run.shape, run.zooms = _header(files["nifti"])
+            nifti = files["nifti"]
+            if nifti.is_symlink() and not nifti.exists():
+                _issue(issues, "warning", nifti, "broken symbolic link (image content not present: a git-annex/"
+                       "DataLad clone without the data?); header not read")
+            else:
+                run.nifti = nifti
+                run.shape, run.zooms = _header(nifti)
         if "SliceTiming" in meta:
             n_slices = run.shape[2] if run.shape is not None and len(run.shape) >= 3 else None
             slice_timing_info(meta["SliceTiming"], tr, n_slices, source=shown)
-        # physiological recordings belonging to this run
-        for p in sorted(base.parent.glob(base.name + "_*physio.*")) + sorted(base.parent.glob(base.name + "_physio.*")):
-            if not p.name.endswith(("_physio.json", "_physio.tsv.gz")):
-                continue
+        # physiological recordings belonging to this run (every echo/part shares them)
+        bold_name = base.parent / (base.name + "_bold.json")
+        for p in _layout.physio_files(bold_name, (".json", ".tsv.gz", ".tsv")):
             ents, _ = _split_name(p.name)
             label = ents.get("recording", "physio")
-            if set(ents) - {"recording"} != set(entities) or label in run.physio:
+            if label in run.physio:
                 continue
-            json_path = p.with_name(p.name.replace(".tsv.gz", ".json"))
+            json_path = p if p.name.endswith(".json") else p.with_name(p.name.split(".", 1)[0] + ".json")
             pmeta, _ = _inherited(root, json_path, "physio")
             if not pmeta:
                 _issue(issues, "warning", p, "physiological recording without JSON sidecar (sampling rate and columns unknown)")
             run.physio[label] = pmeta
         runs.append(run)
 
-    # --- fieldmaps (reverse phase-encoding EPI pairs)
+    # --- fieldmaps (reverse phase-encoding EPI pairs), metadata with inheritance
     fieldmaps = []
-    for pattern in ("sub-*/fmap/*_epi.json", "sub-*/ses-*/fmap/*_epi.json"):
-        for p in sorted(root.glob(pattern)):
-            fieldmaps.append({"file": p, "meta": read_json(p)})
+    for p, ents, suf, ext in index.files:
+        if suf == "epi" and ext == ".json" and p.parent.name == "fmap":
+            fieldmaps.append({"file": p, "meta": _inherited(root, p, "epi")[0]})
 
     participants = None
     if (root / "participants.tsv").is_file():

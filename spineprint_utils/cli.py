@@ -29,6 +29,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spineprint",
         description="Spinal cord fMRI fingerprinting: simulate, preprocess, connectivity, build the book.",
+        epilog="BIDS-App form: spineprint BIDS_DIR OUTPUT_DIR participant [--participant-label L ...] [preprocess "
+               "options] (= preprocess BIDS_DIR --out OUTPUT_DIR), then spineprint BIDS_DIR OUTPUT_DIR group "
+               "[connectivity options] (= connectivity OUTPUT_DIR).",
     )
     parser.add_argument("--version", action="version", version=f"spineprint {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -74,8 +77,36 @@ def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+#: analysis levels of the BIDS-App form (Gorgolewski et al. 2017, PLoS Comput Biol 13:e1005209)
+ANALYSIS_LEVELS = ("participant", "group")
+
+
+def bids_app_argv(argv):
+    """Translate the BIDS-App form into sub-command arguments, or None if *argv* is not one.
+
+    ``spineprint BIDS_DIR OUTPUT_DIR participant [options]`` ->
+    ``preprocess BIDS_DIR --out OUTPUT_DIR [options]`` (every participant, or
+    ``--participant-label ...``); ``spineprint BIDS_DIR OUTPUT_DIR group [options]`` ->
+    ``connectivity OUTPUT_DIR [options]`` (region time series, FC and the group connectome
+    file of the derivatives in OUTPUT_DIR), as fMRIPrep and SpinePrep are called.
+    """
+    argv = list(argv)
+    if len(argv) < 3 or argv[0].startswith("-") or argv[2] not in ANALYSIS_LEVELS:
+        return None
+    bids_dir, output_dir, level, rest = argv[0], argv[1], argv[2], argv[3:]
+    if level == "participant":
+        return ["preprocess", bids_dir, "--out", output_dir, *rest]
+    return ["connectivity", output_dir, *rest]
+
+
 def main(argv=None) -> int:
     parser = make_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = set(parser._subparsers._group_actions[0].choices) if parser._subparsers else set()
+    if argv and argv[0] not in commands:
+        translated = bids_app_argv(argv)
+        if translated is not None:
+            argv = translated
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -54,13 +54,13 @@ import numpy as np
 import pandas as pd
 
 from . import atlas as _atlas
+from . import layout as _layout
 from ._io import (
     SpineprintError,
     atomic_save_nifti,
     atomic_save_npz,
     atomic_write_json,
     atomic_write_text,
-    bids_entities,
     check_label,
     load_nifti,
     verify_nifti,
@@ -79,6 +79,7 @@ __all__ = [
     "connectivity_dataset",
     "load_connectomes",
     "coupling_summary",
+    "region_image",
     "register_cli",
 ]
 
@@ -92,7 +93,7 @@ _KIND_MEAS = {"correlation": None, "partial correlation": "partial", "tangent": 
 ATLAS_NAME = "PAM50horns"
 HALVES = ("full", "half1", "half2")
 _GROUP_DIR = "group"
-_DEFAULT_PATTERN = "sub-*/ses-*/func/*_desc-preproc_bold.nii.gz"
+_DEFAULT_PATTERN = None  # the dataset index (any layout) instead of a glob
 
 
 def _check_kind(kind: str) -> str:
@@ -329,12 +330,12 @@ def split_half_connectivity(timeseries, kind: str = "correlation", fisher_z: boo
 
 # ------------------------------------------------------------------ dataset level
 def _entities(path: Path) -> dict:
-    ent = {k: v for k, v in bids_entities(path.name).items() if k in ("sub", "ses", "run")}
-    if "sub" not in ent:
+    """Every run-identifying entity of a derivative file (:data:`spineprint_utils.layout.RUN_ENTITIES`,
+    ``""`` when absent)."""
+    ents = _layout.parse_name(path.name)[0]
+    if "sub" not in ents:
         raise SpineprintError(f"{path}: file name has no sub-<label> entity")
-    ent.setdefault("ses", "")
-    ent.setdefault("run", "")
-    return ent
+    return {k: ents.get(k, "") for k in _layout.RUN_ENTITIES}
 
 
 def _prefix(path: Path) -> str:
@@ -393,20 +394,34 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _find_runs(deriv_dir: Path, pattern: str, participants):
-    runs = sorted(deriv_dir.glob(pattern))
-    runs = [p for p in runs if p.is_file() and not p.name.startswith(".")]
-    if participants is not None:
-        if isinstance(participants, str):
-            participants = [participants]
-        wanted = {check_label(p, "sub") for p in participants}
-        runs = [p for p in runs if _entities(p)["sub"] in wanted]
-        found = {_entities(p)["sub"] for p in runs}
-        missing = sorted(wanted - found)
-        if missing:
-            raise SpineprintError(f"{deriv_dir}: no runs matching {pattern!r} for participant(s) {missing}")
+def _find_runs(deriv_dir: Path, pattern, participants):
+    """The preprocessed runs: from the dataset index (:func:`spineprint_utils.preprocess.find_preprocessed_runs`:
+    any layout, sessions optional, every entity kept, hidden files skipped), or from a glob *pattern*."""
+    if participants is not None and isinstance(participants, str):
+        participants = [participants]
+    if pattern is None:
+        from .preprocess import find_preprocessed_runs
+
+        what = "preprocessed runs (*_desc-preproc_bold.nii[.gz] under sub-*/)"
+        try:
+            runs = [r.path for r in find_preprocessed_runs(deriv_dir, participants) if not r.problem]
+        except SpineprintError as exc:
+            if "participant" in str(exc):
+                raise SpineprintError(f"{deriv_dir}: no {what} for {str(exc).split(': ', 1)[1]}") from None
+            raise
+    else:
+        what = f"runs matching {pattern!r}"
+        runs = sorted(deriv_dir.glob(pattern))
+        runs = [p for p in runs if p.is_file() and not p.name.startswith(".")]
+        if participants is not None:
+            wanted = {check_label(p, "sub") for p in participants}
+            runs = [p for p in runs if _entities(p)["sub"] in wanted]
+            found = {_entities(p)["sub"] for p in runs}
+            missing = sorted(wanted - found)
+            if missing:
+                raise SpineprintError(f"{deriv_dir}: no {what} for participant(s) {missing}")
     if not runs:
-        raise SpineprintError(f"{deriv_dir}: no runs matching {pattern!r} (run preprocessing first?)")
+        raise SpineprintError(f"{deriv_dir}: no {what} (run preprocessing first?)")
     return runs
 
 
@@ -522,9 +537,11 @@ def connectivity_dataset(
         Recompute per-run outputs even when present with the same parameters.
     participants : str or list of str, optional
         Restrict to these participant labels.
-    pattern : str
-        Glob (relative to *deriv_dir*) selecting the runs; e.g.
-        ``"sub-*/ses-*/func/*_bold.nii.gz"`` for a raw BIDS folder.
+    pattern : str, optional
+        Glob (relative to *deriv_dir*) selecting the runs, e.g.
+        ``"sub-*/ses-*/func/*_bold.nii.gz"`` for a raw BIDS folder; default: the
+        preprocessed runs found by the dataset index
+        (:func:`spineprint_utils.preprocess.find_preprocessed_runs`), with or without sessions.
     labels_img, names_tsv : path-like, optional
         A user's own label image (on the runs' grid) and its names TSV
         (:func:`spineprint_utils.atlas.load_label_image`) instead of the PAM50 regions.
@@ -633,20 +650,23 @@ def connectivity_dataset(
             run_ts_params = {**ts_params, "source_sha256": _sha256(p)}  # stale if the run was re-preprocessed
             if p in run_labels:
                 run_ts_params["labels_sha256"] = run_labels[p][2]
-            if not overwrite and _sidecar_matches(ts_path, run_ts_params):
-                ts = _read_ts_tsv(ts_path, regions)
-            else:
-                ts = region_timeseries(img, run_labels[p][0] if p in run_labels else labels_by_grid[key])
-                df = pd.DataFrame(ts, columns=regions)
-                atomic_write_text(ts_path, df.to_csv(sep="\t", index=False, float_format="%.10g", lineterminator="\n"))
-                atomic_write_json(ts_path.with_suffix(".json"), {"Sources": [p.name], "Parameters": run_ts_params,
-                                                                 "Description": "mean BOLD of each region"})
             try:
+                if not overwrite and _sidecar_matches(ts_path, run_ts_params):
+                    ts = _read_ts_tsv(ts_path, regions)
+                else:
+                    ts = region_timeseries(img, run_labels[p][0] if p in run_labels else labels_by_grid[key])
+                    _check_ts(ts, str(ts_path))  # before writing: a bad run leaves nothing behind
+                    df = pd.DataFrame(ts, columns=regions)
+                    atomic_write_text(ts_path, df.to_csv(sep="\t", index=False, float_format="%.10g",
+                                                         lineterminator="\n"))
+                    atomic_write_json(ts_path.with_suffix(".json"), {"Sources": [p.name], "Parameters": run_ts_params,
+                                                                     "Description": "mean BOLD of each region"})
                 _check_ts(ts, str(ts_path))
-            except SpineprintError as exc:
-                raise SpineprintError(f"{p}: {exc}") from None
-            if ts.shape[0] < 6:
-                raise SpineprintError(f"{p}: {ts.shape[0]} volumes are too few to split in halves")
+                if ts.shape[0] < 6:
+                    raise SpineprintError(f"{ts.shape[0]} volumes are too few to split in halves")
+            except SpineprintError as exc:  # refused with the reason, naming the run (nothing is left behind)
+                msg = str(exc)
+                raise SpineprintError(msg if str(p) in msg else f"{p}: {msg}") from None
             fc_paths = {h: folder / f"{prefix}_{stem}_desc-{h}_connectivity.tsv" for h in HALVES}
             records.append({"path": p, "ent": ent, "ts": ts, "fc_paths": fc_paths,
                             "fc_params": {**fc_params, "source_sha256": run_ts_params["source_sha256"]}})
@@ -694,6 +714,9 @@ def connectivity_dataset(
         subjects=np.array([r["ent"]["sub"] for r in records], dtype=str),
         sessions=np.array([r["ent"]["ses"] for r in records], dtype=str),
         runs=np.array([r["ent"]["run"] for r in records], dtype=str),
+        entity_names=np.array(_layout.RUN_ENTITIES, dtype=str),
+        entities=np.array([[r["ent"][k] for k in _layout.RUN_ENTITIES] for r in records], dtype=str).reshape(
+            len(records), len(_layout.RUN_ENTITIES)),
         regions=np.array(regions, dtype=str),
         parts=np.array(HALVES, dtype=str),
         n_volumes=np.array([r["ts"].shape[0] for r in records], dtype=np.int64),
@@ -713,6 +736,9 @@ def load_connectomes(path) -> dict:
     dict
         ``fc`` (n_runs, 3, R, R) float64 for [full, half1, half2]; ``subjects``,
         ``sessions``, ``runs`` (1D arrays of str labels, ``""`` when absent);
+        ``entities`` (DataFrame, one row per run, a column per
+        :data:`spineprint_utils.layout.RUN_ENTITIES`: sub, ses, task, acq, ce, rec, dir, run,
+        echo, part; ``""`` when absent);
         ``regions`` (list of str); ``kind`` (str); also ``n_volumes``, ``fisher_z``,
         ``parameters`` (dict) and ``files``.
     """
@@ -748,7 +774,45 @@ def load_connectomes(path) -> dict:
         out["parameters"] = json.loads(str(data["parameters"]))
     if "files" in data:
         out["files"] = data["files"].astype(str)
+    if "entities" in data and "entity_names" in data:
+        names = [str(n) for n in data["entity_names"]]
+        vals = np.asarray(data["entities"]).astype(str).reshape(len(out["subjects"]), len(names))
+        ent = pd.DataFrame(vals, columns=names)
+    else:  # files written before every entity was kept
+        ent = pd.DataFrame({"sub": out["subjects"], "ses": out["sessions"], "run": out["runs"]})
+    for k in _layout.RUN_ENTITIES:
+        if k not in ent.columns:
+            ent[k] = ""
+    out["entities"] = ent[list(_layout.RUN_ENTITIES)]
     return out
+
+
+def region_image(connectomes_path) -> tuple[Path, Path]:
+    """The region label image (and its table) to show for a connectome file.
+
+    The group image ``group/atlas-PAM50horns_dseg.nii.gz`` when every run shares one grid
+    (runs in PAM50 space); else (native-space runs, each with its own regions written by
+    preprocessing) the first run's ``<prefix>_atlas-PAM50horns_dseg.nii.gz``.
+
+    Returns
+    -------
+    labels, table : Path
+        The image and the TSV naming its labels (the run's own table for a run's image).
+    """
+    path = Path(connectomes_path)
+    group = path.parent
+    table = group / f"atlas-{ATLAS_NAME}_dseg.tsv"
+    image = group / f"atlas-{ATLAS_NAME}_dseg.nii.gz"
+    if image.is_file():
+        return image, table
+    data = load_connectomes(path)
+    for rel in data.get("files", []):
+        run = group.parent / rel
+        own = run.parent / f"{_prefix(run)}_atlas-{ATLAS_NAME}_dseg.nii.gz"
+        own_table = run.parent / f"{_prefix(run)}_atlas-{ATLAS_NAME}_dseg.tsv"
+        if own.is_file():
+            return own, own_table if own_table.is_file() else table
+    raise SpineprintError(f"{path}: no region image (neither {image.name} nor a run's own regions)")
 
 
 # ------------------------------------------------------------------ summaries
@@ -868,7 +932,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--min-voxels", type=int, default=3, help="drop regions with fewer voxels")
     p.add_argument("--source", default="auto", choices=["auto", "pam50", "phantom"], help="anatomy source")
     p.add_argument("--participant-label", nargs="+", default=None, help="only these participants")
-    p.add_argument("--pattern", default=_DEFAULT_PATTERN, help="glob of the runs relative to DERIV_DIR")
+    p.add_argument("--pattern", default=None,
+                   help="glob of the runs relative to DERIV_DIR (default: the preprocessed runs, any layout)")
     p.add_argument("--fisher-z", action="store_true", help="store arctanh(r)")
     p.add_argument("--output-dir", default=None, help="write outputs here instead of DERIV_DIR")
     p.add_argument("--overwrite", action="store_true", help="recompute existing outputs")

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import layout as _layout
 from ._io import SpineprintError, read_json
 
 __all__ = [
@@ -184,7 +185,9 @@ class FieldmapPair:
 def _pair_from_jsons(json_a: Path, json_b: Path) -> FieldmapPair:
     metas = {}
     for path in (json_a, json_b):
-        meta = read_json(path, required=("PhaseEncodingDirection",))
+        meta = _layout.metadata(path, "epi")[0]  # BIDS inheritance, as for every sidecar
+        if "PhaseEncodingDirection" not in meta:
+            read_json(path, required=("PhaseEncodingDirection",))  # the error names the file
         metas[path] = (meta, parse_pe_direction(meta["PhaseEncodingDirection"], path), _trt(meta, path))
     (ma, (axa, sga), ta), (mb, (axb, sgb), tb) = metas[json_a], metas[json_b]
     if axa != axb:
@@ -304,7 +307,7 @@ def _choose_group(groups, bold: Path):
 def _check_bold(pair: FieldmapPair, bold: Path, n_pairs: int) -> FieldmapPair:
     bold_json = _json_for(bold)
     bold_nii = bold if bold.name.endswith((".nii", ".nii.gz")) else _nifti_for(bold_json)
-    meta = read_json(bold_json) if bold_json.is_file() else {}
+    meta = _layout.metadata(bold_json, "bold")[0]
     notes = []
     if "PhaseEncodingDirection" in meta:
         axis, _ = parse_pe_direction(meta["PhaseEncodingDirection"], bold_json)

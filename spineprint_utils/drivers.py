@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._io import SpineprintError, atomic_write_json, bids_entities, cache_dir, load_nifti, read_json
+from ._io import SpineprintError, atomic_write_json, cache_dir, load_nifti, read_json
 from .parallel import parallel_map
 from .plotting import figsize, styled
 
@@ -129,7 +129,7 @@ SWEEP_PREPROCESS = {
 SWEEP_COLUMNS = [
     "parameter", "value", "repeat", "seed", "design", "physio_model", "n_subjects", "n_volumes_compared",
     "identification", "identification_ab", "identification_ba", "iself", "iothers", "idiff", "chance",
-    "identification_truth", "idiff_truth", "tsnr_raw", "tsnr_clean",
+    "identification_truth", "idiff_truth", "tsnr_raw", "tsnr_clean", "n_spikes", "dof_remaining",
 ]
 
 DESIGNS = ("within", "between")
@@ -172,22 +172,32 @@ def _check_design(design: str) -> str:
 
 def _design_pairs(records: pd.DataFrame, design: str):
     """Row indices of the test and retest runs, and which part of the run each uses
-    (``1, 2`` = halves for the within design, ``0, 0`` = full runs between sessions)."""
+    (``1, 2`` = halves for the within design, ``0, 0`` = full runs of the between design:
+    sessions when the dataset has them, else runs, acquisitions, tasks ...; see
+    :func:`spineprint_utils.fingerprint.designs_from_connectomes`)."""
     from . import fingerprint as fp
+    from . import layout
 
-    sessions = sorted(records["session"].unique())
-    run = sorted(records["run"].unique())[0]
-    if design == "within":
-        ia, ib, subjects = fp.pair_sessions(records, sessions[0], sessions[0], run=run)
-        return ia, ib, 1, 2, subjects
-    if len(sessions) < 2:
-        raise SpineprintError(f"the between-session design needs two sessions; found only session(s) {sessions}")
-    ia, ib, subjects = fp.pair_sessions(records, sessions[0], sessions[1], run=run)
-    return ia, ib, 0, 0, subjects
+    n = len(records)
+    ent = pd.DataFrame({k: records[k].astype(str) if k in records.columns else [""] * n
+                        for k in layout.RUN_ENTITIES if k not in ("sub", "ses", "run")})
+    ent.insert(0, "sub", records["subject"].astype(str).to_numpy())
+    ent.insert(1, "ses", records["session"].astype(str).to_numpy())
+    ent["run"] = records["run"].astype(str).to_numpy()
+    data = {"fc": np.zeros((n, 3, 2, 2)), "subjects": ent["sub"].to_numpy(), "sessions": ent["ses"].to_numpy(),
+            "runs": ent["run"].to_numpy(), "entities": ent}
+    d = fp.designs_from_connectomes(data, design)[design]
+    return d.idx_a, d.idx_b, d.part_a, d.part_b, d.subjects
 
 
 def _records(data: dict) -> pd.DataFrame:
-    return pd.DataFrame({"subject": data["subjects"], "session": data["sessions"], "run": data["runs"]})
+    rec = pd.DataFrame({"subject": data["subjects"], "session": data["sessions"], "run": data["runs"]})
+    ent = data.get("entities")
+    if isinstance(ent, pd.DataFrame):
+        for k in ent.columns:
+            if k not in ("sub", "ses", "run"):
+                rec[k] = ent[k].to_numpy()
+    return rec
 
 
 def _truth_fingerprint(bids_dir: Path, records: pd.DataFrame, design: str) -> dict:
@@ -197,7 +207,8 @@ def _truth_fingerprint(bids_dir: Path, records: pd.DataFrame, design: str) -> di
 
     truth = simulate.load_ground_truth(bids_dir)
     ia, ib, pa, pb, _ = _design_pairs(records, design)
-    prefixes = [f"sub-{s}_ses-{e}_task-rest_run-{r}" for s, e, r in records.itertuples(index=False)]
+    prefixes = [f"sub-{s}_ses-{e}_task-rest_run-{r}"
+                for s, e, r in records[["subject", "session", "run"]].itertuples(index=False)]
     if design == "within":
         halves = [fp.split_half(truth["neural"][p]) for p in prefixes]
         fc = np.stack([[connectivity.connectivity_matrix(h) for h in pair] for pair in halves])
@@ -262,7 +273,8 @@ def fingerprint_point(bids_dir, *, design: str = "within", physio_model: bool = 
         The keys of :func:`fingerprint_connectomes`, ``identification_truth`` and
         ``idiff_truth`` (NaN without ground truth), ``n_volumes_compared`` (volumes per
         connectome), ``tsnr_raw`` and ``tsnr_clean`` (mean cord tSNR before and after
-        preprocessing, mean over runs).
+        preprocessing, mean over runs), ``n_spikes`` and ``dof_remaining`` (QC table, mean
+        over runs).
     """
     from . import atlas, connectivity, preprocess
 
@@ -299,6 +311,8 @@ def fingerprint_point(bids_dir, *, design: str = "within", physio_model: bool = 
         qc = preprocess.load_qc_table(deriv)
         res["tsnr_raw"] = float(qc["tsnr_pre_cord"].mean())
         res["tsnr_clean"] = float(qc["tsnr_post_cord"].mean())
+        res["n_spikes"] = float(qc["n_spikes"].mean())
+        res["dof_remaining"] = float(qc["dof_remaining"].mean())
         if sim is not None:
             t = _truth_fingerprint(bids_dir, records, design)
             res["identification_truth"], res["idiff_truth"] = t["identification"], t["idiff"]
@@ -472,7 +486,7 @@ def sweep_many(specs, *, base=None, design: str = "within", n_repeats: int = 1, 
         res = {k: v for k, v in done[key].items() if k not in ("value", "repeat", "seed")}
         rows.append({**res, **{k: item[k] for k in ("parameter", "value", "repeat", "seed", "physio_model")},
                      "design": design})
-    df = pd.DataFrame(rows)[SWEEP_COLUMNS]
+    df = pd.DataFrame(rows).reindex(columns=SWEEP_COLUMNS)  # results cached before a column was added: NaN
     order = {(p, bool(rest[0]) if rest else True): i for i, (p, _, *rest) in enumerate(specs)}
     df["_spec"] = [order[(p, m)] for p, m in zip(df["parameter"], df["physio_model"])]
     df = df.sort_values(["_spec", "repeat", "value"], kind="stable").drop(columns="_spec")
@@ -615,13 +629,14 @@ def _physio_run_fc(bold_path, orders, segments):
 
     bold_path = Path(bold_path)
     img, data = load_nifti(bold_path, ndim=4, finite=True, dtype=np.float64)
-    sidecar = Path(str(bold_path)[: -len(".nii.gz")] + ".json")
-    meta = read_json(sidecar, required=("RepetitionTime",))
-    tr = float(meta["RepetitionTime"])
+    from . import preprocess
+
+    run_meta = preprocess.run_metadata(bold_path)  # BIDS inheritance, SliceEncodingDirection, TR checks
+    sidecar, tr = run_meta["sidecar"], run_meta["tr"]
     T = data.shape[3]
     if T < 6:
         raise SpineprintError(f"{bold_path}: {T} volumes are too few to split in halves")
-    st = meta.get("SliceTiming")
+    st = run_meta["slice_timing"]
     st = np.zeros(data.shape[2]) if st is None else np.asarray(st, float)
     if st.size != data.shape[2]:
         raise SpineprintError(f"{sidecar}: SliceTiming has {st.size} entries but the image has {data.shape[2]} slices")
@@ -641,17 +656,16 @@ def _physio_connectomes(bids_dir: Path, orders, segments, n_jobs=1, scheduler=No
     """Records and (n_runs, 3, R, R) [full, half1, half2] FC of the physiological fits."""
     from . import preprocess
 
-    runs = preprocess.find_bold_runs(bids_dir)
-    if not runs:
-        raise SpineprintError(f"{bids_dir}: no BOLD runs found")
+    found = preprocess.find_runs(bids_dir)  # the dataset index: any layout, every entity
     func = functools.partial(_physio_run_fc, orders=orders, segments=segments)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fc = np.stack(parallel_map(func, runs, n_jobs=n_jobs, scheduler=scheduler, desc="physio FC",
-                                   progress=progress))
-    ents = [bids_entities(p.name) for p in runs]
-    records = pd.DataFrame({"subject": [e.get("sub", "") for e in ents], "session": [e.get("ses", "") for e in ents],
-                            "run": [e.get("run", "") for e in ents]})
+        fc = np.stack(parallel_map(func, [r.path for r in found], n_jobs=n_jobs, scheduler=scheduler,
+                                   desc="physio FC", progress=progress))
+    records = pd.DataFrame({"subject": [r.key["sub"] for r in found], "session": [r.key["ses"] for r in found],
+                            "run": [r.key["run"] for r in found]})
+    for k in ("task", "acq", "ce", "rec", "dir", "echo", "part"):
+        records[k] = [r.key[k] for r in found]
     return records, fc
 
 
@@ -890,14 +904,16 @@ def trend_verdict(results, parameter: str, column: str, *, physio_model: bool = 
     Returns
     -------
     str
-        E.g. ``"rises (every one of the 3 repeats at the largest value is above every repeat
-        at the smallest)"``; ``"n/a"`` for a missing sweep.
+        E.g. ``"rises (all 3 repeats at the largest value lie above all repeats at the
+        smallest)"``; a sentence saying so when the sweep is missing or has one value.
     """
     results = _check_results(results)
     model = results["physio_model"].astype(bool)
     sub = results[(results["parameter"] == parameter) & (model if physio_model else ~model)]
-    if not len(sub) or sub["value"].nunique() < 2:
-        return "n/a"
+    if not len(sub):
+        return "was not computed (no such sweep)"
+    if sub["value"].nunique() < 2:
+        return "cannot be judged from a single swept value"
     values = np.sort(sub["value"].unique())
     first = sub.loc[sub["value"] == values[0], column].to_numpy(float)
     last = sub.loc[sub["value"] == values[-1], column].to_numpy(float)

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +61,8 @@ __all__ = [
     "bootstrap_ci",
     "split_half",
     "pair_sessions",
+    "choose_pairing",
+    "PAIRING_ENTITIES",
     "pair_runs",
     "IdentificationResult",
     "IdiffResult",
@@ -1253,24 +1255,134 @@ class Design:
     part_b: int
 
 
-def designs_from_connectomes(data: Mapping, kind: str = "both") -> dict:
+#: order in which the between-scan design looks for an entity to pair on
+PAIRING_ENTITIES = ("ses", "run", "acq", "task", "dir", "rec", "ce", "echo", "part")
+_ENTITY_WORDS = {"ses": "session", "run": "run", "acq": "acquisition", "task": "task", "dir": "direction",
+                 "rec": "reconstruction", "ce": "contrast", "echo": "echo", "part": "part"}
+
+
+def _entity_frame(data: Mapping):
+    """Run entities of connectome data: ``data["entities"]`` (a DataFrame with one column per
+    entity) or, for older files, the ``subjects``/``sessions``/``runs`` labels."""
+    import pandas as pd
+
+    if "entities" in data and isinstance(data["entities"], pd.DataFrame):
+        ent = data["entities"].astype(str).reset_index(drop=True).copy()
+    else:
+        ent = pd.DataFrame({"sub": np.asarray(data["subjects"]).astype(str),
+                            "ses": np.asarray(data["sessions"]).astype(str),
+                            "run": np.asarray(data["runs"]).astype(str)})
+    for k in ("sub",) + PAIRING_ENTITIES:
+        if k not in ent.columns:
+            ent[k] = ""
+    ent["run"] = [_strip(v, "run") or "" for v in ent["run"]]
+    return ent
+
+
+def _select_rows(ent, where: dict, what: str) -> dict:
+    mask = np.ones(len(ent), dtype=bool)
+    for k, v in where.items():
+        mask &= (ent[k] == v).to_numpy()
+    sel = ent[mask]
+    dup = sel["sub"][sel["sub"].duplicated()].unique()
+    if len(dup):
+        raise SpineprintError(f"records: subject(s) {', '.join(map(str, dup[:10]))} have several runs matching "
+                              f"{what} ({where}); give the pairing explicitly (pair=(entity, a, b))")
+    return dict(zip(sel["sub"], np.nonzero(mask)[0]))
+
+
+def choose_pairing(data: Mapping, pair=None) -> dict:
+    """Which two scans of each subject a between-scan design compares.
+
+    Parameters
+    ----------
+    data : mapping
+        Connectome data (:func:`spineprint_utils.connectivity.load_connectomes`).
+    pair : None, str or (str, str, str)
+        ``None``: the first entity of :data:`PAIRING_ENTITIES` (session, run, acquisition,
+        task, direction ...) with at least two values shared by two or more subjects, its
+        first two labels in sorted order; ``"acq"``: that entity, first two labels;
+        ``("acq", "autozshim", "manualzshim")``: explicit.
+
+    Returns
+    -------
+    dict
+        ``entity``, ``a``, ``b`` (labels), ``fixed`` (the other varying entities, held at
+        their first label), ``title`` (e.g. ``"between-acquisition (acq-autozshim vs
+        acq-manualzshim)"``).
+
+    Raises
+    ------
+    SpineprintError
+        No entity varies within subjects (one scan per subject), or an explicit pairing
+        that the data do not have.
+    """
+    ent = _entity_frame(data)
+    varying = [k for k in PAIRING_ENTITIES if ent[k].nunique() > 1]
+    if pair is None:
+        cands = []
+        for k in varying:
+            per_sub = ent.groupby("sub")[k].nunique()
+            if (per_sub >= 2).sum() >= 2:
+                cands.append(k)
+        if not cands:
+            found = {k: sorted(ent[k].unique()) for k in ("ses", "run", "acq", "task") if (ent[k] != "").any()}
+            raise SpineprintError("connectome data: the between-scan design needs two scans per subject (two sessions "
+                                  f"or two runs, acquisitions, tasks ...); found labels {found or 'none'}")
+        entity = cands[0]
+        a, b = sorted(ent[entity].unique())[:2]
+    elif isinstance(pair, str):
+        entity = pair
+        if entity not in ent.columns:
+            raise SpineprintError(f"unknown pairing entity {pair!r}; choose from {list(PAIRING_ENTITIES)}")
+        vals = sorted(ent[entity].unique())
+        if len(vals) < 2:
+            raise SpineprintError(f"connectome data: entity {entity!r} has a single label {vals}; cannot pair on it")
+        a, b = vals[:2]
+    else:
+        try:
+            entity, a, b = (str(x) for x in pair)
+        except (TypeError, ValueError):
+            raise SpineprintError(f"pair must be None, an entity name or (entity, label_a, label_b), got {pair!r}") \
+                from None
+        if entity not in ent.columns:
+            raise SpineprintError(f"unknown pairing entity {entity!r}; choose from {list(PAIRING_ENTITIES)}")
+        for lab in (a, b):
+            if lab not in set(ent[entity]):
+                raise SpineprintError(f"connectome data: no run with {entity}-{lab} (labels "
+                                      f"{sorted(ent[entity].unique())})")
+    fixed = {k: sorted(ent[k].unique())[0] for k in varying if k != entity}
+    word = _ENTITY_WORDS.get(entity, entity)
+    return {"entity": entity, "a": a, "b": b, "fixed": fixed,
+            "title": f"between-{word} ({entity}-{a} vs {entity}-{b})"}
+
+
+def designs_from_connectomes(data: Mapping, kind: str = "both", pair=None) -> dict:
     """Within- and between-scan fingerprinting designs from a dataset's connectomes.
 
-    - ``"within"``: first half vs second half of each subject's first run of the first
-      session (split-half design of Ricchi et al. 2025), aligned with :func:`pair_sessions`;
-    - ``"between"``: full run of session 1 vs full run of session 2 (first run label of
-      each), or, when the dataset has a single session, run 1 vs run 2 (:func:`pair_runs`).
+    - ``"within"``: first half vs second half of each subject's first scan (split-half
+      design of Ricchi et al. 2025); the first scan is the one with the first label of
+      every entity that varies (session, run, acquisition, task ...);
+    - ``"between"``: full scan vs full scan, paired on the entity chosen by
+      :func:`choose_pairing` (sessions if the dataset has them, else runs, acquisitions
+      (``acq-autozshim`` vs ``acq-manualzshim``), tasks (``task-motorL`` vs ``task-motorR``)
+      ...), the other varying entities held at their first label.
 
-    Sessions and runs are taken in sorted label order, as chapter 4 always did.
+    Labels are taken in sorted order; the design's title says which pairing was used.
 
     Parameters
     ----------
     data : mapping
         As returned by :func:`spineprint_utils.connectivity.load_connectomes`: ``fc``
         (n_runs, 3, R, R) for [full, half1, half2], and ``subjects``, ``sessions``,
-        ``runs`` (one label per run, ``""`` when absent).
-    kind : {"both", "within", "between"}
-        Which design(s) to build.
+        ``runs`` (one label per run, ``""`` when absent) and, from files that carry every
+        entity, ``entities``.
+    kind : {"both", "within", "between", "available"}
+        Which design(s) to build; ``"available"``: the within design, plus the between
+        design when the dataset has two scans per subject (a one-run-per-subject dataset
+        gets the within design only).
+    pair : None, str or (entity, a, b)
+        The between-scan pairing (see :func:`choose_pairing`); default automatic.
 
     Returns
     -------
@@ -1281,10 +1393,10 @@ def designs_from_connectomes(data: Mapping, kind: str = "both") -> dict:
     ------
     SpineprintError
         Missing keys or inconsistent lengths, an unknown *kind*, a between design with
-        neither two sessions nor two runs, or subjects missing from one scan.
+        no two scans per subject, or subjects missing from one scan.
     """
-    if kind not in ("both", "within", "between"):
-        raise SpineprintError(f"kind must be 'both', 'within' or 'between', got {kind!r}")
+    if kind not in ("both", "within", "between", "available"):
+        raise SpineprintError(f"kind must be 'both', 'within', 'between' or 'available', got {kind!r}")
     if not isinstance(data, Mapping):
         raise SpineprintError(f"connectome data must be a mapping (load_connectomes), got {type(data).__name__}")
     missing = [k for k in ("fc", "subjects", "sessions", "runs") if k not in data]
@@ -1295,35 +1407,40 @@ def designs_from_connectomes(data: Mapping, kind: str = "both") -> dict:
         raise SpineprintError(
             f"connectome data: fc must have shape (n_runs, 3 [full, half1, half2], R, R), found {fc.shape}"
         )
-    import pandas as pd
-
-    cols = {k: np.asarray(data[k + "s"]).astype(str) for k in ("subject", "session", "run")}
-    lengths = {k: len(v) for k, v in cols.items()}
+    if kind == "available":  # the within design, and the between design when the dataset allows one
+        out = designs_from_connectomes(data, "within")
+        try:
+            out.update(designs_from_connectomes(data, "between", pair))
+        except SpineprintError as exc:
+            if "needs two scans per subject" not in str(exc):
+                raise
+        return out
+    lengths = {k: len(data[k]) for k in ("subjects", "sessions", "runs")}
     if any(n != fc.shape[0] for n in lengths.values()):
         raise SpineprintError(f"connectome data: fc has {fc.shape[0]} runs but label lengths are {lengths}")
-    records = pd.DataFrame(cols)
-    sessions = sorted(records["session"].unique())
-    run_labels = sorted(records["run"].unique())
-    first_run = run_labels[0]
+    ent = _entity_frame(data)
+    ent["sub"] = [_strip(v, "subject") for v in ent["sub"]]
+    varying = [k for k in PAIRING_ENTITIES if ent[k].nunique() > 1]
+    first = {k: sorted(ent[k].unique())[0] for k in varying}
 
     out = {}
     if kind in ("both", "within"):
-        iw, _, subj = pair_sessions(records, sessions[0], sessions[0], run=first_run)
-        out["within"] = Design(fc[iw, _HALF1], fc[iw, _HALF2], subj, "within-session (split half)",
-                               iw, iw.copy(), _HALF1, _HALF2)
+        sel = _select_rows(ent, first, "the first scan")
+        subjects = sorted(sel)
+        if len(subjects) < 2:
+            raise SpineprintError("records: fewer than 2 subjects have a first scan to split in halves")
+        iw = np.array([sel[s] for s in subjects], dtype=int)
+        scan = " ".join(f"{k}-{v}" for k, v in first.items() if v)
+        title = "within-session (split half)" + (f" of {scan}" if scan and set(first) - {"ses", "run"} else "")
+        out["within"] = Design(fc[iw, _HALF1], fc[iw, _HALF2], np.array(subjects), title, iw, iw.copy(),
+                               _HALF1, _HALF2)
     if kind in ("both", "between"):
-        if len(sessions) > 1:
-            ia, ib, subj = pair_sessions(records, sessions[0], sessions[1], run=first_run)
-            title = f"between-session (ses-{sessions[0]} vs ses-{sessions[1]})"
-        else:  # a single session: compare its first two runs instead
-            if len(run_labels) < 2:
-                raise SpineprintError(
-                    "connectome data: the between-scan design needs two sessions or two runs per subject, "
-                    f"found one session ({sessions[0]!r}) and one run label ({first_run!r})"
-                )
-            ia, ib, subj = pair_runs(records, run_labels[0], run_labels[1])
-            title = f"between-run (run-{run_labels[0]} vs run-{run_labels[1]})"
-        out["between"] = Design(fc[ia, _FULL], fc[ib, _FULL], subj, title, ia, ib, _FULL, _FULL)
+        choice = choose_pairing(data, pair)
+        e = choice["entity"]
+        sel_a = _select_rows(ent, {**choice["fixed"], e: choice["a"]}, f"{e}-{choice['a']}")
+        sel_b = _select_rows(ent, {**choice["fixed"], e: choice["b"]}, f"{e}-{choice['b']}")
+        ia, ib, subj = _pair(ent, sel_a, sel_b, f"{e}-{choice['a']}", f"{e}-{choice['b']}", "raise")
+        out["between"] = Design(fc[ia, _FULL], fc[ib, _FULL], subj, choice["title"], ia, ib, _FULL, _FULL)
     return out
 
 

@@ -205,20 +205,18 @@ def find_physio_files(bold_path) -> list[Path]:
     list of Path
         ``<prefix>_physio.tsv.gz`` if it exists, followed by any
         ``<prefix>_recording-<label>_physio.tsv.gz`` (sorted), e.g. the CoSpine
-        datasets store pulse and respiration in two recordings.
+        datasets store pulse and respiration in two recordings; ``echo-``/``part-``
+        entities of the BOLD name are ignored (every echo finds the run's physio), see
+        :func:`spineprint_utils.layout.physio_files`.
     """
     bold_path = Path(bold_path)
     match = _BOLD_RE.match(bold_path.name)
     if not match:
         raise SpineprintError(f"{bold_path}: not a BIDS BOLD file name (expected '<entities>_bold.nii.gz')")
-    prefix = match.group("prefix")
-    folder = bold_path.parent
-    found = []
-    plain = folder / f"{prefix}_physio.tsv.gz"
-    if plain.is_file():
-        found.append(plain)
-    found += sorted(p for p in folder.glob(f"{prefix}_recording-*_physio.tsv.gz") if p.is_file())
-    return found
+    from . import layout
+
+    # the dataset index's rule: every echo/part of a run shares its recordings
+    return layout.physio_files(bold_path)
 
 
 def find_physio(bold_path) -> Path | None:
@@ -287,7 +285,18 @@ def load_physio(physio_path) -> PhysioRecording:
 
     path = Path(physio_path)
     sidecar = _sidecar(path)
-    meta = read_json(sidecar, required=("SamplingFrequency", "StartTime", "Columns"))
+    from . import layout
+
+    # BIDS inheritance: a top-level task-<x>_physio.json applies to every recording below it
+    meta, sources = layout.metadata(path, "physio")
+    if not sources:
+        read_json(sidecar)  # raises "sidecar file not found" naming the run's own sidecar
+    missing = [k for k in ("SamplingFrequency", "StartTime", "Columns") if k not in meta]
+    if missing:
+        where = sidecar if sidecar.is_file() or not sources else sources[-1]
+        raise SpineprintError(f"{where}: missing required field(s) {', '.join(missing)} (BIDS inheritance applied)")
+    if not sidecar.is_file():
+        sidecar = sources[-1]
     try:
         fs = float(meta["SamplingFrequency"])
     except (TypeError, ValueError):

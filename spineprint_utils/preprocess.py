@@ -77,6 +77,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -88,18 +89,24 @@ from scipy import ndimage
 from . import __version__, denoise, motion
 from . import motion as motion_mod
 from ._io import (SpineprintError, atomic_save_nifti, atomic_write_json, atomic_write_text, bids_entities,
-                  check_label, load_nifti, read_json, recorded_warnings, verify_nifti)
+                  load_nifti, read_json, recorded_warnings, verify_nifti)
+from . import layout
 from ._outputs import guarded_output
 from .parallel import parallel_map
 
 __all__ = [
     "RUN_DEFAULTS",
     "find_bold_runs",
+    "find_runs",
+    "find_preprocessed_runs",
     "run_prefix",
     "run_outputs",
+    "run_metadata",
     "preprocess_run",
     "preprocess_dataset",
     "load_qc_table",
+    "failed_runs",
+    "MIN_DOF",
     "run_masks",
     "estimation_mask",
     "tsnr",
@@ -133,6 +140,13 @@ RUN_DEFAULTS = {
     "hr_rvt": False,
 }
 
+#: fewest degrees of freedom the nuisance regression may keep (volumes minus the linear trend
+#: minus the planned regressors); at or below it the run is refused before any computation
+#: (the fit is then nearly exact and the "cleaned" run a constant; with few the regression
+#: fits the noise: Bright & Murphy 2015). The band-pass lowers the effective dof further
+#: (:func:`spineprint_utils.denoise.effective_dof`): that is warned about, not refused.
+MIN_DOF = 10
+
 #: native-space steps: part of the completion key only when changed from these defaults
 _NATIVE_DEFAULTS = {"distortion": True, "registration": True}
 #: outputs written only by some runs (not required for a run to count as complete)
@@ -164,14 +178,29 @@ def run_prefix(bold_path) -> str:
 
 
 def _bids_root(bold_path: Path) -> Path | None:
-    for parent in bold_path.parents:
-        if parent.name.startswith("sub-"):
-            return parent.parent
-    return None
+    return layout.bids_root(bold_path)
+
+
+def find_runs(bids_dir, participants=None, include_skipped: bool = False) -> list:
+    """The BOLD runs of a BIDS dataset as :class:`spineprint_utils.layout.Run` (the dataset
+    index: sessions optional, ``.nii``/``.nii.gz``, hidden files and ``.bidsignore`` skipped,
+    derivatives never taken as runs, every entity kept), sorted by path.
+
+    Parameters
+    ----------
+    bids_dir : path-like
+    participants : sequence of str, optional
+        Participant labels (with or without ``sub-``) to keep.
+    include_skipped : bool
+        Also list ``part-phase`` images (with :attr:`~spineprint_utils.layout.Run.skip_reason`).
+    """
+    return layout.DatasetIndex(bids_dir).bold_runs(participants, include_skipped=include_skipped)
 
 
 def find_bold_runs(bids_dir, participants=None) -> list[Path]:
-    """All ``sub-*/[ses-*/]func/*_bold.nii.gz`` of a BIDS dataset, sorted.
+    """All BOLD images of a BIDS dataset (``sub-*/[ses-*/]func/*_bold.nii[.gz]``), sorted.
+
+    The paths of :func:`find_runs` (``part-phase`` images excluded).
 
     Parameters
     ----------
@@ -179,22 +208,20 @@ def find_bold_runs(bids_dir, participants=None) -> list[Path]:
     participants : sequence of str, optional
         Participant labels (with or without ``sub-``) to keep.
     """
-    bids_dir = Path(bids_dir)
-    if not bids_dir.is_dir():
-        raise SpineprintError(f"{bids_dir}: BIDS folder not found")
-    # derivative outputs (a ``desc-`` entity, which raw BOLD names never have) are never raw runs
-    runs = sorted(p for p in bids_dir.glob("sub-*/**/func/*" + _BOLD_SUFFIX)
-                  if "derivatives" not in p.parts and "_desc-" not in p.name)
-    if participants:
-        keep = {check_label(p, "sub") for p in participants}
-        found = {bids_entities(run_prefix(p)).get("sub") for p in runs}
-        missing = sorted(keep - found)
-        if missing:
-            raise SpineprintError(f"{bids_dir}: participant(s) {', '.join(missing)} not found")
-        runs = [p for p in runs if bids_entities(run_prefix(p)).get("sub") in keep]
-    if not runs:
-        raise SpineprintError(f"{bids_dir}: no BOLD runs (sub-*/[ses-*/]func/*_bold.nii.gz) found")
-    return runs
+    return [r.path for r in find_runs(bids_dir, participants)]
+
+
+def find_preprocessed_runs(deriv_dir, participants=None) -> list:
+    """Preprocessed runs of a derivatives folder written by :func:`preprocess_dataset`,
+    as :class:`spineprint_utils.layout.Run` (entities of the raw run, plus ``desc``).
+
+    The naming of the outputs lives in :func:`run_outputs` only; this asks the dataset
+    index for the images named like its ``"preproc"`` output.
+    """
+    probe = run_outputs(Path("sub-x") / "func" / "sub-x_bold.nii.gz", Path("."))["preproc"]
+    ents, suffix, _ = layout.parse_name(probe.name)
+    extra = {k: v for k, v in ents.items() if k != "sub"}
+    return layout.DatasetIndex(deriv_dir).runs(suffix, participants, derivative=extra)
 
 
 def run_outputs(bold_path, output_dir) -> dict:
@@ -203,7 +230,7 @@ def run_outputs(bold_path, output_dir) -> dict:
     output_dir = Path(output_dir)
     root = _bids_root(bold_path)
     folder = output_dir / bold_path.parent.relative_to(root) if root is not None else output_dir
-    p = run_prefix(bold_path)
+    p = run_prefix(bold_path)  # every entity of the raw run is kept in the derivative names
     fig = output_dir / "figures"
     return {
         "preproc": folder / f"{p}_desc-preproc_bold.nii.gz",
@@ -451,13 +478,35 @@ def run_masks(bold_path, *, mask_img=None, csf_mask_img=None, anatomy: str = "au
 
 
 # ---------------------------------------------------------------- one run
+#: a RepetitionTime above this (s) is taken for milliseconds (BIDS gives seconds; the longest
+#: BOLD TRs in use are a few seconds, sparse designs ~10-20 s)
+_TR_MAX_S = 30.0
+
+
 def _read_meta(bold_path: Path, repetition_time, slice_timing):
-    sidecar = Path(str(bold_path)[: -len(".nii.gz")] + ".json") if str(bold_path).endswith(".nii.gz") else \
+    """The run's metadata (BIDS inheritance applied) and its checked TR and slice timing.
+
+    Returns ``(meta, tr, slice_timing, sidecar)`` where *sidecar* names the file that
+    gave ``RepetitionTime`` (the run's own JSON when it has none) for messages.
+    """
+    own = Path(str(bold_path)[: -len(".nii.gz")] + ".json") if str(bold_path).endswith(".nii.gz") else \
         bold_path.with_suffix(".json")
-    meta = read_json(sidecar) if sidecar.is_file() else {}
+    meta, sources = layout.metadata(bold_path, "bold")
+
+    def _source(key):
+        for src in reversed(sources):
+            with contextlib.suppress(SpineprintError):
+                if key in read_json(src):
+                    return src
+        return own
+
+    sidecar = _source("RepetitionTime") if "RepetitionTime" in meta else own
     tr = repetition_time if repetition_time is not None else meta.get("RepetitionTime")
     if tr is None:
-        raise SpineprintError(f"{sidecar}: RepetitionTime missing (sidecar {'found' if meta else 'not found'}); "
+        where = "sidecar found" if own.is_file() else "sidecar not found"
+        others = [s.name for s in sources if s != own]
+        also = f"; nor in the inherited {', '.join(others)}" if others else ""
+        raise SpineprintError(f"{own}: RepetitionTime missing ({where}){also}; "
                               "it is required for filtering and the physiological model")
     try:
         tr = float(tr)
@@ -465,8 +514,62 @@ def _read_meta(bold_path: Path, repetition_time, slice_timing):
         raise SpineprintError(f"{sidecar}: RepetitionTime {tr!r} is not a number") from None
     if not (np.isfinite(tr) and tr > 0):
         raise SpineprintError(f"{sidecar}: RepetitionTime must be positive, got {tr}")
+    if tr > _TR_MAX_S:
+        raise SpineprintError(f"{sidecar}: RepetitionTime {tr:g} looks like milliseconds; BIDS gives it in seconds "
+                              f"(e.g. {tr / 1000:g})")
     st = slice_timing if slice_timing is not None else meta.get("SliceTiming")
+    if slice_timing is None and st is not None:
+        sidecar_st = _source("SliceTiming")
+        direction = str(meta.get("SliceEncodingDirection", "k")).strip()
+        if direction not in ("k", "k-"):
+            raise SpineprintError(f"{_source('SliceEncodingDirection')}: SliceEncodingDirection {direction!r}: only "
+                                  "slices along the third image axis (k or k-) are supported; reorient the image")
+        try:
+            vals = np.asarray(st, dtype=float).ravel()
+        except (TypeError, ValueError):
+            raise SpineprintError(f"{sidecar_st}: SliceTiming is not a list of numbers") from None
+        if vals.size and np.nanmax(vals) > _TR_MAX_S and np.nanmax(vals) > tr:
+            raise SpineprintError(f"{sidecar_st}: SliceTiming values up to {np.nanmax(vals):g} look like "
+                                  "milliseconds; BIDS gives them in seconds")
+        if direction == "k-":
+            # BIDS: the first SliceTiming entry is the first slice along SliceEncodingDirection,
+            # i.e. the last image slice (k = Z-1) for "k-"
+            vals = vals[::-1]
+        st = vals.tolist()
     return meta, tr, st, sidecar
+
+
+def run_metadata(bold_path) -> dict:
+    """A run's metadata as preprocessing reads it: the sidecars merged by the BIDS inheritance
+    principle (``meta``), the checked ``tr`` (s), the ``slice_timing`` in image slice order
+    (``SliceEncodingDirection`` applied; None when absent) and the ``sidecar`` that gave the TR.
+
+    Raises
+    ------
+    SpineprintError
+        Missing or millisecond-looking ``RepetitionTime``, slices not along k, bad JSON (named).
+    """
+    meta, tr, st, sidecar = _read_meta(Path(bold_path), None, None)
+    return {"meta": meta, "tr": tr, "slice_timing": None if st is None else np.asarray(st, float),
+            "sidecar": sidecar}
+
+
+def _check_header_tr(img, tr, bold_path, sidecar, notes):
+    """Warn (and note) when the NIfTI header TR disagrees with the sidecar; the sidecar wins."""
+    zooms = img.header.get_zooms()
+    if len(zooms) < 4:
+        return
+    hdr = float(zooms[3])
+    unit = img.header.get_xyzt_units()[1]
+    if unit == "msec":
+        hdr /= 1000.0
+    elif unit == "usec":
+        hdr /= 1e6
+    if hdr > 0 and abs(hdr - tr) > 1e-3 * max(tr, 1.0):
+        msg = (f"{bold_path.name}: header TR {hdr:g} s differs from RepetitionTime {tr:g} s in {sidecar.name}; "
+               "the sidecar is used and written into the derivative's header")
+        warnings.warn(msg, stacklevel=3)
+        notes.append(msg)
 
 
 def _check_slice_timing(st, n_slices, sidecar, notes, tr=None):
@@ -493,35 +596,60 @@ def _physio_model(bold_path, data_shape, tr, st, params, notes):
         from . import physio
     except ImportError:  # pragma: no cover - the module ships with the package
         return None, [], "none: physio module unavailable", {}
-    path = physio.find_physio(bold_path)
-    if path is None:
+    files = layout.physio_files(bold_path)
+    if not files:
         msg = f"{bold_path.name}: no physio file found; processed WITHOUT the physiological noise model"
         warnings.warn(msg, stacklevel=3)
         notes.append(msg)
         return None, [], "none: no physio file found", {}
-    rec = physio.load_physio(path)
-    regs, names = physio.slice_regressors(rec, T, tr, st, cardiac_order=params["cardiac_order"],
-                                          respiratory_order=params["respiratory_order"],
-                                          interaction_order=tuple(params["interaction_order"]))
+    recs = [physio.load_physio(f) for f in files]
+    plain = [r for r, f in zip(recs, files) if "_recording-" not in f.name]
+    # one file, or one file per device merged on the common clock (trigger, else StartTime)
+    rec = plain[0] if plain else physio.combine_recordings(recs, T, tr)
+    path = Path(rec.path)
+    names_used = ", ".join(f.name for f in files)
+    has_c, has_r = rec.cardiac is not None, rec.respiratory is not None
+    if not (has_c or has_r):
+        msg = (f"{path}: no cardiac or respiratory column (columns {rec.columns}; accepted names: cardiac "
+               f"{', '.join(physio.COLUMN_ALIASES['cardiac'])}; respiratory "
+               f"{', '.join(physio.COLUMN_ALIASES['respiratory'])}); processed WITHOUT the physiological model")
+        warnings.warn(msg, stacklevel=3)
+        notes.append(msg)
+        return None, [], "none: no cardiac or respiratory trace", {}
+    c_order = params["cardiac_order"] if has_c else 0
+    r_order = params["respiratory_order"] if has_r else 0
+    i_order = tuple(params["interaction_order"]) if (has_c and has_r) else (0, 0)
+    if not (has_c and has_r):
+        only = "cardiac" if has_c else "respiratory"
+        notes.append(f"{bold_path.name}: only a {only} trace in {names_used}; {only}-only RETROICOR model")
+    regs, names = physio.slice_regressors(rec, T, tr, st, cardiac_order=c_order, respiratory_order=r_order,
+                                          interaction_order=i_order)
     regs = np.asarray(regs, dtype=np.float64)
     if regs.shape[:2] != (Z, T):
         raise SpineprintError(f"{path}: physiological regressors have shape {regs.shape}, expected ({Z}, {T}, P)")
     summary = physio.physio_summary(rec, T, tr)
     summary["_recording"] = rec
-    desc = (f"RETROICOR (Glover 2000) with cardiac x respiratory interactions (Harvey 2008), slice-wise "
-            f"(Brooks 2008): cardiac order {params['cardiac_order']}, respiratory order "
-            f"{params['respiratory_order']}, interaction order {list(params['interaction_order'])}, "
-            f"{regs.shape[2]} regressors per slice, from {path.name}")
+    traces = ("cardiac and respiratory" if has_c and has_r else "cardiac only" if has_c else "respiratory only")
+    desc = (f"RETROICOR (Glover 2000){' with cardiac x respiratory interactions (Harvey 2008)' if has_c and has_r else ''}"
+            f", slice-wise (Brooks 2008), {traces}: cardiac order {c_order}, respiratory order "
+            f"{r_order}, interaction order {list(i_order)}, "
+            f"{regs.shape[2]} regressors per slice, from {names_used}")
     names = list(names)
     if params.get("hr_rvt"):
         # low-frequency physiology: heart rate convolved with the cardiac response function
         # (Chang 2009) and respiration volume per time with the respiration response function
         # (Birn 2006, 2008), sampled at the volume onsets; the same regressors for every slice
-        hr = physio.hr_rvt_regressors(rec, T, tr)[["hr_crf", "rvt_rrf"]].to_numpy(dtype=np.float64)
-        regs = np.concatenate([regs, np.broadcast_to(hr, (Z, T, 2))], axis=2)
-        names += ["hr_crf", "rvt_rrf"]
-        desc += ("; plus heart rate convolved with the cardiac response function (Chang 2009) and "
-                 "respiration volume per time convolved with the respiration response function (Birn 2008)")
+        kinds = tuple(k for k, ok in (("hr", has_c), ("rvt", has_r)) if ok)
+        cols = [{"hr": "hr_crf", "rvt": "rvt_rrf"}[k] for k in kinds]
+        hr = physio.hr_rvt_regressors(rec, T, tr, kinds=kinds)[cols].to_numpy(dtype=np.float64)
+        regs = np.concatenate([regs, np.broadcast_to(hr, (Z, T, len(cols)))], axis=2)
+        names += cols
+        parts = []
+        if has_c:
+            parts.append("heart rate convolved with the cardiac response function (Chang 2009)")
+        if has_r:
+            parts.append("respiration volume per time convolved with the respiration response function (Birn 2008)")
+        desc += "; plus " + " and ".join(parts)
     return regs, names, desc, summary
 
 
@@ -1041,6 +1169,14 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     X, Y, Z, T = data.shape
     if T < 10:
         raise SpineprintError(f"{bold_path}: only {T} volumes; need at least 10")
+    _check_header_tr(img, tr, bold_path, sidecar, notes)
+    # the sidecar wins: the derivatives' headers carry its TR (seconds)
+    img.header.set_zooms(tuple(img.header.get_zooms()[:3]) + (tr,))
+    img.header.set_xyzt_units(xyz=img.header.get_xyzt_units()[0] or "mm", t="sec")
+    empty = np.flatnonzero(~np.any(data != 0, axis=(0, 1, 3)))
+    if empty.size:
+        raise SpineprintError(f"{bold_path}: slice(s) {', '.join(map(str, empty.tolist()))} of {Z} are zero in every "
+                              "voxel and volume (empty slices); crop them from the run before preprocessing")
     st, has_st = _check_slice_timing(st, Z, sidecar, notes, tr)
     hp, lp, bp_notes = (denoise.check_bandpass(tr, high_pass, low_pass) if (high_pass or low_pass)
                         else (None, None, []))
@@ -1058,6 +1194,20 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         if str(w.message) not in notes:
             notes.append(str(w.message))
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    # ---- enough volumes for the requested cleaning? (checked before any computation)
+    n_planned = ((2 if (params["motion"] and params["motion_regressors"]) else 0)
+                 + (phys_regs.shape[2] if phys_regs is not None else 0) + int(params["n_csf_components"]))
+    # the regression itself: T volumes, a linear detrend (2) and the planned regressors (spikes, known
+    # only after motion correction, can only lower it); at or below MIN_DOF the fit is (nearly) exact
+    # and the "cleaned" run a constant. The band-pass lowers the effective dof further
+    # (denoise.effective_dof, reported and warned about below, not refused).
+    dof_planned = float(T) - 2.0 - n_planned
+    if dof_planned <= MIN_DOF:
+        raise SpineprintError(
+            f"{bold_path}: run too short for the requested cleaning: {T} volumes (TR {tr:g} s) leave "
+            f"{dof_planned:.0f} degrees of freedom for the regression of {n_planned} regressors per slice and a "
+            f"linear trend (minimum {MIN_DOF}); use a longer run or fewer regressors (--no-physio, physio orders, "
+            "n_csf_components)")
     # ---- native space: distortion correction of the raw series (before motion), registration to PAM50
     mean_before = data.mean(axis=3)
     data, field_hz, dist_status = _distortion_step(bold_path, img, data, meta, bool(distortion), notes)
@@ -1258,9 +1408,30 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
 
 
 # ---------------------------------------------------------------- dataset
-def _run_one(bold_path, output_dir, params):
-    out = preprocess_run(bold_path, output_dir, **params)
-    return out["qc_row"]
+def _status_row(run, status: str, reason: str) -> dict:
+    ents = run.entities
+    return {"run": run.prefix, "subject": ents.get("sub", ""), "session": ents.get("ses", ""),
+            "status": status, "reason": reason, "file": str(run.path)}
+
+
+def _run_one(run, output_dir, params):
+    """One run, isolated: a failing run gives a ``failed`` row (file and reason) instead of
+    stopping the others (serial, local processes or Dask alike). Interruptions still stop."""
+    if run.skip_reason:
+        return _status_row(run, "skipped", run.skip_reason)
+    if run.problem:
+        return _status_row(run, "failed", f"{run.path}: {run.problem}")
+    try:
+        out = preprocess_run(run.path, output_dir, **params)
+    except SpineprintError as exc:
+        return _status_row(run, "failed", str(exc))
+    except (OSError, MemoryError):  # the machine, not the run (disk full, no memory): stop, clearly
+        raise
+    except Exception as exc:  # noqa: BLE001 - one bad run must not stop the others; the reason is kept
+        return _status_row(run, "failed", f"{run.path}: {type(exc).__name__}: {exc}")
+    row = dict(out["qc_row"])
+    row.setdefault("status", "ok")
+    return row
 
 
 def load_qc_table(deriv_dir) -> pd.DataFrame:
@@ -1273,6 +1444,18 @@ def load_qc_table(deriv_dir) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = pd.Series(dtype=float)
     return df[QC_COLUMNS].sort_values("run", kind="stable").reset_index(drop=True) if len(df) else df[QC_COLUMNS]
+
+
+def _dataset_qc(rows: list) -> pd.DataFrame:
+    """``qc.tsv``: one row per run of the dataset, ``status`` ok / failed / skipped with the reason."""
+    df = pd.DataFrame(rows)
+    cols = ["run", "status", "reason"] + [c for c in QC_COLUMNS if c != "run"]
+    for col in cols:
+        if col not in df.columns:
+            df[col] = "" if col in ("status", "reason") else pd.Series(dtype=float)
+    df["status"] = df["status"].replace("", "ok").fillna("ok")
+    df["reason"] = df["reason"].fillna("")
+    return df[cols].sort_values("run", kind="stable").reset_index(drop=True)
 
 
 def _default_out(a):
@@ -1296,7 +1479,7 @@ def _keep_completed_runs(out: Path):
                 option="the preprocessing output folder (--out)")
 def preprocess_dataset(bids_dir, output_dir=None, participants=None, n_jobs: int = 1, scheduler=None,
                        progress: bool = True, **run_params) -> Path:
-    """Preprocess every BOLD run of a BIDS dataset (resumable).
+    """Preprocess every BOLD run of a BIDS dataset (resumable, one run's failure isolated).
 
     Parameters
     ----------
@@ -1312,10 +1495,18 @@ def preprocess_dataset(bids_dir, output_dir=None, participants=None, n_jobs: int
     Returns
     -------
     Path
-        The derivatives folder, holding ``dataset_description.json`` and ``qc.tsv``.
+        The derivatives folder, holding ``dataset_description.json`` and ``qc.tsv``
+        (every run with its ``status``: ``ok``, ``failed`` or ``skipped``, and the
+        ``reason``). A failing run leaves no derivative and does not stop the others; it
+        is listed in ``qc.tsv`` and in a warning (:func:`failed_runs` reads them back).
+
+    Raises
+    ------
+    SpineprintError
+        No run at all, an unknown participant, or every run failed.
     """
     bids_dir = Path(bids_dir)
-    runs = find_bold_runs(bids_dir, participants)
+    runs = find_runs(bids_dir, participants, include_skipped=True)
     out = Path(output_dir) if output_dir is not None else bids_dir / "derivatives" / "spineprint"
     params = {**RUN_DEFAULTS, **run_params}
     params["interaction_order"] = list(params["interaction_order"])
@@ -1331,11 +1522,32 @@ def preprocess_dataset(bids_dir, output_dir=None, participants=None, n_jobs: int
                          "Parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()}}],
     }
     atomic_write_json(out / "dataset_description.json", desc)
-    parallel_map(functools.partial(_run_one, output_dir=out, params=params), runs, n_jobs=n_jobs,
-                 scheduler=scheduler, desc="preprocess", progress=progress)
-    qc = load_qc_table(out)
+    rows = parallel_map(functools.partial(_run_one, output_dir=out, params=params), runs, n_jobs=n_jobs,
+                        scheduler=scheduler, desc="preprocess", progress=progress)
+    qc = _dataset_qc(rows)
+    failed = qc[qc["status"] == "failed"]
+    if len(failed) and not (qc["status"] == "ok").any():
+        # nothing usable: one clear error (the reason names the file), no table of failures left behind
+        more = f" (and {len(failed) - 1} other run(s))" if len(failed) > 1 else ""
+        raise SpineprintError(f"{failed['reason'].iloc[0]}{more}")
     atomic_write_text(out / "qc.tsv", qc.to_csv(sep="\t", index=False, na_rep="n/a"))
+    if len(failed):
+        lines = "\n".join(f"  {r}: {why}" for r, why in zip(failed["run"], failed["reason"]))
+        warnings.warn(f"{len(failed)} of {len(qc)} run(s) failed (listed in {out / 'qc.tsv'}):\n{lines}",
+                      stacklevel=2)
     return out
+
+
+def failed_runs(deriv_dir) -> pd.DataFrame:
+    """Runs of the last :func:`preprocess_dataset` that failed or were skipped (``run``,
+    ``status``, ``reason``), from ``qc.tsv``."""
+    path = Path(deriv_dir) / "qc.tsv"
+    if not path.is_file():
+        return pd.DataFrame(columns=["run", "status", "reason"])
+    qc = pd.read_csv(path, sep="\t", keep_default_na=False, dtype=str)
+    if "status" not in qc.columns:
+        return pd.DataFrame(columns=["run", "status", "reason"])
+    return qc.loc[qc["status"] != "ok", ["run", "status", "reason"]].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- CLI
@@ -1351,9 +1563,13 @@ def _cli(args) -> int:
         params["registration"] = False
     if args.hr_rvt:
         params["hr_rvt"] = True
-    out = preprocess_dataset(args.bids_dir, args.out, participants=args.participant_label, n_jobs=args.n_jobs,
-                             scheduler=args.scheduler, **params)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"\d+ of \d+ run\(s\) failed")  # summarised below
+        out = preprocess_dataset(args.bids_dir, args.out, participants=args.participant_label, n_jobs=args.n_jobs,
+                                 scheduler=args.scheduler, **params)
     qc = load_qc_table(out)
+    bad_runs = failed_runs(out)
+    qc = qc[qc["run"].isin(pd.read_csv(out / "qc.tsv", sep="\t", dtype=str, keep_default_na=False)["run"])]
     print(f"preprocessed {len(qc)} run(s) into {out}")
     print(f"QC table: {out / 'qc.tsv'}")
     for col, what in (("distortion_correction", "distortion correction"), ("registration", "registration to PAM50")):
@@ -1367,6 +1583,15 @@ def _cli(args) -> int:
     no_phys = qc.loc[qc["physio_model_applied"] == "no", "run"].tolist()
     if no_phys:
         print(f"WARNING: no physiological noise model for {len(no_phys)} run(s): {', '.join(no_phys)}")
+    skipped = bad_runs[bad_runs["status"] == "skipped"]
+    for r, why in zip(skipped["run"], skipped["reason"]):
+        print(f"skipped {r}: {why}")
+    failed = bad_runs[bad_runs["status"] == "failed"]
+    if len(failed):
+        print(f"FAILED: {len(failed)} run(s) (see qc.tsv):", file=sys.stderr)
+        for r, why in zip(failed["run"], failed["reason"]):
+            print(f"  {r}: {why}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -41,7 +41,7 @@ PHYSIO_JSON = FUNC / f"{PREFIX}_physio.json"
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("bad_inputs") / "study"
-    simulate.simulate_dataset(path, n_subjects=2, n_sessions=1, n_volumes=40)
+    simulate.simulate_dataset(path, n_subjects=2, n_sessions=1, n_volumes=60)  # 40 leave no dof for the default cleaning
     return path
 
 

@@ -341,7 +341,7 @@ def test_connectivity_dataset_other_kinds_and_participants(dataset):
 
 
 def test_connectivity_dataset_errors_leave_no_group_file(tmp_path):
-    with pytest.raises(SpineprintError, match="no runs matching"):
+    with pytest.raises(SpineprintError, match=r"no preprocessed runs .*\(run preprocessing first"):
         conn.connectivity_dataset(tmp_path, source="phantom")
     _, _, labels, truth = _make_dataset(tmp_path, n_sub=2, t=20)
     bad = sorted(truth)[1]
@@ -351,8 +351,8 @@ def test_connectivity_dataset_errors_leave_no_group_file(tmp_path):
     nib.save(nib.Nifti1Image(data, img.affine), str(bad))
     with pytest.raises(SpineprintError, match=str(bad.name)):
         conn.connectivity_dataset(tmp_path, source="phantom", segments=SEGS)
-    assert not list((tmp_path / "group").glob("*connectomes.npz"))
     assert not list(tmp_path.rglob("*.tmp"))
+    assert not list((tmp_path / "group").glob("*connectomes.npz"))
 
 
 def test_load_connectomes_errors(tmp_path):

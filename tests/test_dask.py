@@ -33,7 +33,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("dask") / "bids"
-    simulate.simulate_dataset(path, n_subjects=2, n_sessions=1, n_volumes=40)
+    simulate.simulate_dataset(path, n_subjects=2, n_sessions=1, n_volumes=60)  # 40 leave no dof for the default cleaning
     return path
 
 
@@ -102,19 +102,24 @@ def test_preprocess_on_cluster_equals_serial(study, cluster, tmp_path, monkeypat
     assert new and all(tp.all_durations.get("compute", 0) > 0 for tp in new.values()), list(new)
 
 
-def test_preprocess_error_on_a_worker_is_the_clear_error(study, cluster, tmp_path):
-    """A SpineprintError raised on a worker reaches the caller as the same clear error."""
+def test_preprocess_error_on_a_worker_is_isolated_and_recorded(study, cluster, tmp_path):
+    """A SpineprintError raised on a worker fails that run only: the others finish, the
+    run is listed in qc.tsv with the clear reason, nothing of it is left behind."""
     bad = tmp_path / "bids"
     import shutil
+
+    import pandas as pd
 
     shutil.copytree(study, bad, ignore=shutil.ignore_patterns("derivatives"))
     sidecar = bad / "sub-02" / "ses-01" / "func" / "sub-02_ses-01_task-rest_run-1_bold.json"
     sidecar.write_text("{not json")
-    with pytest.raises(SpineprintError, match="sub-02_ses-01_task-rest_run-1_bold.json: not valid JSON"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            preprocess.preprocess_dataset(bad, tmp_path / "out", scheduler=cluster.scheduler_address,
-                                          progress=False)
+    with pytest.warns(UserWarning, match=r"1 of 2 run\(s\) failed"):
+        out = preprocess.preprocess_dataset(bad, tmp_path / "out", scheduler=cluster.scheduler_address,
+                                            progress=False)
+    qc = pd.read_csv(out / "qc.tsv", sep="\t", keep_default_na=False).set_index("run")
+    assert qc.loc["sub-01_ses-01_task-rest_run-1", "status"] == "ok"
+    assert qc.loc["sub-02_ses-01_task-rest_run-1", "status"] == "failed"
+    assert "sub-02_ses-01_task-rest_run-1_bold.json: not valid JSON" in qc.loc["sub-02_ses-01_task-rest_run-1", "reason"]
     leftovers = [p.name for p in (tmp_path / "out").rglob("*") if p.is_file() and
                  (p.name.startswith(".") or "sub-02" in p.name)]
     assert not leftovers

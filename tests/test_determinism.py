@@ -36,10 +36,16 @@ from spineprint_utils.parallel import parallel_map
 distributed = pytest.importorskip("dask.distributed")
 
 
+#: RETROICOR 2/2 without interactions (drivers.SWEEP_PREPROCESS): 15 regressors per slice
+LIGHT = dict(cardiac_order=2, respiratory_order=2, interaction_order=(0, 0))
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("determinism") / "bids"
-    simulate.simulate_dataset(path, n_subjects=2, n_sessions=1, n_volumes=24)
+    # 40 volumes with the sweeps' lighter physio model (LIGHT): the default cleaning (39 regressors per
+    # slice) needs more than 51 volumes (preprocess.MIN_DOF) and is refused on shorter runs
+    simulate.simulate_dataset(path, n_subjects=2, n_sessions=1, n_volumes=40)
     return path
 
 
@@ -96,10 +102,10 @@ def test_run_notes_ignore_other_threads_warnings(study, tmp_path):
     bold = sorted(study.glob("sub-01/**/func/*_bold.nii.gz"))[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quiet = preprocess.preprocess_run(bold, tmp_path / "quiet", figures=False)
+        quiet = preprocess.preprocess_run(bold, tmp_path / "quiet", figures=False, **LIGHT)
         thread.start()
         try:
-            busy = preprocess.preprocess_run(bold, tmp_path / "busy", figures=False)
+            busy = preprocess.preprocess_run(bold, tmp_path / "busy", figures=False, **LIGHT)
         finally:
             stop.set()
             thread.join()
@@ -172,10 +178,10 @@ def test_serial_jobs_and_dask_identical_under_cpu_load(study, cluster, tmp_path,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with threadpool_limits(limits=2):  # the caller's BLAS has 2 threads, the workers' 1
-            serial = preprocess.preprocess_dataset(study, tmp_path / "serial", progress=False)
-        jobs = preprocess.preprocess_dataset(study, tmp_path / "jobs", n_jobs=2, progress=False)
+            serial = preprocess.preprocess_dataset(study, tmp_path / "serial", progress=False, **LIGHT)
+        jobs = preprocess.preprocess_dataset(study, tmp_path / "jobs", n_jobs=2, progress=False, **LIGHT)
         dask = preprocess.preprocess_dataset(study, tmp_path / "dask", scheduler=cluster.scheduler_address,
-                                             progress=False)
+                                             progress=False, **LIGHT)
     assert cpu_load.poll() is None, "the load generator stopped before the runs ended"
     ref = _normalised(serial)
     assert len(ref) > 20

@@ -151,6 +151,10 @@ def test_connectivity_and_fingerprint_from_native_runs(study, tmp_path):
         rs_none.append(np.corrcoef(np.corrcoef(ts.T)[iu], gt["fc"][prefix][iu])[0, 1])
     print("FC vs true neural FC per run:", np.round(rs, 2), "unregistered regions:", np.round(rs_none, 2))
     assert np.mean(rs) > 0.2 and np.mean(rs) > np.mean(rs_none)
+    # the regions chapter 3 shows: no group image for native runs, the first run's own regions
+    labels, table = connectivity.region_image(out)
+    assert labels == deriv / c["files"][0].replace("_desc-preproc_bold.nii.gz", "_atlas-PAM50horns_dseg.nii.gz")
+    assert set(pd.read_csv(table, sep="\t")["label"]) == set(np.unique(nib.load(labels).dataobj)) - {0}
     # fingerprints, no manual step
     ia, ib, subjects = fingerprint.pair_sessions(c, "01", "02")
     A = fingerprint.identifiability_matrix(c["fc"][ia, 0], c["fc"][ib, 0])

@@ -35,7 +35,7 @@ def study(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("resume") / "bids"
     # 4 runs: with two worker processes there is still work left when the first run's
     # marker appears, so the signal always lands while runs are being processed
-    simulate.simulate_dataset(path, n_subjects=4, n_sessions=1, n_volumes=40)
+    simulate.simulate_dataset(path, n_subjects=4, n_sessions=1, n_volumes=60)  # 40 leave no dof for the default cleaning
     return path
 
 
