@@ -52,3 +52,15 @@ def test_the_check_detects_a_long_line(tmp_path):
     result = subprocess.run([_ruff(), "format", "--isolated", "--line-length", str(MAX), "--check", str(path)],
                             capture_output=True, text=True)
     assert result.returncode != 0
+
+
+def test_code_blocks_of_the_markdown_pages_fit_the_column():
+    """Code blocks of book/*.md: no line over 88 characters (the browser test checks the pages)."""
+    for page in sorted((ROOT / "book").glob("*.md")):
+        fence = None
+        for n, line in enumerate(page.read_text().splitlines(), 1):
+            if line.startswith("```"):
+                fence = None if fence else line
+                continue
+            if fence and not fence.startswith("```{") and len(line) > MAX + 1:
+                raise AssertionError(f"{page.name}:{n}: code line of {len(line)} characters: {line!r}")
