@@ -21,12 +21,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.stamp-book: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+$(VENV)/.stamp-book: pyproject.toml binder/requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c binder/requirements.txt -e .
 	touch $@
 
-$(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+$(VENV)/.stamp-test: pyproject.toml binder/requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c binder/requirements.txt -e ".[test]"
 	touch $@ $(VENV)/.stamp-book
 
 setup: $(VENV)/.stamp-book

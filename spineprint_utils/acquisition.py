@@ -33,6 +33,8 @@ import pandas as pd
 
 from . import layout as _layout
 from ._io import SpineprintError, atomic_write_json, atomic_write_text, cache_dir, read_json
+from .plotting import figsize, styled
+from .prose import count
 
 __all__ = [
     "BidsMetadata",
@@ -472,7 +474,7 @@ def _check_defects(meta: BidsMetadata) -> None:
             if not alts & present:
                 absent.append(name)
         if absent:
-            _issue(issues, "warning", meta.readme_path, "README names file(s) that do not exist in the dataset: " + ", ".join(absent))
+            _issue(issues, "warning", meta.readme_path, f"README names {'a file that does' if len(absent) == 1 else 'files that do'} not exist in the dataset: " + ", ".join(absent))
 
     # 5. participants.tsv vs subject folders
     subjects = {r.entities.get("sub") for r in runs}
@@ -529,6 +531,13 @@ def _hashable(value):
 def _mode(values):
     values = [_hashable(v) for v in values if v is not None]
     return Counter(values).most_common(1)[0][0] if values else None
+
+
+def _scanner(manufacturer, model):
+    """Scanner name for the protocol table; the simulator's sidecars say ``simulated``."""
+    if manufacturer and str(manufacturer).startswith("spineprint simulator"):
+        return "none (simulated data)"
+    return " ".join(str(x) for x in (manufacturer, model) if x) or None
 
 
 def protocol(meta: BidsMetadata) -> dict:
@@ -592,7 +601,7 @@ def protocol(meta: BidsMetadata) -> dict:
 
     return {
         "name": meta.name,
-        "manufacturer": " ".join(str(x) for x in (m("Manufacturer"), m("ManufacturersModelName")) if x) or None,
+        "manufacturer": _scanner(m("Manufacturer"), m("ManufacturersModelName")),
         "field_strength_T": _float(m("MagneticFieldStrength")),
         "tasks": ", ".join(tasks) or None,
         "acq_labels": ", ".join(acqs) or None,
@@ -634,7 +643,7 @@ PROTOCOL_ROWS = {
     "name": "Dataset name",
     "manufacturer": "Scanner",
     "field_strength_T": "Field strength (T)",
-    "tasks": "Task(s)",
+    "tasks": "Tasks",
     "acq_labels": "Acquisition variants (acq-)",
     "n_subjects": "Subjects",
     "n_sessions": "Sessions",
@@ -709,6 +718,7 @@ def issues_table(datasets: dict) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ figure
+@styled
 def slice_timing_figure(datasets: dict, ncols: int = 2):
     """Slice index versus acquisition time within the TR, one panel per dataset.
 
@@ -734,7 +744,7 @@ def slice_timing_figure(datasets: dict, ncols: int = 2):
     n = max(1, len(items))
     ncols = max(1, min(ncols, n))
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize(1.0, 0.78 * nrows / ncols), squeeze=False)
     colors = plt.get_cmap("tab10").colors
     for a, (name, meta) in zip(axes.ravel(), items):
         p = protocol(meta)
@@ -750,9 +760,9 @@ def slice_timing_figure(datasets: dict, ncols: int = 2):
         a.set_xlim(-0.05 * p["tr_s"], 1.08 * p["tr_s"])
         a.set_xlabel("acquisition time within the TR (s)")
         a.set_ylabel("slice index (0-based)")
-        a.set_title(f"{name}: {p['n_slices']} slices, MB {p['multiband']}\n{p['slice_order']}", fontsize=9)
+        a.set_title(f"{name}: {p['n_slices']} slices, MB {p['multiband']}\n{p['slice_order']}")
         if tab["band"].max() > 0:
-            a.legend(fontsize=7, loc="lower right", title="simultaneous", title_fontsize=7)
+            a.legend(loc="lower right", title="simultaneous")
     for a in axes.ravel()[len(items):]:
         a.set_visible(False)
     fig.tight_layout()
@@ -889,7 +899,7 @@ def issues_admonition(issues: pd.DataFrame, title: str = "Upstream metadata defe
     if issues.empty:
         return f'<div class="admonition note"><p class="admonition-title">{html.escape(title)}</p><p>No issues found.</p></div>'
     n_warn = int((issues["severity"] == "warning").sum())
-    head = f"{title}: {n_warn} warning(s), {len(issues) - n_warn} note(s)"
+    head = f"{title}: {count(n_warn, 'warning')}, {count(len(issues) - n_warn, 'note')}"
     table = issues.to_html(index=False, escape=True, border=0, classes="table")
     return f'<div class="admonition warning"><p class="admonition-title">{html.escape(head)}</p>{table}</div>'
 

@@ -57,6 +57,7 @@ import pandas as pd
 
 from ._io import SpineprintError, atomic_write_json, cache_dir, load_nifti, read_json
 from .parallel import parallel_map
+from .plotting import figsize, styled
 
 __all__ = [
     "trend_verdict",
@@ -128,7 +129,7 @@ SWEEP_PREPROCESS = {
 SWEEP_COLUMNS = [
     "parameter", "value", "repeat", "seed", "design", "physio_model", "n_subjects", "n_volumes_compared",
     "identification", "identification_ab", "identification_ba", "iself", "iothers", "idiff", "chance",
-    "identification_truth", "idiff_truth", "tsnr_raw", "tsnr_clean",
+    "identification_truth", "idiff_truth", "tsnr_raw", "tsnr_clean", "n_spikes", "dof_remaining",
 ]
 
 DESIGNS = ("within", "between")
@@ -272,7 +273,8 @@ def fingerprint_point(bids_dir, *, design: str = "within", physio_model: bool = 
         The keys of :func:`fingerprint_connectomes`, ``identification_truth`` and
         ``idiff_truth`` (NaN without ground truth), ``n_volumes_compared`` (volumes per
         connectome), ``tsnr_raw`` and ``tsnr_clean`` (mean cord tSNR before and after
-        preprocessing, mean over runs).
+        preprocessing, mean over runs), ``n_spikes`` and ``dof_remaining`` (QC table, mean
+        over runs).
     """
     from . import atlas, connectivity, preprocess
 
@@ -309,6 +311,8 @@ def fingerprint_point(bids_dir, *, design: str = "within", physio_model: bool = 
         qc = preprocess.load_qc_table(deriv)
         res["tsnr_raw"] = float(qc["tsnr_pre_cord"].mean())
         res["tsnr_clean"] = float(qc["tsnr_post_cord"].mean())
+        res["n_spikes"] = float(qc["n_spikes"].mean())
+        res["dof_remaining"] = float(qc["dof_remaining"].mean())
         if sim is not None:
             t = _truth_fingerprint(bids_dir, records, design)
             res["identification_truth"], res["idiff_truth"] = t["identification"], t["idiff"]
@@ -482,13 +486,14 @@ def sweep_many(specs, *, base=None, design: str = "within", n_repeats: int = 1, 
         res = {k: v for k, v in done[key].items() if k not in ("value", "repeat", "seed")}
         rows.append({**res, **{k: item[k] for k in ("parameter", "value", "repeat", "seed", "physio_model")},
                      "design": design})
-    df = pd.DataFrame(rows)[SWEEP_COLUMNS]
+    df = pd.DataFrame(rows).reindex(columns=SWEEP_COLUMNS)  # results cached before a column was added: NaN
     order = {(p, bool(rest[0]) if rest else True): i for i, (p, _, *rest) in enumerate(specs)}
     df["_spec"] = [order[(p, m)] for p, m in zip(df["parameter"], df["physio_model"])]
     df = df.sort_values(["_spec", "repeat", "value"], kind="stable").drop(columns="_spec")
     return df.reset_index(drop=True)
 
 
+@styled
 def plot_sweep(df, xlabel: str, *, title: str | None = None, log_x: bool = False):
     """Identification (%) and Idiff against the swept parameter, pipeline vs planted signals.
 
@@ -516,7 +521,7 @@ def plot_sweep(df, xlabel: str, *, title: str | None = None, log_x: bool = False
         raise SpineprintError("plot_sweep: empty sweep table")
     if df["parameter"].nunique() != 1:
         raise SpineprintError(f"plot_sweep: one parameter at a time, got {sorted(df['parameter'].unique())}")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=figsize(1.0, 0.46), constrained_layout=True)
     models = sorted(df["physio_model"].unique(), reverse=True)
     for m in models:
         sub = df[df["physio_model"] == m]
@@ -545,7 +550,7 @@ def plot_sweep(df, xlabel: str, *, title: str | None = None, log_x: bool = False
             ax.set_xscale("log")
             ax.minorticks_off()
             ax.set_xticks(values, [f"{v:g}" for v in values])
-    axes[0].legend(fontsize=8)
+    axes[0].legend()
     if title:
         fig.suptitle(title)
     return fig
@@ -899,14 +904,16 @@ def trend_verdict(results, parameter: str, column: str, *, physio_model: bool = 
     Returns
     -------
     str
-        E.g. ``"rises (every one of the 3 repeats at the largest value is above every repeat
-        at the smallest)"``; ``"n/a"`` for a missing sweep.
+        E.g. ``"rises (all 3 repeats at the largest value lie above all repeats at the
+        smallest)"``; a sentence saying so when the sweep is missing or has one value.
     """
     results = _check_results(results)
     model = results["physio_model"].astype(bool)
     sub = results[(results["parameter"] == parameter) & (model if physio_model else ~model)]
-    if not len(sub) or sub["value"].nunique() < 2:
-        return "n/a"
+    if not len(sub):
+        return "was not computed (no such sweep)"
+    if sub["value"].nunique() < 2:
+        return "cannot be judged from a single swept value"
     values = np.sort(sub["value"].unique())
     first = sub.loc[sub["value"] == values[0], column].to_numpy(float)
     last = sub.loc[sub["value"] == values[-1], column].to_numpy(float)
@@ -1035,6 +1042,7 @@ def physio_caution_values(caution, shared=None) -> dict:
     return out
 
 
+@styled
 def plot_physio_caution(table):
     """Bar plots of identification and Idiff per source of :func:`physio_caution_table`.
 
@@ -1054,7 +1062,7 @@ def plot_physio_caution(table):
     unknown = sorted(set(table["source"]) - set(PHYSIO_SOURCE_LABELS))
     if unknown:
         raise SpineprintError(f"physiology table: unknown source(s) {unknown}")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=figsize(1.0, 0.5), constrained_layout=True)
     names = [PHYSIO_SOURCE_LABELS[s] for s in table["source"]]
     colors = [PHYSIO_SOURCE_COLORS[s] for s in table["source"]]
     axes[0].bar(names, 100 * table["identification"], color=colors)
@@ -1062,12 +1070,14 @@ def plot_physio_caution(table):
     axes[0].set_ylabel("identification rate (%)")
     axes[0].set_xlabel("data")
     axes[0].set_ylim(0, 103)
-    axes[0].legend(fontsize=8)
+    axes[0].legend()
     axes[1].bar(names, table["idiff"], color=colors)
     axes[1].axhline(0.0, color="0.3", lw=1)
     axes[1].set_ylabel("$I_{diff}$ (x 100 correlation)")
     axes[1].set_xlabel("data")
     for ax in axes:
-        ax.tick_params(axis="x", labelsize=8)
+        ax.tick_params(axis="x", labelrotation=30)
+        for lab in ax.get_xticklabels():
+            lab.set_horizontalalignment("right")
     fig.suptitle("No neural fingerprint: what physiology alone can do")
     return fig

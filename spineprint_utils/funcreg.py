@@ -30,11 +30,13 @@ over the slices the T2w covers (before: the same with the header alignment).
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ._io import SpineprintError
+from .plotting import COLUMN_WIDTH_IN, styled
 
 __all__ = ["CordAlignment", "align_func_to_anat_cord"]
 
@@ -213,6 +215,7 @@ def align_func_to_anat_cord(epi_cord, epi_affine, anat_cord_img, *, fallback_tar
                          dice_header=d_head, dice_per_slice=dps, warped_cord=warped, notes=notes)
 
 
+@styled
 def plot_func_anat_overlay(mean, epi_cord, warped_cord, labels=None, *, title: str = "", path=None,
                            max_slices: int = 8):
     """QC figure: each slice of the mean EPI (cropped around the cord) with the EPI cord (cyan),
@@ -248,8 +251,12 @@ def plot_func_anat_overlay(mean, epi_cord, warped_cord, labels=None, *, title: s
     h = 14
     x0, x1 = int(max(c[0] - h, 0)), int(min(c[0] + h, mean.shape[0]))
     y0, y1 = int(max(c[1] - h, 0)), int(min(c[1] + h, mean.shape[1]))
-    fig = Figure(figsize=(1.9 * len(ks), 2.3), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(ks)))
+    ncols = min(4, len(ks))  # at most 4 slices per row: the figure fits the book's column
+    nrows = -(-len(ks) // ncols)
+    fig = Figure(figsize=(COLUMN_WIDTH_IN, 1.9 * nrows + 0.7), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    for ax in axes[len(ks):]:
+        ax.set_visible(False)
     for ax, k in zip(axes, ks):
         sl = np.s_[x0:x1, y0:y1, k]
         ax.imshow(mean[sl].T, origin="lower", cmap="gray", interpolation="nearest")
@@ -260,10 +267,11 @@ def plot_func_anat_overlay(mean, epi_cord, warped_cord, labels=None, *, title: s
             if np.asarray(m)[sl].any():
                 ax.contour(np.asarray(m)[sl].T.astype(float), levels=[0.5], colors=col, linewidths=0.9,
                            linestyles=ls)
-        ax.set_title(f"slice {k}", fontsize=7)
+        ax.set_title(f"slice {k}")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(title or "mean EPI: EPI cord (cyan), T2w cord on the EPI (yellow dashed), horn regions", fontsize=8)
+    fig.suptitle(textwrap.fill(
+        title or "mean EPI: EPI cord (cyan), T2w cord on the EPI (yellow dashed), horn regions", 64))
     if path is not None:
         _save_fig(fig, path)
     return fig

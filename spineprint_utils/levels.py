@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ._io import SpineprintError
+from .plotting import MIN_FONT_PT, styled
 
 __all__ = [
     "find_vertebral_labels",
@@ -134,6 +135,7 @@ def label_points(labels_img) -> dict:
     return {k: float(c[2]) for k, c in _level_centroids(labels_img).items()}
 
 
+@styled
 def plot_levels_sagittal(anat_img, levels, labels_img=None, *, title: str = "", path=None):
     """QC figure: mid-sagittal slice of the T2w (through the cord) with the PAM50 vertebral
     levels brought to it (colours, level names) and the user's labels (red crosses).
@@ -173,15 +175,15 @@ def plot_levels_sagittal(anat_img, levels, labels_img=None, *, title: str = "", 
     for v in np.unique(lev[x][lev[x] > 0]):
         jk = np.argwhere(lev[x] == v)
         ax.text(jk[:, 0].mean() * zooms[1], jk[:, 1].mean() * zooms[2], names.get(int(v), str(v)),
-                color="yellow", fontsize=7, ha="center", va="center")
+                color="yellow", fontsize=MIN_FONT_PT, ha="center", va="center")
     if labels_img is not None:
         lab = np.asarray(nib.as_closest_canonical(labels_img).dataobj)
         for i, j, k in np.argwhere(lab > 0):
             ax.plot(j * zooms[1], k * zooms[2], "r+", ms=9)
-            ax.text(j * zooms[1] + 2, k * zooms[2], f"label {int(lab[i, j, k])}", color="r", fontsize=6)
+            ax.text(j * zooms[1] + 2, k * zooms[2], f"label {int(lab[i, j, k])}", color="r", fontsize=MIN_FONT_PT)
     ax.set_xlabel("posterior -> anterior (mm)")
     ax.set_ylabel("inferior -> superior (mm)")
-    ax.set_title(title or "PAM50 vertebral levels on the T2w", fontsize=8)
+    ax.set_title(title or "PAM50 vertebral levels on the T2w")
     if path is not None:
         _save_fig(fig, path)
     return fig

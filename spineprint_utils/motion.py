@@ -50,6 +50,7 @@ import pandas as pd
 from scipy import ndimage
 
 from ._io import SpineprintError
+from .plotting import figsize, styled
 
 __all__ = [
     "REGULARIZE_DEFAULT",
@@ -487,6 +488,7 @@ def motion_correct(data, mask=None, reference="mean", regularize: str = REGULARI
     )
 
 
+@styled
 def plot_motion(params: pd.DataFrame, fd=None, title: str = "", path=None):
     """QC figure: per-slice x and y translations (one line per slice) and FD.
 
@@ -507,7 +509,7 @@ def plot_motion(params: pd.DataFrame, fd=None, title: str = "", path=None):
     shifts = table_to_shifts(params)
     Z = shifts.shape[0]
     n = 3 if fd is not None else 2
-    fig, axes = plt.subplots(n, 1, figsize=(7, 1.9 * n), sharex=True, constrained_layout=True)
+    fig, axes = plt.subplots(n, 1, figsize=figsize(1.0, 0.27 * n), sharex=True, constrained_layout=True)
     cmap = plt.get_cmap("viridis")
     for k, lab in enumerate(("x", "y")):
         for z in range(Z):
@@ -516,6 +518,9 @@ def plot_motion(params: pd.DataFrame, fd=None, title: str = "", path=None):
     if fd is not None:
         axes[2].plot(np.asarray(fd), color="k", lw=0.8)
         axes[2].set_ylabel("FD (mm)")
+    # the colour key: slice index (bottom to top)
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, max(Z - 1, 1)))
+    fig.colorbar(sm, ax=list(axes[:2]), label="slice index", fraction=0.04, pad=0.01)
     axes[-1].set_xlabel("volume")
     axes[0].set_title(title or f"slice-wise translations ({Z} slices, colour = slice)")
     if path is not None:

@@ -70,6 +70,7 @@ from pathlib import Path
 import numpy as np
 
 from ._io import SpineprintError, read_json
+from .plotting import figsize, styled
 
 __all__ = [
     "PhysioWarning",
@@ -1338,6 +1339,7 @@ def physio_summary(rec: PhysioRecording, n_volumes: int | None = None, tr: float
 
 
 # ---------------------------------------------------------------- figure
+@styled
 def plot_physio(rec: PhysioRecording, n_volumes: int | None = None, tr: float | None = None, *,
                 window: float = 30.0, min_hr: float = 40.0, max_hr: float = 180.0):
     """Figure of a recording: traces, detected beats, volume onsets and RETROICOR phases.
@@ -1362,7 +1364,7 @@ def plot_physio(rec: PhysioRecording, n_volumes: int | None = None, tr: float | 
     b = min(rec.n_samples, a + int(round(window * fs)))
     t = np.arange(a, b) / fs
     has_c, has_r = rec.cardiac is not None, rec.respiratory is not None
-    fig, axes = plt.subplots(3, 1, figsize=(8, 6), sharex=True, constrained_layout=True)
+    fig, axes = plt.subplots(3, 1, figsize=figsize(1.0, 0.75), sharex=True, constrained_layout=True)
     if has_c:
         peaks, q = detect_cardiac_peaks(rec.cardiac, fs, min_hr, max_hr)
         axes[0].plot(t - t0, rec.cardiac[a:b], lw=0.8, color="C3", label="cardiac")
@@ -1385,6 +1387,6 @@ def plot_physio(rec: PhysioRecording, n_volumes: int | None = None, tr: float | 
     axes[2].set_xlabel("time from the first volume (s)")
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper right", fontsize=7)
-    fig.suptitle(Path(rec.name).name, fontsize=9)
+            ax.legend(loc="upper right")
+    fig.suptitle(Path(rec.name).name)
     return fig

@@ -314,7 +314,7 @@ def test_generic_defects_on_synthetic_dataset(tmp_path):
     text = _problems(meta)
     assert "MultibandAccelerationFactor missing in 3/3" in text and "multiband 2 is inferred" in text
     assert "TaskDescription of 3/3 runs" in text
-    assert "README names file(s) that do not exist in the dataset: task-rest_events.json" in text
+    assert "README names a file that does not exist in the dataset: task-rest_events.json" in text
     assert "missing for 2/3 runs: sub-02_task-rest, sub-03_task-rest" in text
     assert len(record) == sum(i["severity"] == "warning" for i in meta.issues)
 
@@ -379,7 +379,7 @@ def test_admonitions_escape_and_flag():
     issues = pd.DataFrame([{"dataset": "d", "severity": "warning", "file": "a<b>.json", "problem": "x"},
                            {"dataset": "d", "severity": "info", "file": ".", "problem": "y"}])
     box = acq.issues_admonition(issues)
-    assert "1 warning(s), 1 note(s)" in box and "a&lt;b&gt;.json" in box
+    assert "1 warning, 1 note" in box and "a&lt;b&gt;.json" in box
     assert "No issues" in acq.issues_admonition(issues.iloc[:0])
 
 

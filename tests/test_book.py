@@ -7,6 +7,7 @@ Without it the browser tests are skipped with the reason printed (``pytest -ra``
 
 import functools
 import http.server
+import re
 import shutil
 import subprocess
 import threading
@@ -102,10 +103,18 @@ def _pages():
     return ["index.html"] + [str(nb.with_suffix(".html")) for nb in build.toc_notebooks(ROOT)]
 
 
+def _offline_tab(browser, server):
+    """A 1280 x 900 tab that can reach only the local test server (the network is blocked)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(server)
+                  else route.abort())
+    return context.new_page()
+
+
 @pytest.mark.browser
 @pytest.mark.parametrize("page", _pages())
 def test_page_in_browser(page, server, browser, tmp_path_factory):
-    tab = browser.new_page()
+    tab = _offline_tab(browser, server)
     failed = []
     tab.on("requestfailed", lambda r: failed.append(r.url) if r.url.startswith(server) else None)
     response = tab.goto(f"{server}/{page}", wait_until="load")
@@ -133,4 +142,139 @@ def test_page_in_browser(page, server, browser, tmp_path_factory):
             target = query.get("urlpath", [""])[0].split("/", 1)[-1]
             assert target == str(Path(page).with_suffix(".ipynb")), link
             assert target in _tracked_files() or (ROOT / target).is_file(), f"Binder link to missing {target}"
-    tab.close()
+    tab.context.close()
+
+
+# ------------------------------------------------------------- reading the pages
+ALL_PAGES = ["index.html", "book/intro.html", "book/own_data.html", "book/teaching.html", "book/glossary.html",
+             "book/references.html"] + [str(nb.with_suffix(".html")) for nb in build.toc_notebooks(ROOT)]
+
+#: text that must never reach a reader: build internals and placeholder plurals
+FORBIDDEN = {
+    "internal path /tmp": r"(?<![\w.])/tmp/",
+    "internal path /root": r"(?<![\w.])/root\b",
+    "internal path /work": r"(?<![\w.])/work/",
+    "home folder": r"/home/\w+",
+    "cache path": r"\.cache/spineprint|spineprint_cache|/cache/datasets/",
+    "placeholder plural": r"[A-Za-z]\(s\)",
+    "internal note": r"counted in the local copy|generated example data: (yes|no)|spineprint_utils\.simulate \d",
+}
+
+# geometry of code blocks, tables and figures inside the article (CSS pixels)
+_GEOMETRY_JS = """() => {
+  const art = document.querySelector('article.bd-article') || document.querySelector('article');
+  const col = art.getBoundingClientRect();
+  const scroller = el => {
+    for (let e = el.parentElement; e && e !== art; e = e.parentElement) {
+      const ox = getComputedStyle(e).overflowX;
+      if (ox === 'auto' || ox === 'scroll') return e;
+    }
+    return null;
+  };
+  const out = {colRight: col.right, colLeft: col.left, pre: [], tables: [], imgs: []};
+  for (const el of art.querySelectorAll('div.cell_input pre, div.highlight pre')) {
+    out.pre.push({scroll: el.scrollWidth, client: el.clientWidth, text: el.innerText.slice(0, 60)});
+  }
+  for (const el of art.querySelectorAll('table')) {
+    const box = scroller(el) || el;
+    const r = box.getBoundingClientRect();
+    out.tables.push({left: r.left, right: r.right, scrolls: box !== el, text: el.innerText.slice(0, 60)});
+  }
+  for (const img of art.querySelectorAll('img')) {  // cell outputs and glued figures
+    if (img.naturalWidth < 150) continue;  // icons
+    out.imgs.push({natural: img.naturalWidth, shown: img.getBoundingClientRect().width, src: img.src.slice(-20)});
+  }
+  return out;
+}"""
+
+
+@pytest.fixture(scope="module")
+def offline_pages(server, browser):
+    """Every page read once, offline, at 1280 px: text, geometry, math state."""
+    pages = {}
+    for page in ALL_PAGES:
+        tab = _offline_tab(browser, server)
+        tab.goto(f"{server}/{page}", wait_until="load")
+        has_math = tab.locator("article .math").count() > 0
+        if has_math:  # MathJax typesets after load; wait for it (served from _static, no network)
+            try:
+                tab.wait_for_function(
+                    "() => document.querySelectorAll('article mjx-container').length >= "
+                    "document.querySelectorAll('article .math').length", timeout=30000)
+            except Exception:  # noqa: BLE001 - the assertion below reports what is left
+                pass
+        pages[page] = {
+            "text": tab.locator("article").inner_text(),
+            "has_math": has_math,
+            "typeset": tab.locator("article mjx-container").count(),
+            "geometry": tab.evaluate(_GEOMETRY_JS),
+            "facts": tab.locator("article .chapter-facts").all_inner_texts(),
+        }
+        tab.context.close()
+    return pages
+
+
+@pytest.mark.browser
+def test_math_is_typeset_offline(offline_pages):
+    """MathJax comes with the book: with the network blocked no formula is left as raw TeX."""
+    with_math = [p for p, info in offline_pages.items() if info["has_math"]]
+    assert with_math, "no page with math found: the check would prove nothing"
+    for page in with_math:
+        info = offline_pages[page]
+        assert info["typeset"] > 0, f"{page}: MathJax did not typeset (offline)"
+        raw = re.findall(r"\\\(|\\\)|\\\[|\\\]|\$\$", info["text"])
+        assert not raw, f"{page}: raw TeX left on the page offline: {raw[:5]}"
+
+
+@pytest.mark.browser
+def test_no_internal_paths_or_placeholder_plurals(offline_pages):
+    for page, info in offline_pages.items():
+        for what, pattern in FORBIDDEN.items():
+            m = re.search(pattern, info["text"])
+            assert m is None, f"{page}: {what}: ...{info['text'][max(0, m.start() - 60):m.end() + 30]!r}"
+
+
+@pytest.mark.browser
+def test_tables_fit_the_column(offline_pages):
+    """At 1280 px a table fits the column, or scrolls inside a box that does."""
+    for page, info in offline_pages.items():
+        g = info["geometry"]
+        for t in g["tables"]:
+            assert t["right"] <= g["colRight"] + 1 and t["left"] >= g["colLeft"] - 1, (
+                f"{page}: table wider than the column{'' if t['scrolls'] else ' (no scroll box)'}: {t['text']!r}")
+
+
+@pytest.mark.browser
+def test_figures_shown_at_a_legible_scale(offline_pages):
+    """Figures are drawn for the column: shrunk at most to plotting.MIN_DISPLAY_SCALE (fonts >= 9 pt)."""
+    from spineprint_utils import plotting
+
+    n = 0
+    for page, info in offline_pages.items():
+        for img in info["geometry"]["imgs"]:
+            n += 1
+            scale = img["shown"] / img["natural"]
+            assert scale >= plotting.MIN_DISPLAY_SCALE - 0.01, (
+                f"{page}: figure ...{img['src']} {img['natural']} px shown at {scale:.0%}: labels below 9 pt")
+    assert n > 10, "too few figures found"
+
+
+@pytest.mark.browser
+def test_every_chapter_states_objectives_and_times(offline_pages):
+    for nb in build.toc_notebooks(ROOT):
+        page = str(nb.with_suffix(".html"))
+        facts = offline_pages[page]["facts"]
+        assert len(facts) == 1, f"{page}: no chapter box (objectives, prerequisites, times)"
+        text = facts[0]
+        for needed in ("You will learn to", "Before you start", "Reading time", "Rerun time"):
+            assert needed in text, f"{page}: chapter box without {needed!r}"
+        assert re.search(r"about \d+ min", text), f"{page}: no reading time"
+        assert re.search(r"Rerun time.*?: (\d+ s|\d+ min \d+ s);", text, re.S), f"{page}: no measured rerun time"
+
+
+@pytest.mark.browser
+def test_code_blocks_fit_the_column(offline_pages):
+    """At 1280 px no code block is cut on the right (code is formatted at 88 characters)."""
+    for page, info in offline_pages.items():
+        for pre in info["geometry"]["pre"]:
+            assert pre["scroll"] <= pre["client"] + 1, f"{page}: code block wider than the column: {pre['text']!r}"

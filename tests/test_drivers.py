@@ -488,7 +488,8 @@ def test_trend_verdict_reads_only_what_the_repeats_support():
     # overlapping ranges: the mean moved (2 -> 3) but the repeats do not support a trend
     assert "no trend" in drivers.trend_verdict(rows([1.0, 2.0, 3.0], [2.5, 3.0, 3.5]), "n_volumes", "idiff")
     assert "single repeat" in drivers.trend_verdict(rows([1.0], [9.0]), "n_volumes", "idiff")
-    assert drivers.trend_verdict(rows([1.0], [9.0]), "tsnr", "idiff") == "n/a"
+    assert "not computed" in drivers.trend_verdict(rows([1.0], [9.0]), "tsnr", "idiff")
+    assert "single swept value" in drivers.trend_verdict(rows([1.0], [9.0]).query("value == 50"), "n_volumes", "idiff")
     trends = drivers.sweep_trends(_toy_results())
     assert set(trends) == {f"{s}_{k}_trend" for s in drivers.SWEEP_SHORT_NAMES.values() for k in ("id", "idiff")} | {
         "physio_off_idiff_trend"}

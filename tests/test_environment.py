@@ -49,5 +49,58 @@ def test_every_dependency_has_an_upper_bound():
 
 
 def test_postbuild_installs_the_package():
-    text = (ROOT / "postBuild").read_text()
-    assert "pip install" in text and "-e ." in text
+    text = (ROOT / "binder" / "postBuild").read_text()
+    assert "pip install" in text and "--no-deps -e ." in text
+
+
+# ---------------------------------------------------------------- Binder lock
+def _lock():
+    from packaging.utils import canonicalize_name
+
+    pins = {}
+    for line in (ROOT / "binder" / "requirements.txt").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        assert "==" in line and ";" not in line, f"binder/requirements.txt: not an exact pin: {line}"
+        name, version = line.split("==")
+        assert canonicalize_name(name) not in pins, f"binder/requirements.txt: {name} twice"
+        pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_binder_lock_pins_every_dependency_within_the_pyproject_range():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = _lock()
+    for dep in _pyproject()["project"]["dependencies"]:
+        req = Requirement(dep)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is a dependency but not in binder/requirements.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), (
+            f"binder/requirements.txt pins {req.name}=={pins[name]} outside pyproject's {req.specifier}")
+
+
+def test_binder_lock_is_the_tested_environment():
+    """The lock is exactly what tools/lock_binder.py generates from the environment running the tests."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lock_binder", ROOT / "tools" / "lock_binder.py")
+    lock_binder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lock_binder)
+    expected = lock_binder.lock_text()
+    actual = (ROOT / "binder" / "requirements.txt").read_text()
+    if actual != expected:
+        old = set(actual.splitlines())
+        new = set(expected.splitlines())
+        raise AssertionError(
+            "binder/requirements.txt differs from the installed environment; run "
+            "`.venv/bin/python tools/lock_binder.py` (only in lock: "
+            f"{sorted(old - new)[:10]}; only installed: {sorted(new - old)[:10]})")
+
+
+def test_binder_runtime_matches_environment_python():
+    runtime = (ROOT / "binder" / "runtime.txt").read_text().strip()
+    pins = [d for d in _env()["dependencies"] if isinstance(d, str) and d.startswith("python")]
+    assert runtime == "python-" + pins[0].split("=")[-1]

@@ -381,3 +381,22 @@ def test_tsnr_uses_the_sample_sd_as_sct():
         ts = data[idx].tolist()
         sd = statistics.stdev(ts)
         assert out[idx] == pytest.approx(statistics.fmean(ts) / sd if sd > 0 else 0.0, rel=1e-6)
+
+
+def test_qc_dof_counts_the_filter_and_every_regressor(sim, deriv):
+    """dof_remaining = band-pass share of T - 2 (detrend) - every regressor (denoise.effective_dof), whatever the
+    cleaning order; the old sequential bookkeeping counted no regressor inside the pass band."""
+    from spineprint_utils import denoise
+
+    out, messages = deriv
+    qc = pd.read_csv(out / "qc.tsv", sep="\t")
+    for _, row in qc.iterrows():
+        expect = denoise.effective_dof(int(row["n_volumes"]), int(row["n_regressors"]), t_r=float(row["tr_s"]),
+                                       high_pass=0.01, low_pass=0.13)
+        assert row["dof_remaining"] == pytest.approx(expect)
+        band = row["n_volumes"] * (0.13 - 0.01) / (0.5 / row["tr_s"])
+        assert row["dof_remaining"] == pytest.approx(band - 2 - row["n_regressors"])
+        if row["physio_model_applied"] == "yes":
+            assert row["n_regressors"] > 32  # RETROICOR 4/4/(2x2) alone is 32 per slice
+        if row["dof_remaining"] < max(10, 0.1 * row["n_volumes"]):
+            assert any("degrees of freedom" in m and row["run"] in m for m in messages)

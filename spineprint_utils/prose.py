@@ -1,0 +1,64 @@
+"""Small helpers for the book's prose: counts with the right plural.
+
+Glued sentences read "1 run" and "2 runs", never "run(s)".
+"""
+
+from __future__ import annotations
+
+__all__ = ["plural", "count"]
+
+
+def plural(n: int, singular: str, plural_form: str | None = None) -> str:
+    """The noun for *n* items: ``singular`` for 1, else ``plural_form`` (default ``singular + "s"``).
+
+    Only the last word is inflected by default (``"resting-state run"`` -> ``"resting-state runs"``).
+    """
+    n = int(n)
+    if n == 1:
+        return singular
+    return plural_form if plural_form is not None else singular + "s"
+
+
+def count(n: int, singular: str, plural_form: str | None = None) -> str:
+    """``"1 run"``, ``"0 runs"``, ``"2 subjects"``."""
+    return f"{int(n)} {plural(n, singular, plural_form)}"
+
+
+#: identification-type quantities that the package returns as fractions (0-1): the
+#: drivers' sweep and physiology tables (fingerprint.summary_table is in percent already)
+IDENTIFICATION_LABELS = ("identification", "identification_ab", "identification_ba", "identification_truth", "chance")
+
+
+def percent_identification(table, labels=IDENTIFICATION_LABELS):
+    """Copy of *table* with identification rates in percent, labelled ``"... (%)"``.
+
+    The sweep tables of :mod:`spineprint_utils.drivers` hold identification rates
+    and chance levels as fractions (0-1); the book reports them in percent
+    everywhere, as :func:`spineprint_utils.fingerprint.summary_table` does.
+    Works on columns, or on the index when the quantities are rows (a Series or a
+    transposed table).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame or pandas.Series
+    labels : sequence of str
+        Column (or index) names holding fractions.
+
+    Returns
+    -------
+    Same type as *table*.
+    """
+    import pandas as pd
+
+    out = table.copy()
+    if isinstance(out, pd.DataFrame) and any(c in labels for c in out.columns):
+        cols = [c for c in out.columns if c in labels]
+        out[cols] = out[cols].astype(float) * 100.0
+        return out.rename(columns={c: f"{c} (%)" for c in cols})
+    rows = [i for i in out.index if i in labels]
+    if not rows:
+        return out
+    if isinstance(out, pd.DataFrame):
+        out = out.astype({c: float for c in out.columns})
+    out.loc[rows] = out.loc[rows] * 100.0
+    return out.rename(index={i: f"{i} (%)" for i in rows})
