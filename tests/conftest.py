@@ -37,3 +37,24 @@ def shared_data() -> Path:
 def _isolated_cache(monkeypatch):
     """Tests that change the cache variable get it restored afterwards."""
     monkeypatch.setenv("SPINEPRINT_CACHE_DIR", _CACHE)
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for every browser test of the session (Playwright's sync API
+    cannot be started twice at once: a second ``sync_playwright()`` fails inside the first's
+    event loop)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"browser tests skipped: no Chromium at {CHROMIUM} (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests skipped: playwright not installed")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        yield b
+        b.close()

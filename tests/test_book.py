@@ -8,7 +8,6 @@ Without it the browser tests are skipped with the reason printed (``pytest -ra``
 import functools
 import http.server
 import re
-import shutil
 import subprocess
 import threading
 import urllib.parse
@@ -19,7 +18,6 @@ import pytest
 from spineprint_utils import build
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 pytestmark = pytest.mark.book
 
@@ -84,19 +82,6 @@ def server(built_book):
     httpd.shutdown()
 
 
-@pytest.fixture(scope="session")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"browser tests skipped: no Chromium at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests skipped: playwright not installed")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
-        yield b
-        b.close()
 
 
 def _pages():

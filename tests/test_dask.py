@@ -121,7 +121,7 @@ def test_preprocess_error_on_a_worker_is_isolated_and_recorded(study, cluster, t
     assert qc.loc["sub-02_ses-01_task-rest_run-1", "status"] == "failed"
     assert "sub-02_ses-01_task-rest_run-1_bold.json: not valid JSON" in qc.loc["sub-02_ses-01_task-rest_run-1", "reason"]
     leftovers = [p.name for p in (tmp_path / "out").rglob("*") if p.is_file() and
-                 (p.name.startswith(".") or "sub-02" in p.name)]
+                 ((p.name.startswith(".") and p.name != ".bidsignore") or "sub-02" in p.name)]
     assert not leftovers
 
 

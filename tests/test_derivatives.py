@@ -174,19 +174,8 @@ def test_one_place_for_names(study):
 
 
 # ------------------------------------------------------------------ QC report (issue 18)
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"browser tests skipped: no Chromium at {CHROMIUM} (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests skipped: playwright not installed")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run",
-                                                              "--disable-background-networking", "--disable-sync"])
-        yield b
-        b.close()
 
 
 def _serve(folder):
