@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import warnings
 from pathlib import Path
 
@@ -337,13 +336,6 @@ def _entities(path: Path) -> dict:
     return {k: ents.get(k, "") for k in _layout.RUN_ENTITIES}
 
 
-def _prefix(path: Path) -> str:
-    name = path.name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-    return re.sub(r"(_desc-[A-Za-z0-9]+)?_bold$", "", name)
-
 
 def _write_matrix_tsv(path, mat, regions):
     df = pd.DataFrame(mat, index=pd.Index(regions, name="region"), columns=regions)
@@ -481,7 +473,7 @@ def _check_regions_in_cord(grids, run_labels, labels_by_grid):
     checks = []
     for key, members in grids.items():
         for p, img in members:
-            cm_path = p.parent / f"{_prefix(p)}_desc-cord_mask.nii.gz"
+            cm_path = p.parent / f"{_derivatives._preproc_prefix(p)}_desc-cord_mask.nii.gz"
             if not cm_path.is_file():
                 continue
             verify_nifti(cm_path)
