@@ -97,9 +97,10 @@ def text_table(table):
 
 
 def readable(table):
-    """Copy of *table* for display with readable column headers: underscores become spaces
-    (``tsnr_pre_cord`` -> ``tsnr pre cord``), so that the headers wrap at their spaces and a
-    table of numbers fits the page column. Only the labels change, never the values.
+    """Copy of *table* for display with readable labels: underscores in the column headers,
+    the index names and string index labels become spaces (``tsnr_pre_cord`` ->
+    ``tsnr pre cord``), so that headers wrap at their spaces and a table of numbers fits the
+    page column. Only the labels change, never the values.
 
     Parameters
     ----------
@@ -115,5 +116,6 @@ def readable(table):
     out = table.copy()
     out.columns = out.columns.map(lambda c: tuple(words(x) for x in c) if isinstance(c, tuple) else words(c))
     out.columns.names = [words(n) for n in out.columns.names]
-    out.index.names = [words(n) for n in out.index.names]
+    out.index = out.index.map(lambda i: tuple(words(x) for x in i) if isinstance(i, tuple) else words(i))
+    out.index.names = [words(n) for n in table.index.names]
     return out
