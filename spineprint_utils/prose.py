@@ -78,14 +78,17 @@ def run_label(name: str) -> str:
     return " ".join(parts) if parts else str(name)
 
 
-def text_table(table):
-    """A table of text (protocols, issues) for a book page: an HTML table whose cells wrap
-    (CSS class ``text-table``, ``spineprint_utils/static/spineprint.css``), so that it fits
-    the page column instead of scrolling sideways.
+def text_table(table, break_words: bool = False):
+    """A table for a book page whose cells wrap at spaces (CSS class ``text-table``,
+    ``spineprint_utils/static/spineprint.css``), so that it fits the page column instead of
+    scrolling sideways; numbers stay whole.
 
     Parameters
     ----------
     table : pandas.DataFrame
+    break_words : bool
+        Also break long words anywhere (class ``break-words``): only for tables of words
+        (protocol descriptions, file names), never for tables of numbers.
 
     Returns
     -------
@@ -93,7 +96,8 @@ def text_table(table):
     """
     from IPython.display import HTML
 
-    return HTML(table.to_html(classes="text-table", na_rep="n/a", border=0))
+    classes = "text-table break-words" if break_words else "text-table"
+    return HTML(table.to_html(classes=classes, na_rep="n/a", border=0))
 
 
 def readable(table):
