@@ -268,3 +268,37 @@ def test_bids_app_form_translates_to_the_sub_commands():
     assert cli.bids_app_argv(["/d", "/o", "session"]) is None
     with pytest.raises(SystemExit):  # an unknown level is an argparse error, not a crash
         cli.main(["/d", "/o", "session"])
+
+
+def test_derivative_files_and_find_anat_through_the_index(tmp_path):
+    """The anatomy of a run is found by the dataset index: the participant's T2w (``.nii`` too),
+    the segmentation of another pipeline by preference order (not the package's own
+    ``derivatives/spineprint``, not hidden macOS ``._*`` copies, not ``.bidsignore``d files)."""
+    from spineprint_utils import layout, levels, preprocess
+
+    root = tmp_path / "ds"
+    _json(root / "dataset_description.json", {"Name": "x", "BIDSVersion": "1.9.0"})
+    _nii(root / "sub-01" / "func" / "sub-01_task-rest_bold.nii.gz")
+    _nii(root / "sub-01" / "anat" / "sub-01_T2w.nii")  # uncompressed
+    _nii(root / "sub-02" / "anat" / "sub-02_T2w.nii.gz")
+    seg_dir = root / "derivatives" / "sct" / "sub-01" / "anat"
+    _nii(seg_dir / "sub-01_T2w_seg.nii.gz")
+    _nii(seg_dir / "._sub-01_T2w_label-SC_seg.nii.gz")  # macOS resource fork: never taken
+    _nii(root / "derivatives" / "spineprint" / "sub-01" / "anat" / "sub-01_T2w_label-SC_seg.nii.gz")  # ours
+    _nii(root / "derivatives" / "old" / "sub-01" / "anat" / "sub-01_T2w_label-SC_seg.nii.gz")
+    (root / "derivatives" / "old" / ".bidsignore").write_text("sub-01/anat/*\n")
+    _nii(root / "derivatives" / "labels" / "sub-01" / "anat" / "sub-01_T2w_labels.nii.gz")
+    bold = root / "sub-01" / "func" / "sub-01_task-rest_bold.nii.gz"
+    t2w, seg, reason = preprocess.find_anat(bold)
+    assert reason is None
+    assert t2w == root / "sub-01" / "anat" / "sub-01_T2w.nii"
+    assert seg == seg_dir / "sub-01_T2w_seg.nii.gz"  # _label-SC_seg is preferred, but only ours / ignored ones exist
+    _nii(root / "derivatives" / "manual" / "sub-01" / "anat" / "sub-01_T2w_label-SC_seg.nii.gz")
+    assert preprocess.find_anat(bold)[1] == root / "derivatives" / "manual" / "sub-01" / "anat" / \
+        "sub-01_T2w_label-SC_seg.nii.gz"
+    assert layout.derivative_files(root, "sub-02", ("*_seg.nii*",)) == []
+    assert layout.derivative_files(root, "01", ("*_labels.nii*",), datatype="func") == []
+    with pytest.raises(SpineprintError):  # the zero-filled test image has no labels: an error, not silence
+        levels.find_vertebral_labels(t2w, root, "01")
+    shutil.rmtree(root / "derivatives")
+    assert "no cord segmentation" in preprocess.find_anat(bold)[2]
