@@ -531,7 +531,7 @@ def describe(root) -> dict:
         PAM50`` or every run is ``space-PAM50``, else ``"native"``); ``pairing`` (the
         between-scan pairing chapter 4 would use, from
         :func:`spineprint_utils.fingerprint.choose_pairing`, or ``"none (one scan per
-        participant)"``); ``text`` (one sentence with these facts).
+        participant)"``); ``facts`` (these facts in one phrase), ``text`` (``"<name>: <facts>"``).
     """
     import nibabel as nib
     import pandas as pd
@@ -566,9 +566,9 @@ def describe(root) -> dict:
         pairing = "none (one scan per participant)"
     n_sub = int(table["sub"].nunique())
     ses_txt = f"{len(sessions)} sessions" if sessions else "no session level"
-    text = (f"{name}: {n_sub} participant{'s' if n_sub != 1 else ''}, {len(table)} BOLD run"
-            f"{'s' if len(table) != 1 else ''} ({ses_txt}), "
-            + ("in PAM50 space" if space == "PAM50" else "in native space")
-            + f"; between-scan pairing: {pairing}")
+    facts = (f"{n_sub} participant{'s' if n_sub != 1 else ''}, {len(table)} BOLD run"
+             f"{'s' if len(table) != 1 else ''}, {ses_txt}, "
+             + ("in PAM50 space" if space == "PAM50" else "in native space")
+             + f"; between-scan pairing: {pairing}")
     return {"name": name, "table": table, "n_subjects": n_sub, "n_runs": int(len(table)), "sessions": sessions,
-            "space": space, "pairing": pairing, "text": text}
+            "space": space, "pairing": pairing, "facts": facts, "text": f"{name}: {facts}"}

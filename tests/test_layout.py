@@ -302,3 +302,32 @@ def test_derivative_files_and_find_anat_through_the_index(tmp_path):
         levels.find_vertebral_labels(t2w, root, "01")
     shutil.rmtree(root / "derivatives")
     assert "no cord segmentation" in preprocess.find_anat(bold)[2]
+
+
+def test_describe_reads_the_dataset_through_the_index(tmp_path):
+    """What chapter 00 shows of a reader's dataset: every run with its entities, the inherited
+    TR, the header's volumes, physio and T2w presence, and the pairing chapter 4 would use."""
+    import nibabel as nib
+
+    root = tmp_path / "ds"
+    _json(root / "dataset_description.json", {"Name": "two sessions", "BIDSVersion": "1.9.0"})
+    _json(root / "task-rest_bold.json", {"RepetitionTime": 1.5})
+    for sub in ("01", "02"):
+        for ses in ("1", "2"):
+            func = root / f"sub-{sub}" / f"ses-{ses}" / "func"
+            func.mkdir(parents=True)
+            nib.save(nib.Nifti1Image(np.zeros((2, 2, 2, 7 + int(ses)), np.float32), np.eye(4)),
+                     str(func / f"sub-{sub}_ses-{ses}_task-rest_bold.nii.gz"))
+    _nii(root / "sub-01" / "ses-1" / "func" / "sub-01_ses-1_task-rest_physio.tsv.gz")
+    _nii(root / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T2w.nii.gz")
+    _nii(root / "sub-02" / "ses-1" / "func" / "._sub-02_ses-1_task-rest_bold.nii.gz")  # hidden: not a run
+    d = layout.describe(root)
+    t = d["table"]
+    assert list(t["file"]) == [f"sub-{s}_ses-{e}_task-rest" for s in ("01", "02") for e in ("1", "2")]
+    assert list(t.columns) == ["file", "sub", "ses", "task", "tr_s", "n_volumes", "physio", "T2w"]
+    assert (t["tr_s"] == 1.5).all() and list(t["n_volumes"]) == [8, 9, 8, 9]
+    assert list(t["physio"]) == ["yes", "no", "no", "no"] and list(t["T2w"]) == ["no", "no", "yes", "yes"]
+    assert d["sessions"] == ["1", "2"] and d["space"] == "native" and d["n_subjects"] == 2
+    assert d["pairing"] == "between-session (ses-1 vs ses-2)"
+    assert d["text"] == ("two sessions: 2 participants, 4 BOLD runs, 2 sessions, in native space; "
+                         "between-scan pairing: between-session (ses-1 vs ses-2)")
