@@ -842,7 +842,7 @@ def region_background(connectomes_path, labels_path, source: str = "auto") -> di
     mean = data.mean(axis=-1, dtype=np.float64)
     cord = np.asarray(nib.load(str(cord_path)).dataobj) > 0 if cord_path.is_file() else np.zeros(mean.shape, bool)
     lo, hi = np.percentile(mean, [1, 99.5])
-    return {"image": mean, "cord": cord, "space": "native", "what": f"mean of the preprocessed run {prefix}",
+    return {"image": mean, "cord": cord, "space": "native", "what": "run's mean image",
             "anatomy": f"PAM50 regions registered to run {prefix} (T2w to PAM50, mean functional image to T2w)",
             "vmin": float(lo), "vmax": float(hi)}
 

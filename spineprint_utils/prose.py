@@ -88,7 +88,7 @@ def own_dataset_note(description: dict, chapter: str) -> str:
     chapter : str
         A key of :data:`KEEPS_SIMULATION` (``"00"``, ``"04b"``, ``"05"``).
     """
-    return (f"**Your dataset.** This build runs the book on your dataset *{description['name']}* "
-            f"({description['facts']}); the "
-            f"acquisition, preprocessing, connectivity and fingerprinting chapters use it. "
-            f"{KEEPS_SIMULATION[chapter][0].upper()}{KEEPS_SIMULATION[chapter][1:]}.")
+    return (f"**Your dataset.** This build runs the book on your dataset *{description['name']}*: "
+            f"{description['facts']}. The "
+            f"acquisition, preprocessing, connectivity and fingerprinting chapters use it; "
+            f"{KEEPS_SIMULATION[chapter]}.")
