@@ -23,6 +23,8 @@
 
 from __future__ import annotations
 
+import functools
+
 
 import numpy as np
 
@@ -209,13 +211,9 @@ def filter_min_volumes(t_r: float, high_pass=None, low_pass=None, order: int = 5
     edge padding is ``3 * (2 * n_sections + 1 - n_trailing_zeros)`` samples; the
     series must be longer than that. Returns 0 when nothing is filtered.
     """
-    from scipy import signal as sp_signal
-
     if high_pass is None and low_pass is None:
         return 0
-    wn = [f for f in (high_pass, low_pass) if f is not None]
-    btype = "band" if len(wn) == 2 else ("high" if high_pass is not None else "low")
-    sos = sp_signal.butter(order, wn if len(wn) == 2 else wn[0], btype=btype, output="sos", fs=1.0 / t_r)
+    sos = _butter_sos(float(t_r), high_pass, low_pass, order)
     ntaps = 2 * len(sos) + 1 - min(int((sos[:, 2] == 0).sum()), int((sos[:, 5] == 0).sum()))
     return 3 * ntaps + 1
 
@@ -259,10 +257,26 @@ def _butterworth(x, t_r, high_pass, low_pass, order: int = 5):
     """
     from scipy import signal as sp_signal
 
+    return sp_signal.sosfiltfilt(_butter_sos(float(t_r), high_pass, low_pass, order), x, axis=0, padtype="odd")
+
+
+@functools.lru_cache(maxsize=64)
+def _butter_sos_cached(t_r: float, high_pass, low_pass, order: int) -> np.ndarray:
+    from scipy import signal as sp_signal
+
     wn = [f for f in (high_pass, low_pass) if f is not None]
     btype = "band" if len(wn) == 2 else ("high" if high_pass is not None else "low")
     sos = sp_signal.butter(order, wn if len(wn) == 2 else wn[0], btype=btype, output="sos", fs=1.0 / t_r)
-    return sp_signal.sosfiltfilt(sos, x, axis=0, padtype="odd")
+    return sos
+
+
+def _butter_sos(t_r: float, high_pass, low_pass, order: int = 5) -> np.ndarray:
+    """Second-order sections of the order-*order* Butterworth band-pass (as nilearn designs it),
+    designed once per (TR, cut-offs, order): the design costs about a millisecond and the
+    pipeline filters every slice's data and confounds with the same filter."""
+    sos = _butter_sos_cached(float(t_r), None if high_pass is None else float(high_pass),
+                             None if low_pass is None else float(low_pass), int(order))
+    return sos.copy()  # scipy's filters need a writable array; the cached design stays intact
 
 
 def _clean(Y, C, t_r, high_pass, low_pass):

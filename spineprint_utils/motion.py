@@ -163,7 +163,7 @@ def _reference_image(data, reference):
 
 def estimate_translations(data, mask=None, reference="mean", *, smoothing=(1.0, 0.0), max_iter: int = 15,
                           tol: float = 1e-3, margin: int = 6, pad: int = 8, chunk_volumes: int = 64,
-                          max_shift: float = 5.0) -> np.ndarray:
+                          max_shift: float = 5.0, convergence: str = "each") -> np.ndarray:
     """Per-slice, per-volume in-plane translations by masked Gauss-Newton registration.
 
     Solves ``min_d sum_x w(x) [I_{z,t}(x + d) - R_z(x)]^2`` for every slice *z*
@@ -190,6 +190,13 @@ def estimate_translations(data, mask=None, reference="mean", *, smoothing=(1.0, 
     max_shift : float
         Largest translation (voxels) considered; Gauss-Newton steps are also
         limited to one voxel per iteration.
+    convergence : {"each", "all"}
+        ``"each"`` (default): a slice-volume pair stops iterating once its own update
+        is below ``tol``, so later iterations only compute the pairs still moving
+        (most pairs converge in 3-4 iterations). ``"all"``: every pair iterates until
+        all updates are below ``tol`` (the behaviour before December 2026, about 1.5x
+        slower). The two differ by less than ``tol`` voxels
+        (``tests/test_motion.py::test_convergence_each_matches_all``).
 
     Returns
     -------
@@ -200,6 +207,8 @@ def estimate_translations(data, mask=None, reference="mean", *, smoothing=(1.0, 
     if data.ndim != 4:
         raise SpineprintError(f"motion estimation needs a 4D series, got shape {data.shape}")
     X, Y, Z, T = data.shape
+    if convergence not in ("each", "all"):
+        raise SpineprintError(f"unknown convergence {convergence!r}: use 'each' or 'all'")
     ref = _reference_image(data, reference)
     if mask is None:
         mask = np.ones((X, Y, Z), bool)
@@ -239,20 +248,40 @@ def estimate_translations(data, mask=None, reference="mean", *, smoothing=(1.0, 
                           np.stack([(w * gx * gy).sum((0, 1)), (w * gy * gy).sum((0, 1))], -1)], -2)  # (Z,2,2)
             H[~valid] = np.eye(2)
             Hinv = np.linalg.inv(H)
-            wgx, wgy = (w * gx)[..., None], (w * gy)[..., None]
-            FMs = FM * G[..., None]
+            wgx, wgy = w * gx, w * gy  # (nx, ny, Z)
+            nt = c1 - c0
+            FMs = (FM * G[..., None]).reshape(nx, -1, Z * nt)  # pairs (z, t) flattened, z major
+            D = d.reshape(Z * nt, 2)  # a view: updates go to d
+            zi = np.repeat(np.arange(Z), nt)  # slice of each pair
+            active = np.flatnonzero(valid[zi])  # pairs still iterating (empty slices never move)
             for _ in range(max_iter):
+                if not active.size:
+                    break
+                za = zi[active]
+                every = active.size == Z * nt
                 # separable phase ramp exp(2 pi i (kx dx + ky dy)) = exp(2 pi i kx dx) exp(2 pi i ky dy)
-                px = np.exp(2j * np.pi * kx[:, 0, 0, None, None] * d[None, :, :, 0])  # (nx, Z, t)
-                py = np.exp(2j * np.pi * ky[0, :, 0, None, None] * d[None, :, :, 1])  # (nyr, Z, t)
-                warped = np.fft.irfft2(FMs * px[:, None] * py[None], s=(nx, ny), axes=(0, 1))
-                err = warped - Rs[..., None]
-                b = np.stack([(wgx * err).sum((0, 1)), (wgy * err).sum((0, 1))], -1)  # (Z, t, 2)
-                delta = -np.einsum("zij,ztj->zti", Hinv, b)
-                delta[~valid] = 0
+                px = np.exp(2j * np.pi * kx[:, 0, 0, None] * D[active, 0])  # (nx, A)
+                py = np.exp(2j * np.pi * ky[0, :, 0, None] * D[active, 1])  # (nyr, A)
+                prod = (FMs if every else FMs[..., active]) * px[:, None]
+                prod *= py[None]
+                err = np.fft.irfft2(prod, s=(nx, ny), axes=(0, 1))  # warped moving slices (nx, ny, A)
+                del prod
+                if every:
+                    err = err.reshape(nx, ny, Z, nt)
+                    err -= Rs[..., None]
+                    b = np.stack([np.einsum("xyz,xyzt->zt", wgx, err), np.einsum("xyz,xyzt->zt", wgy, err)],
+                                 -1).reshape(-1, 2)
+                else:
+                    err -= Rs[..., za]
+                    b = np.stack([np.einsum("xya,xya->a", wgx[..., za], err),
+                                  np.einsum("xya,xya->a", wgy[..., za], err)], -1)  # (A, 2)
+                delta = -np.einsum("aij,aj->ai", Hinv[za], b)
                 delta = np.clip(delta, -1.0, 1.0)  # damped steps: at most one voxel per iteration
-                d = np.clip(d + delta, -max_shift, max_shift)
-                if np.max(np.abs(delta)) < tol:
+                D[active] = np.clip(D[active] + delta, -max_shift, max_shift)
+                moving = np.max(np.abs(delta), axis=1) >= tol
+                if convergence == "each":
+                    active = active[moving]
+                elif not moving.any():
                     break
         shifts[:, c0:c1] = d
     return shifts

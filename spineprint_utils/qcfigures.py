@@ -25,10 +25,16 @@ __all__ = [
 _DPI = 90
 
 
-def _figure(w, h):
+def _figure(w, h, **margins):
+    """A figure with fixed margins (inches, converted to fractions): the pipeline draws these
+    figures for every run, and a constrained layout costs about as much as the drawing."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(w, h), layout="constrained")
+    fig = Figure(figsize=(w, h))
+    m = {"left": 0.7, "right": 0.2, "bottom": 0.5, "top": 0.5, "hspace": 0.35, "wspace": 0.3, **margins}
+    fig.subplots_adjust(left=m["left"] / w, right=1 - m["right"] / w, bottom=m["bottom"] / h, top=1 - m["top"] / h,
+                        hspace=m["hspace"], wspace=m["wspace"])
+    return fig
 
 
 def _save(fig, path):
@@ -61,11 +67,45 @@ def _crop(mask, margin=6):
 
 def not_applied_figure(path, title, reason):
     """A small panel that says a step was not applied, and why."""
-    fig = _figure(6, 1.2)
+    fig = _figure(6, 1.2, left=0.1, right=0.1, bottom=0.1, top=0.1)
     ax = fig.subplots()
     ax.axis("off")
     ax.text(0.5, 0.5, f"{title}: not applied\n{reason}", ha="center", va="center", fontsize=10)
     return _save(fig, path)
+
+
+def _montage(vol, zs, box, cols, gap=1):
+    """Tile the in-plane crops *box* of slices *zs* of *vol* into one 2D image.
+
+    One image in one axes instead of one axes per slice: drawing (and the layout of) a
+    figure costs per axes, and the QC figures of every run are written by the pipeline.
+
+    Returns
+    -------
+    tiles : ndarray, (rows * (h + gap) - gap, cols * (w + gap) - gap), float
+        For ``imshow(origin="lower")``: tile *k* (slice ``zs[k]``, transposed so that y is
+        up) in row ``k // cols`` counted from the top; gaps are NaN.
+    corners : list of (x, y)
+        Top-left corner of each tile in the image's pixel coordinates (for labels).
+    """
+    crops = [np.asarray(vol[box + (z,)], dtype=float).T for z in zs]  # (h, w) each
+    h, w = crops[0].shape
+    rows = int(np.ceil(len(crops) / cols))
+    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), np.nan)
+    corners = []
+    for k, tile in enumerate(crops):
+        r, c = divmod(k, cols)
+        y0 = (rows - 1 - r) * (h + gap)
+        x0 = c * (w + gap)
+        out[y0:y0 + h, x0:x0 + w] = tile
+        corners.append((x0 - 0.5, y0 + h - 0.5))
+    return out, corners
+
+
+def _gray(cmap="gray"):
+    from matplotlib import colormaps
+
+    return colormaps[cmap].with_extremes(bad="white")
 
 
 def masks_figure(mean, cord, csf, path, title, source=""):
@@ -84,17 +124,19 @@ def masks_figure(mean, cord, csf, path, title, source=""):
     n = len(zs)
     cols = min(n, 6)
     rows = int(np.ceil(n / cols))
-    fig = _figure(1.6 * cols, 1.7 * rows + 0.5)
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    for ax in axes:
-        ax.axis("off")
-    for ax, z in zip(axes, zs):
-        im = mean[box + (z,)]
-        ax.imshow(im.T, origin="lower", cmap="gray", vmin=np.percentile(mean, 1), vmax=np.percentile(mean, 99.5))
-        for m, colour in ((cord, "c"), (csf, "tab:orange")):
-            if m[box + (z,)].any():
-                ax.contour(m[box + (z,)].T.astype(float), levels=[0.5], colors=colour, linewidths=0.8)
-        ax.set_title(f"slice {z}", fontsize=8)
+    img, corners = _montage(mean, zs, box, cols, gap=2)
+    fig = _figure(1.6 * cols, 1.6 * cols * img.shape[0] / img.shape[1] + 0.7, left=0.05, right=0.05, bottom=0.05,
+                  top=0.6)
+    ax = fig.subplots()
+    ax.axis("off")
+    ax.imshow(img, origin="lower", cmap=_gray(), vmin=np.percentile(mean, 1), vmax=np.percentile(mean, 99.5),
+              interpolation="nearest")
+    for m, colour in ((cord, "c"), (csf, "tab:orange")):
+        if m.any():
+            tiles = np.nan_to_num(_montage(m, zs, box, cols, gap=2)[0])
+            ax.contour(tiles, levels=[0.5], colors=colour, linewidths=0.8)
+    for (x0, y1), z in zip(corners, zs):
+        ax.text(x0 + 0.5, y1 - 0.5, f"slice {z}", color="w", fontsize=8, ha="left", va="top")
     fig.suptitle(f"{title}\ncord (cyan) and CSF (orange) masks" + (f" - {source}" if source else ""), fontsize=9)
     return _save(fig, path)
 
@@ -113,7 +155,7 @@ def motion_figure(table, path, title, threshold=None):
     """
     from matplotlib import colormaps
 
-    fig = _figure(7.5, 5.0)
+    fig = _figure(7.5, 5.0, left=0.8, hspace=0.15, top=0.45)
     axes = fig.subplots(3, 1, sharex=True)
     cmap = colormaps["viridis"]
     for k, ax_name in enumerate("xy"):
@@ -144,7 +186,7 @@ def physio_figure(rec, path, title, seconds: float = 30.0):
     fs = rec.sampling_frequency
     n = min(rec.n_samples, int(seconds * fs))
     t = np.arange(n) / fs
-    fig = _figure(7.5, 4.2)
+    fig = _figure(7.5, 4.2, left=0.8, right=0.75, top=0.55, hspace=0.35)
     axes = fig.subplots(2, 1, sharex=True)
     if rec.cardiac is not None:
         peaks, q = physio.detect_cardiac_peaks(rec.cardiac, fs)
@@ -180,22 +222,25 @@ def tsnr_figure(pre, post, cord, path, title):
     box = _crop(cord)
     vmax = float(np.percentile(post[cord], 99)) if cord.any() else float(np.max(post))
     n = len(zs)
-    fig = _figure(max(1.3 * n, 5), 5.2)
-    grid = fig.add_gridspec(3, n)
-    for r, (im, lab) in enumerate(((pre, "before"), (post, "after"))):
-        for c, z in enumerate(zs):
-            ax = fig.add_subplot(grid[r, c])
-            h = ax.imshow(im[box + (z,)].T, origin="lower", cmap="inferno", vmin=0, vmax=vmax)
-            if cord[box + (z,)].any():
-                ax.contour(cord[box + (z,)].T.astype(float), levels=[0.5], colors="c", linewidths=0.6)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"z={z}", fontsize=7)
-            if c == 0:
-                ax.set_ylabel(f"tSNR {lab}", fontsize=8)
-    fig.colorbar(h, ax=fig.axes, shrink=0.5, label="tSNR")
-    ax = fig.add_subplot(grid[2, :])
+    fig = _figure(max(1.3 * n, 5), 5.2, left=0.75, right=0.1, top=0.6, hspace=0.3)
+    axes = fig.subplots(3, 1)
+    cord_tiles = np.nan_to_num(_montage(cord, zs, box, n)[0]) if cord.any() else None
+    for ax, im, lab in ((axes[0], pre, "before"), (axes[1], post, "after")):
+        tiles, corners = _montage(im, zs, box, n)
+        h = ax.imshow(tiles, origin="lower", cmap=_gray("inferno"), vmin=0, vmax=vmax, interpolation="nearest")
+        if cord_tiles is not None:
+            ax.contour(cord_tiles, levels=[0.5], colors="c", linewidths=0.6)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for side in ax.spines.values():
+            side.set_visible(False)
+        ax.set_ylabel(f"tSNR {lab}", fontsize=8)
+        if lab == "before":
+            width = im[box + (zs[0],)].shape[0]
+            for (x0, _), z in zip(corners, zs):
+                ax.text(x0 + width / 2, tiles.shape[0], f"z={z}", fontsize=7, ha="center", va="bottom")
+    fig.colorbar(h, ax=axes[:2], shrink=0.8, label="tSNR")
+    ax = axes[2]
     allz = np.arange(cord.shape[2])
     has = cord.any(axis=(0, 1))
     for im, lab, colour in ((pre, "before", "tab:gray"), (post, "after", "tab:red")):
@@ -229,7 +274,7 @@ def carpet_figure(before, after, cord, csf, fd, std_dvars, path, title, max_voxe
         sd = flat.std(axis=1, keepdims=True)
         return (flat - flat.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, 1)
 
-    fig = _figure(7.5, 6.5)
+    fig = _figure(7.5, 6.5, left=0.95, hspace=0.12, top=0.45)
     axes = fig.subplots(4, 1, sharex=True, height_ratios=[0.6, 0.6, 2, 2])
     axes[0].plot(fd, color="k", lw=0.8)
     axes[0].set_ylabel("FD (mm)", fontsize=8)
@@ -262,7 +307,7 @@ def confounds_correlation_figure(table, cord_signal, path, title):
     df = table[cols].copy()
     df.insert(0, "cord_mean", cord_signal)
     corr = df.corr().to_numpy()
-    fig = _figure(8, 4)
+    fig = _figure(8, 4, left=1.45, bottom=1.45, top=0.45, wspace=0.9)
     ax, bx = fig.subplots(1, 2, width_ratios=[1.2, 1])
     h = ax.imshow(corr, cmap="RdBu_r", vmin=-1, vmax=1)
     ax.set_xticks(range(len(df.columns)), df.columns, rotation=90, fontsize=7)
@@ -290,7 +335,8 @@ def native_figure(before, after, field, labels, cord, path, title, anat_note="")
               ("distortion corrected" if field is not None else "distortion correction:\nnot applied", after, "gray")]
     if field is not None:
         panels.append(("estimated field (Hz)", field, "RdBu_r"))
-    fig = _figure(2.4 * (len(panels) + 1), 4.6)
+    fig = _figure(2.4 * (len(panels) + 1), 4.6, left=0.1, right=0.1, bottom=0.1, top=0.6, wspace=0.15,
+                  hspace=0.15)
     axes = fig.subplots(2, len(panels) + 1, squeeze=False)
     for c, (lab, im, cmap) in enumerate(panels):
         for r, sl in enumerate((np.s_[:, :, z], np.s_[x, :, :])):

@@ -75,6 +75,8 @@ def test_three_kinds_of_exercise_with_hidden_solutions(path):
     md = [c.source for c in nb.cells if c.cell_type == "markdown"]
     start = next(i for i, s in enumerate(md) if re.search(r"^#+ Exercises", s, re.M))
     exercises = "\n".join(md[start:])
+    headings = re.findall(r"^#+ Exercises\s*$", "\n".join(md), re.M)
+    assert len(headings) == 1, f"{path.name}: {len(headings)} 'Exercises' headings"
     n_solutions = len(re.findall(r":class: dropdown", exercises))
     assert n_solutions >= 3, f"{path.name}: {n_solutions} hidden solutions, need >= 3"
     # predict-then-run: an exercise changes a parameter of the parameters cell

@@ -138,3 +138,24 @@ def test_real_sct_fmri_variance_drops(shared_data):
     assert var_moco < 0.9 * var_raw  # measured 6184 -> 5049 (poly)
     assert var_moco < var_wrong  # not just interpolation smoothing
     assert np.abs(res.shifts).max() < 3
+
+
+def test_convergence_each_matches_all(planted, shared_data):
+    """Stopping each slice-volume pair at its own convergence (the default, faster) gives the
+    translations of iterating every pair until all have converged, within the tolerance
+    (planted phantom motion and the real sct_testing_data run)."""
+    base, mask, true, data = planted
+    cases = [(data, mask)]
+    path = shared_data / "sct_testing_data" / "fmri" / "fmri.nii.gz"
+    if path.is_file():
+        from spineprint_utils._io import load_nifti
+
+        img, real = load_nifti(path, ndim=4)
+        cases.append((real, motion.auto_cord_mask(real.mean(axis=3), img.header.get_zooms()[:2])))
+    for series, m in cases:
+        each = motion.estimate_translations(series, m)
+        every = motion.estimate_translations(series, m, convergence="all")
+        assert np.abs(each - every).max() < 1e-3  # tol; measured 2-4e-4 voxel on simulated runs
+        assert np.abs(every).max() > 0.1  # there is motion to estimate
+    with pytest.raises(SpineprintError, match="convergence"):
+        motion.estimate_translations(data, mask, convergence="some")

@@ -366,13 +366,15 @@ in one person, which is what a clinical follow-up needs.""",
 
 
 def _intro(c: dict) -> str:
-    """The exercises intro; chapters without exercises of their own get the heading and a
-    predict-then-run exercise here."""
+    """The exercises intro, under the chapter's own ``## Exercises`` section (every chapter
+    has one); a chapter whose exercises do not ask for a prediction gets a predict-then-run
+    exercise here, as a subsection (a second ``## Exercises`` heading would repeat the
+    section in the page and its table of contents)."""
     if "predict_q" not in c:
         return INTRO
     return (
-        "## Exercises\n\n"
-        f"**Predict, then run.** {c['predict_q']}\n\n"
+        "### Predict, then run\n\n"
+        f"{c['predict_q']}\n\n"
         f"```{{admonition}} Solution\n:class: dropdown\n{c['predict_a']}\n```\n\n" + INTRO
     )
 
