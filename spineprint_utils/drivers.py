@@ -253,8 +253,10 @@ def fingerprint_point(bids_dir, *, design: str = "within", physio_model: bool = 
         Arguments of :func:`spineprint_utils.preprocess.preprocess_run`
         (default :data:`SWEEP_PREPROCESS`).
     segments : sequence of str, optional
-        Spinal segments of the regions (default: those of a simulated dataset, else
-        the atlas default C3-C8).
+        Spinal segments of the regions (default: the atlas default C3-C8; regions
+        outside the field of view are dropped with a warning). A sweep passes the
+        segments of the study it simulated; they are never read from a dataset's
+        ground truth.
     truth : bool, optional
         Also fingerprint the planted neural signals (default: when the dataset has a
         simulation ground truth).
@@ -284,13 +286,14 @@ def fingerprint_point(bids_dir, *, design: str = "within", physio_model: bool = 
         raise SpineprintError(f"{bids_dir}: BIDS folder not found")
     pre = dict(SWEEP_PREPROCESS if preprocess_params is None else preprocess_params)
     pre["physio"] = bool(physio_model)
-    gt_params = bids_dir / "derivatives" / "groundtruth" / "params.json"
-    sim = read_json(gt_params)["params"] if gt_params.is_file() else None
+    # the ground truth only decides whether the planted signals are fingerprinted too
+    # (evaluation); the pipeline's settings (segments) never come from the simulation
+    has_gt = (bids_dir / "derivatives" / "groundtruth" / "params.json").is_file()
     if segments is None:
-        segments = tuple(sim["segments"]) if sim else atlas.DEFAULT_SEGMENTS
+        segments = atlas.DEFAULT_SEGMENTS
     out = _derivatives_folder(bids_dir, physio_model, {**pre, "segments": list(segments)})
     result_file = out / "drivers_fingerprint.json"
-    has_truth = sim is not None if truth is None else bool(truth) and sim is not None
+    has_truth = has_gt if truth is None else bool(truth) and has_gt
     cached = {}
     if result_file.is_file():
         with contextlib.suppress(SpineprintError):
@@ -313,7 +316,7 @@ def fingerprint_point(bids_dir, *, design: str = "within", physio_model: bool = 
         res["tsnr_clean"] = float(qc["tsnr_post_cord"].mean())
         res["n_spikes"] = float(qc["n_spikes"].mean())
         res["dof_remaining"] = float(qc["dof_remaining"].mean())
-        if sim is not None:
+        if has_gt:
             t = _truth_fingerprint(bids_dir, records, design)
             res["identification_truth"], res["idiff_truth"] = t["identification"], t["idiff"]
         else:
@@ -701,7 +704,7 @@ def physio_fingerprint(bids_dir, *, design: str = "within", preprocess_params=No
         Preprocessing arguments (default :data:`SWEEP_PREPROCESS`); its RETROICOR
         orders are also those of the physiological fit.
     segments : sequence of str, optional
-        Region segments (default: the simulated dataset's, else C3-C8).
+        Region segments (default: the atlas default C3-C8; pass the simulated study's).
     with_data : bool
         Also preprocess and fingerprint the data (rows 2 and 3); False gives the
         physiological row only (no preprocessing).
@@ -720,9 +723,8 @@ def physio_fingerprint(bids_dir, *, design: str = "within", preprocess_params=No
     if not bids_dir.is_dir():
         raise SpineprintError(f"{bids_dir}: BIDS folder not found")
     pre = dict(SWEEP_PREPROCESS if preprocess_params is None else preprocess_params)
-    gt_params = bids_dir / "derivatives" / "groundtruth" / "params.json"
     if segments is None:
-        segments = tuple(read_json(gt_params)["params"]["segments"]) if gt_params.is_file() else atlas.DEFAULT_SEGMENTS
+        segments = atlas.DEFAULT_SEGMENTS
     orders = (int(pre.get("cardiac_order", 4)), int(pre.get("respiratory_order", 4)),
               tuple(pre.get("interaction_order", (2, 2))))
     records, fc = _physio_connectomes(bids_dir, orders, segments, n_jobs, scheduler, progress)

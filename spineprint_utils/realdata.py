@@ -55,6 +55,9 @@ __all__ = [
     "epi_overview",
     "coupling_pattern",
     "realism_table",
+    "realism_measures",
+    "realism_distance",
+    "calibration_record",
 ]
 
 _NAME = re.compile(r"^(?P<segment>[CTLS]\d+)_(?P<tissue>[GW])_(?P<part>[A-Z]+)_(?P<side>[LR])$")
@@ -568,3 +571,98 @@ def realism_table(sim_conn: Mapping, sim_epi: dict, real, real_epi: dict, *, reg
     out = pd.DataFrame(rows, columns=["measure", "simulated", "real", "real source"]).set_index("measure")
     out["key"] = ["_".join(re.findall(r"[a-z0-9]+", m.lower())) for m in out.index]
     return out
+
+
+#: The within-segment horn-pair types whose mean couplings enter ``coupling_rms``.
+_COUPLING_KEYS = ("ventral_ventral_same_segment", "dorsal_dorsal_same_segment",
+                  "dorsal_ventral_same_side_same_segment", "dorsal_ventral_opposite_sides_same_segment")
+
+
+def realism_measures(table: pd.DataFrame) -> dict:
+    """The calibration measures of both sides of a :func:`realism_table`.
+
+    Returns
+    -------
+    dict
+        ``{"simulated": {...}, "real": {...}}`` with ``tsnr_raw`` (median cord tSNR of a raw
+        run), ``coupling_rms`` (root mean square of the four within-segment horn-pair mean
+        correlations: ventral-ventral, dorsal-dorsal, dorsal-ventral same side and opposite
+        sides), ``id_within``, ``id_between``, ``chance_within``, ``chance_between`` (%) and
+        ``idiff_within``, ``idiff_between``.
+    """
+    t = table.set_index("key") if "key" in table.columns else table
+    out = {}
+    for side in ("simulated", "real"):
+        v = t[side].astype(float)
+        coup = np.array([v[f"mean_r_{k}"] for k in _COUPLING_KEYS])
+        m = {"tsnr_raw": float(v["median_cord_tsnr_raw_run"]), "coupling_rms": float(np.sqrt(np.mean(coup ** 2)))}
+        for d in ("within", "between"):
+            m[f"id_{d}"] = float(v[f"identification_{d}"])
+            m[f"chance_{d}"] = float(v[f"chance_{d}"])
+            m[f"idiff_{d}"] = float(v[f"idiff_{d}"])
+        out[side] = m
+    return out
+
+
+def realism_distance(sim: Mapping, real: Mapping) -> dict:
+    """How far the simulated study is from the real data: log ratios and their root mean square.
+
+    Six measures of :func:`realism_measures` enter as natural-log ratios simulated / real:
+    ``tsnr_raw``, ``coupling_rms``, ``idiff_within``, ``idiff_between``, and ``id_within``,
+    ``id_between`` in multiples of chance (the studies differ in size). Each value is first
+    floored (tSNR and Idiff at 0.5, coupling at 0.005, identification at 0.5 x chance) so that
+    a zero or negative value gives a large but finite ratio. ``distance`` is the root mean
+    square of the six log ratios: ``exp(distance)`` is a typical factor between the two sides
+    (0 when they agree). Used by ``benchmarks/calibrate_simulator.py`` to choose the
+    simulator's defaults.
+
+    Parameters
+    ----------
+    sim, real : mapping
+        The two sides of :func:`realism_measures`.
+
+    Returns
+    -------
+    dict
+        The six log ratios by measure name and ``distance``.
+    """
+    def lr(a, b, floor):
+        return float(np.log(max(a, floor) / max(b, floor)))
+
+    parts = {
+        "tsnr_raw": lr(sim["tsnr_raw"], real["tsnr_raw"], 0.5),
+        "coupling_rms": lr(sim["coupling_rms"], real["coupling_rms"], 0.005),
+        "idiff_within": lr(sim["idiff_within"], real["idiff_within"], 0.5),
+        "idiff_between": lr(sim["idiff_between"], real["idiff_between"], 0.5),
+    }
+    for d in ("within", "between"):
+        parts[f"id_{d}"] = lr(sim[f"id_{d}"] / sim[f"chance_{d}"], real[f"id_{d}"] / real[f"chance_{d}"], 0.5)
+    parts["distance"] = float(np.sqrt(np.mean(np.square(list(parts.values())))))
+    return parts
+
+
+def calibration_record() -> pd.DataFrame:
+    """The calibration of the simulator's defaults against real data (``benchmarks/calibrate_simulator.py``).
+
+    The committed result of the benchmark: for every grid point of simulator parameters, the
+    measures of :func:`realism_table` on the default study simulated with them (``sim_*``)
+    and on the real data (``real_*``), and their distance (root mean square of the log
+    ratios, see the script). ``defaults`` marks the defaults before the calibration
+    (``before``) and the current ones (``after``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per grid point, sorted by distance; columns ``defaults``, the grid parameters
+        (``fingerprint_strength``, ``session_strength``, ``tsnr``, ``neural_amplitude``,
+        ``n_volumes``), ``sim_<m>`` and ``real_<m>`` for ``m`` in ``tsnr_raw``,
+        ``coupling_rms`` (root mean square of the four within-segment horn-pair means),
+        ``id_within``, ``chance_within``, ``idiff_within``, ``id_between``, ``chance_between``,
+        ``idiff_between`` (identification and chance in %), and ``distance``.
+    """
+    from importlib.resources import files
+
+    path = files("spineprint_utils") / "data" / "simulator_calibration.tsv"
+    df = pd.read_csv(str(path), sep="\t", keep_default_na=False, na_values=[""])
+    df["defaults"] = df["defaults"].fillna("")
+    return df

@@ -37,6 +37,8 @@ TINY = {
 #: the band-pass would be switched off for the shortest runs, making scan lengths incomparable)
 FAST_PRE = {**drivers.SWEEP_PREPROCESS, "motion": False, "n_csf_components": 0, "high_pass": None, "low_pass": None}
 N = TINY["n_volumes"]
+#: the sweeps pass the segments of the study they simulated (never read from its ground truth)
+SEGS = TINY["segments"]
 
 
 def _sweep(parameter, values, **kw):
@@ -189,8 +191,8 @@ def test_sweep_between_sessions_adds_a_session():
 
 def test_fingerprint_point_caches_per_design_and_drops_4d_images():
     bids = simulate.default_dataset(**drivers.study_parameters({**TINY, "n_volumes": 30}, "between", seed=0))
-    between = drivers.fingerprint_point(bids, design="between", preprocess_params=FAST_PRE)  # cached by the test above
-    within = drivers.fingerprint_point(bids, design="within", preprocess_params=FAST_PRE)
+    between = drivers.fingerprint_point(bids, design="between", preprocess_params=FAST_PRE, segments=SEGS)  # cached by the test above
+    within = drivers.fingerprint_point(bids, design="within", preprocess_params=FAST_PRE, segments=SEGS)
     out = drivers._derivatives_folder(bids, True, {**FAST_PRE, "physio": True, "segments": list(TINY["segments"])})
     cached = json.loads((out / "drivers_fingerprint.json").read_text())["results"]
     assert set(cached) == {"within", "between"}
@@ -199,10 +201,10 @@ def test_fingerprint_point_caches_per_design_and_drops_4d_images():
     assert not list(out.rglob("*_desc-preproc_bold.nii.gz"))  # 4D images dropped ...
     assert list(out.rglob("*_connectomes.npz")) and list(out.rglob("*_desc-qc_metrics.json"))  # ... tables kept
     # truth=False blanks the planted-signal columns of the cached result without recomputing
-    no_truth = drivers.fingerprint_point(bids, design="within", preprocess_params=FAST_PRE, truth=False)
+    no_truth = drivers.fingerprint_point(bids, design="within", preprocess_params=FAST_PRE, truth=False, segments=SEGS)
     assert np.isnan(no_truth["idiff_truth"]) and no_truth["idiff"] == within["idiff"]
     kept = drivers.fingerprint_point(bids, design="within", preprocess_params=FAST_PRE, physio_model=False,
-                                     keep_derivatives=True)
+                                     keep_derivatives=True, segments=SEGS)
     out_off = drivers._derivatives_folder(bids, False, {**FAST_PRE, "physio": False,
                                                         "segments": list(TINY["segments"])})
     assert len(list(out_off.rglob("*_desc-preproc_bold.nii.gz"))) == 2 * TINY["n_subjects"]
@@ -269,7 +271,7 @@ def test_physio_alone_identifies_only_when_physiology_is_participant_specific():
         for spec in (1.0, 0.0):
             bids = simulate.default_dataset(**{**common, "physio_subject_specificity": spec, "seed": seed})
             with_data = seed == 0 and spec == 1.0
-            table = drivers.physio_fingerprint(bids, preprocess_params=FAST_PRE, with_data=with_data)
+            table = drivers.physio_fingerprint(bids, preprocess_params=FAST_PRE, with_data=with_data, segments=SEGS)
             rows[seed, spec] = table.iloc[0]
             if with_data:
                 full = table
@@ -303,7 +305,7 @@ def test_physio_fingerprint_errors(tmp_path):
     victim = sorted(dst.glob("sub-*/ses-*/func/*_physio.tsv.gz"))[0]
     victim.unlink()
     with pytest.raises(SpineprintError, match=re.escape(victim.name.replace("_physio.tsv.gz", "_bold.nii.gz"))):
-        drivers.physio_fingerprint(dst, with_data=False)
+        drivers.physio_fingerprint(dst, with_data=False, segments=SEGS)
 
 
 # ------------------------------------------------------------------ the chapter through papermill
@@ -494,3 +496,24 @@ def test_trend_verdict_reads_only_what_the_repeats_support():
     assert set(trends) == {f"{s}_{k}_trend" for s in drivers.SWEEP_SHORT_NAMES.values() for k in ("id", "idiff")} | {
         "physio_off_idiff_trend"}
     assert all(isinstance(v, str) for v in trends.values())
+
+
+def test_sweep_settings_do_not_come_from_the_ground_truth(tmp_path):
+    """A sweep point fingerprints the same regions with or without derivatives/groundtruth on disk: only the
+    planted-signal columns (evaluation) need the ground truth; the pipeline's settings never read it."""
+    import shutil
+
+    src = simulate.default_dataset(**{**TINY, "n_volumes": 30, "n_sessions": 2})  # shared with the tests above
+    bare = tmp_path / "bare"
+    shutil.copytree(src, bare)
+    shutil.rmtree(bare / "derivatives" / "groundtruth")
+    with_gt = drivers.fingerprint_point(src, design="between", preprocess_params=FAST_PRE, segments=SEGS)
+    without = drivers.fingerprint_point(bare, design="between", preprocess_params=FAST_PRE, segments=SEGS)
+    assert np.isfinite(with_gt["idiff_truth"]) and np.isnan(without["idiff_truth"])
+    for key in ("identification", "idiff", "iself", "iothers"):
+        assert without[key] == with_gt[key], key
+    # without segments the atlas default is used (C3-C8), whatever the simulation planted: the regions
+    # outside this C5-C6 field of view are dropped (the point silences the warning), the C5/C6 regions are
+    # the same
+    default = drivers.fingerprint_point(bare, design="between", preprocess_params=FAST_PRE)
+    assert default["idiff"] == without["idiff"]

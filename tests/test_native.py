@@ -16,8 +16,11 @@ import pytest
 from spineprint_utils import connectivity, distortion, fingerprint, preprocess, registration, simulate
 from spineprint_utils._io import SpineprintError
 
+# neural amplitude and tSNR set here (the simulator's defaults before their calibration against real data,
+# issue 15): a neural signal strong enough for 40-volume runs to carry their FC, since these tests are about
+# the native-space steps, not about how detectable a realistic signal is
 STUDY = dict(n_subjects=2, n_sessions=2, n_volumes=40, segments=("C3", "C4", "C5", "C6"), space="native",
-             distortion=True, seed=3)
+             distortion=True, seed=3, neural_amplitude=5.0, tsnr=15.0)
 # 40 volumes: a light denoising model keeps degrees of freedom (the default one has ~40 regressors)
 RUN = dict(physio=False, n_csf_components=2, motion_regressors=False, spike_threshold=None, figures=False)
 

@@ -406,3 +406,60 @@ def test_realism_table_components(real, raw, shared_data):
         assert tab.loc[f"identification % ({key})", "real"] == pytest.approx(_stats(*ref[key])["id_mean"])
         assert tab.loc[f"Idiff ({key})", "real"] == pytest.approx(_stats(*ref[key])["idiff"])
     assert tab.loc["identification % (within)", "key"] == "identification_within"
+
+
+# ------------------------------------------------------------------ calibration of the simulator (issue 15)
+def test_realism_measures_and_distance():
+    import pandas as pd
+
+    def side(scale):
+        return {"median_cord_tsnr_raw_run": 10.0 * scale, "mean_r_ventral_ventral_same_segment": 0.03 * scale,
+                "mean_r_dorsal_dorsal_same_segment": -0.04 * scale,
+                "mean_r_dorsal_ventral_same_side_same_segment": 0.0,
+                "mean_r_dorsal_ventral_opposite_sides_same_segment": 0.0,
+                "mean_r_all_pairs_different_segments": 0.9,  # not a calibration measure
+                "identification_within": 40.0, "chance_within": 10.0, "idiff_within": 8.0 * scale,
+                "identification_between": 20.0, "chance_between": 10.0, "idiff_between": 4.0}
+    tab = pd.DataFrame({"key": list(side(1)), "simulated": list(side(2).values()), "real": list(side(1).values())})
+    m = realdata.realism_measures(tab)
+    assert m["real"]["coupling_rms"] == pytest.approx(np.sqrt((0.03 ** 2 + 0.04 ** 2) / 4))
+    assert m["simulated"]["coupling_rms"] == pytest.approx(2 * m["real"]["coupling_rms"])
+    d = realdata.realism_distance(m["simulated"], m["real"])
+    # three measures doubled (tSNR, coupling, Idiff within), three equal: RMS = log 2 * sqrt(3 / 6)
+    assert d["tsnr_raw"] == pytest.approx(np.log(2)) and d["id_within"] == 0 and d["idiff_between"] == 0
+    assert d["distance"] == pytest.approx(np.log(2) * np.sqrt(0.5))
+    assert realdata.realism_distance(m["real"], m["real"])["distance"] == 0
+    # identification counts in multiples of chance: 20 % of 10 people = 30 % of ~6.7 people
+    other = {**m["real"], "id_within": 60.0, "chance_within": 15.0}
+    assert realdata.realism_distance(other, m["real"])["id_within"] == pytest.approx(0.0)
+    # a negative Idiff is floored, not a NaN
+    neg = realdata.realism_distance({**m["real"], "idiff_between": -3.0}, m["real"])
+    assert neg["idiff_between"] == pytest.approx(np.log(0.5 / 4.0))
+
+
+def test_calibration_record_matches_defaults_and_real_data(real):
+    """The committed benchmark record: its ``after`` row is the current simulator defaults, its
+    ``before`` row the previous ones, and its real column is what the package computes now."""
+    from spineprint_utils import simulate
+
+    rec = realdata.calibration_record()
+    assert list(rec["defaults"]).count("before") == 1 and list(rec["defaults"]).count("after") == 1
+    after = rec[rec["defaults"] == "after"].iloc[0]
+    before = rec[rec["defaults"] == "before"].iloc[0]
+    for key in ("fingerprint_strength", "session_strength", "tsnr", "neural_amplitude", "n_volumes"):
+        assert after[key] == pytest.approx(simulate.DEFAULTS[key]), key
+    assert (before["fingerprint_strength"], before["session_strength"]) == (0.4, 0.8)
+    assert np.all(np.diff(rec["distance"]) >= 0) and after["distance"] < before["distance"]
+    # the chosen point is the best of the grid, and closer to the real data than before on Idiff
+    assert rec["distance"].iloc[0] == after["distance"]
+    for d in ("within", "between"):
+        assert abs(np.log(after[f"sim_idiff_{d}"] / after[f"real_idiff_{d}"])) <= \
+            abs(np.log(before[f"sim_idiff_{d}"] / before[f"real_idiff_{d}"])) + 0.1, d
+    # the real side is the package's horn connectomes, task regressed out, as in chapter 00
+    from spineprint_utils import fingerprint as fp
+
+    conn = realdata.connectomes(real, regions="horns", regress=True)
+    for name, des in fp.designs_from_connectomes(conn).items():
+        s = fp.identifiability_summary(des.fc_a, des.fc_b)
+        assert rec[f"real_idiff_{name}"].iloc[0] == pytest.approx(s["idiff"], abs=1e-3)
+        assert rec[f"real_id_{name}"].iloc[0] == pytest.approx(s["id_mean"], abs=1e-3)

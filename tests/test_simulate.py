@@ -288,12 +288,14 @@ def test_load_ground_truth_errors(tmp_path, small_ds):
 def test_tsnr_within_15_percent(small_ds):
     gt = sim.load_ground_truth(small_ds)
     cord = nib.load(gt["tissues"]["cord"]).get_fdata() >= 0.5
+    target = sim.DEFAULTS["tsnr"]  # SMALL leaves the tSNR at its default
+    assert gt["params"]["params"]["tsnr"] == target
     for key in gt["neural"]:
         sub, ses = key.split("_")[:2]
         data = np.asarray(nib.load(small_ds / sub / ses / "func" / f"{key}_bold.nii.gz").dataobj, float)
         ts = data[cord]
         tsnr = np.median(ts.mean(1) / ts.std(1))
-        assert abs(tsnr / 15.0 - 1) < 0.15, (key, tsnr)
+        assert abs(tsnr / target - 1) < 0.15, (key, tsnr)
 
 
 @pytest.mark.parametrize("target", [6.0, 30.0])
