@@ -900,7 +900,7 @@ def issues_admonition(issues: pd.DataFrame, title: str = "Upstream metadata defe
         return f'<div class="admonition note"><p class="admonition-title">{html.escape(title)}</p><p>No issues found.</p></div>'
     n_warn = int((issues["severity"] == "warning").sum())
     head = f"{title}: {count(n_warn, 'warning')}, {count(len(issues) - n_warn, 'note')}"
-    table = issues.to_html(index=False, escape=True, border=0, classes="table")
+    table = issues.to_html(index=False, escape=True, border=0, classes="table text-table break-words")  # words wrap
     return f'<div class="admonition warning"><p class="admonition-title">{html.escape(head)}</p>{table}</div>'
 
 

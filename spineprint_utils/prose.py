@@ -62,3 +62,64 @@ def percent_identification(table, labels=IDENTIFICATION_LABELS):
         out = out.astype({c: float for c in out.columns})
     out.loc[rows] = out.loc[rows] * 100.0
     return out.rename(index={i: f"{i} (%)" for i in rows})
+
+
+def run_label(name: str) -> str:
+    """Short label of a BIDS run for a table: its entities without the task, space-separated
+    (``sub-01_ses-02_task-rest_run-1`` -> ``sub-01 ses-02 run-1``), so that a column of run
+    names stays narrow and on one line per run.
+
+    Parameters
+    ----------
+    name : str
+        BIDS run prefix (``sub-<label>[_ses-<label>]_task-<label>..._run-<index>``).
+    """
+    parts = [p for p in str(name).split("_") if "-" in p and not p.startswith("task-")]
+    return " ".join(parts) if parts else str(name)
+
+
+def text_table(table, break_words: bool = False):
+    """A table for a book page whose cells wrap at spaces (CSS class ``text-table``,
+    ``spineprint_utils/static/spineprint.css``), so that it fits the page column instead of
+    scrolling sideways; numbers stay whole.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+    break_words : bool
+        Also break long words anywhere (class ``break-words``): only for tables of words
+        (protocol descriptions, file names), never for tables of numbers.
+
+    Returns
+    -------
+    IPython.display.HTML
+    """
+    from IPython.display import HTML
+
+    classes = "text-table break-words" if break_words else "text-table"
+    return HTML(table.to_html(classes=classes, na_rep="n/a", border=0))
+
+
+def readable(table):
+    """Copy of *table* for display with readable labels: underscores in the column headers,
+    the index names and string index labels become spaces (``tsnr_pre_cord`` ->
+    ``tsnr pre cord``), so that headers wrap at their spaces and a table of numbers fits the
+    page column. Only the labels change, never the values.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    def words(label):
+        return label.replace("_", " ") if isinstance(label, str) else label
+
+    out = table.copy()
+    out.columns = out.columns.map(lambda c: tuple(words(x) for x in c) if isinstance(c, tuple) else words(c))
+    out.columns.names = [words(n) for n in out.columns.names]
+    out.index = out.index.map(lambda i: tuple(words(x) for x in i) if isinstance(i, tuple) else words(i))
+    out.index.names = [words(n) for n in table.index.names]
+    return out

@@ -125,8 +125,14 @@ def masks_figure(mean, cord, csf, path, title, source=""):
     cols = min(n, 6)
     rows = int(np.ceil(n / cols))
     img, corners = _montage(mean, zs, box, cols, gap=2)
-    fig = _figure(1.6 * cols, 1.6 * cols * img.shape[0] / img.shape[1] + 0.7, left=0.05, right=0.05, bottom=0.05,
-                  top=0.6)
+    import textwrap
+
+    width = 1.6 * cols
+    # the mask source can be a long sentence: wrapped to the figure width (~13 characters per inch at 9 pt)
+    lines = [title, *textwrap.wrap("cord (cyan) and CSF (orange) masks" + (f" - {source}" if source else ""),
+                                   max(int(width * 13), 30))]
+    fig = _figure(width, width * img.shape[0] / img.shape[1] + 0.35 + 0.16 * len(lines), left=0.05, right=0.05,
+                  bottom=0.05, top=0.2 + 0.16 * len(lines))
     ax = fig.subplots()
     ax.axis("off")
     ax.imshow(img, origin="lower", cmap=_gray(), vmin=np.percentile(mean, 1), vmax=np.percentile(mean, 99.5),
@@ -137,7 +143,7 @@ def masks_figure(mean, cord, csf, path, title, source=""):
             ax.contour(tiles, levels=[0.5], colors=colour, linewidths=0.8)
     for (x0, y1), z in zip(corners, zs):
         ax.text(x0 + 0.5, y1 - 0.5, f"slice {z}", color="w", fontsize=8, ha="left", va="top")
-    fig.suptitle(f"{title}\ncord (cyan) and CSF (orange) masks" + (f" - {source}" if source else ""), fontsize=9)
+    fig.suptitle("\n".join(lines), fontsize=9)
     return _save(fig, path)
 
 

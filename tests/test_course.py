@@ -328,3 +328,20 @@ def test_chapter_numbers_in_prose_are_the_table_of_contents_numbers():
         assert not re.search(r"\bchapters? 0\d", text, re.I), f"{name}: file number used as a chapter number"
         for n in re.findall(r"\bchapters? (\d+)", text, re.I):
             assert 1 <= int(n) <= n_chapters, f"{name}: chapter {n} does not exist"
+
+
+def test_table_helpers_change_labels_not_values():
+    """prose.run_label / readable / text_table: shorter labels, wrapping HTML, same values."""
+    import pandas as pd
+
+    from spineprint_utils import prose
+
+    assert prose.run_label("sub-01_ses-02_task-rest_run-1") == "sub-01 ses-02 run-1"
+    assert prose.run_label("sub-ZS001_task-rest_acq-autozshim_bold") == "sub-ZS001 acq-autozshim"
+    df = pd.DataFrame({"tsnr_pre_cord": [1.5, 2.0], "mean_fd_mm": [0.1, 0.2]},
+                      index=pd.Index(["a", "b"], name="run_name"))
+    out = prose.readable(df)
+    assert list(out.columns) == ["tsnr pre cord", "mean fd mm"] and out.index.name == "run name"
+    assert (out.to_numpy() == df.to_numpy()).all() and list(df.columns) == ["tsnr_pre_cord", "mean_fd_mm"]
+    html = prose.text_table(df).data
+    assert 'class="dataframe text-table"' in html and "1.5" in html
