@@ -7,8 +7,9 @@ names and JSON) is written to a temporary folder. Measured, each in a fresh subp
 
 - ``spineprint``: ``layout.DatasetIndex(root).bold_runs()`` + the inherited metadata of
   every run (``Run.metadata()``), i.e. what a preprocessing command needs;
-- ``spineprint-per-run``: ``layout.metadata`` of one run alone (what each worker does per
-  run) and the per-run share of a 5 s preprocessing run;
+- ``spineprint-per-run``: ``layout.metadata`` + ``layout.physio_files`` of one run alone
+  (what each worker does per run), and ``preprocess.find_anat`` (a native-space run's T2w and
+  segmentation, found through the index), and their share of a 5.1 s preprocessing run;
 - ``pybids``: ``bids.BIDSLayout(root, validate=False)`` + ``get(suffix="bold",
   extension=[".nii", ".nii.gz"])`` + ``get_metadata`` of every run; and the same with
   ``validate=True`` (the default), and the cached start-up from a ``database_path``.
@@ -51,6 +52,9 @@ def make_dataset(root: Path, n_subjects: int, data_dir: Path) -> None:
             (func / f"sub-{sub}_task-rest_acq-{acq}_bold.nii.gz").write_bytes(b"")
         shutil.copyfile(src / "sub-ZS001" / "anat" / "sub-ZS001_T2w.json", anat / f"sub-{sub}_T2w.json")
         (anat / f"sub-{sub}_T2w.nii.gz").write_bytes(b"")
+        seg = root / "derivatives" / "sct" / f"sub-{sub}" / "anat"  # a native-space run's anatomy
+        seg.mkdir(parents=True)
+        (seg / f"sub-{sub}_T2w_label-SC_seg.nii.gz").write_bytes(b"")
 
 
 CASES = {
@@ -68,7 +72,7 @@ print(json.dumps({"n_runs": len(runs), "seconds": dt, "import_s": t_import}))
 """,
     "spineprint-per-run": """
 import time
-from spineprint_utils import layout
+from spineprint_utils import layout, preprocess
 bold = sorted(Path(ROOT).glob("sub-ZS050/func/*_bold.nii.gz"))[0]
 t = time.perf_counter()
 for _ in range(20):
@@ -76,7 +80,13 @@ for _ in range(20):
     meta, _ = layout.metadata(bold)
     files = layout.physio_files(bold)
 dt = (time.perf_counter() - t) / 20
-print(json.dumps({"seconds": dt}))
+t = time.perf_counter()
+for _ in range(20):
+    layout._listing.cache_clear()
+    t2w, seg, reason = preprocess.find_anat(bold)  # native space: T2w + segmentation by the index
+dt_anat = (time.perf_counter() - t) / 20
+assert seg is not None, reason
+print(json.dumps({"seconds": dt, "find_anat_s": dt_anat}))
 """,
     "pybids": """
 import time
@@ -131,6 +141,8 @@ def main(argv=None) -> int:
     per_run = res["spineprint per run"].get("seconds")
     if per_run is not None:
         print(f"  index per run: {per_run * 1000:.2f} ms = {per_run / 5.1 * 100:.3f} % of a 5.1 s preprocessing run")
+        anat = res["spineprint per run"]["find_anat_s"]
+        print(f"  + find_anat (native space): {anat * 1000:.2f} ms = {(per_run + anat) / 5.1 * 100:.3f} % of it")
     return 0
 
 

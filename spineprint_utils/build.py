@@ -103,7 +103,9 @@ def load_params(path) -> dict:
     declares the parameter, one mapping per notebook keyed by its file
     stem (e.g. ``04_fingerprinting:``) or its path, and an optional ``dataset:``
     mapping naming a real dataset to fetch first (:func:`fetch_dataset`; its folder
-    becomes ``all: bids_dir``).
+    becomes ``all: bids_dir``). A notebook that declares ``book_bids_dir`` (a chapter that
+    keeps the simulated study on purpose) also gets ``all: bids_dir`` under that name, so it
+    can describe the book's dataset and say that it keeps the simulation.
     """
     if path is None:
         return {}
@@ -273,7 +275,7 @@ def _check_value(where: str, name: str, value, info: dict):
 
 
 #: parameters naming a folder / file of the caller's: they must exist and are made absolute
-_FOLDER_PARAMS = ("bids_dir",)
+_FOLDER_PARAMS = ("bids_dir", "book_bids_dir")
 _FILE_PARAMS = ("connectome_file",)
 
 
@@ -335,6 +337,12 @@ def _params_for(notebook: Path, all_params: dict, declared: dict | None = None, 
         if key in all_params:
             merged.update(check_params(notebook, all_params[key], declared, strict=True, base=base,
                                        where=f"{label} (section '{key}:')"))
+    # chapters that keep the simulated study on purpose declare book_bids_dir: they get the
+    # book's dataset ('all: bids_dir') to describe it and say that they keep the simulation
+    book_dir = all_params.get("all", {}).get("bids_dir")
+    if "book_bids_dir" in declared and "book_bids_dir" not in merged and book_dir is not None:
+        merged["book_bids_dir"] = _resolve_path(f"{label} (from 'all:')", "bids_dir", book_dir,
+                                                Path(base) if base is not None else Path.cwd())
     return merged
 
 

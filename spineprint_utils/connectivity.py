@@ -80,6 +80,7 @@ __all__ = [
     "load_connectomes",
     "coupling_summary",
     "region_image",
+    "region_background",
     "register_cli",
 ]
 
@@ -798,6 +799,52 @@ def region_image(connectomes_path) -> tuple[Path, Path]:
         if own.is_file():
             return own, own_table if own_table.is_file() else table
     raise SpineprintError(f"{path}: no region image (neither {image.name} nor a run's own regions)")
+
+
+def region_background(connectomes_path, labels_path, source: str = "auto") -> dict:
+    """What to draw under the regions of :func:`region_image`, on the regions' own grid.
+
+    PAM50-space runs (the group region image): the PAM50 gray-matter and cord fractions of
+    each voxel (:func:`spineprint_utils.atlas.tissue_maps`). Native-space runs (a run's own
+    region image): that run's own data, never template coordinates - the temporal mean of
+    its preprocessed (motion-corrected) image and the cord mask preprocessing used.
+
+    Parameters
+    ----------
+    connectomes_path : path-like
+        The group connectome file (:func:`connectivity_dataset`).
+    labels_path : path-like
+        The region image returned by :func:`region_image`.
+    source : str
+        Anatomy source of :func:`~spineprint_utils.atlas.tissue_maps` (PAM50 runs).
+
+    Returns
+    -------
+    dict
+        ``image`` (X, Y, Z) float, ``cord`` (X, Y, Z) bool, ``space`` (``"PAM50"`` or
+        ``"native"``), ``what`` (str: what ``image`` shows), ``anatomy`` (str: where the
+        anatomy comes from), ``vmin``, ``vmax`` (display range).
+    """
+    import nibabel as nib
+
+    labels_path = Path(labels_path)
+    img = nib.load(str(labels_path))
+    group = _derivatives.connectivity_group_outputs(Path(connectomes_path).parent.parent)["dseg"]
+    if labels_path == group:
+        tissues = _atlas.tissue_maps(img.affine, img.shape, source=source)
+        return {"image": np.asarray(tissues["gm"], float), "cord": np.asarray(tissues["cord"]) >= 0.5,
+                "space": "PAM50", "what": "PAM50 gray matter", "anatomy": str(tissues["source"]),
+                "vmin": 0.0, "vmax": 1.0}
+    prefix = labels_path.name.split(f"_atlas-{ATLAS_NAME}_dseg")[0]
+    preproc = labels_path.parent / f"{prefix}_desc-preproc_bold.nii.gz"
+    cord_path = labels_path.parent / f"{prefix}_desc-cord_mask.nii.gz"
+    _, data = load_nifti(preproc, ndim=4)
+    mean = data.mean(axis=-1, dtype=np.float64)
+    cord = np.asarray(nib.load(str(cord_path)).dataobj) > 0 if cord_path.is_file() else np.zeros(mean.shape, bool)
+    lo, hi = np.percentile(mean, [1, 99.5])
+    return {"image": mean, "cord": cord, "space": "native", "what": "run's mean image",
+            "anatomy": f"PAM50 regions registered to run {prefix} (T2w to PAM50, mean functional image to T2w)",
+            "vmin": float(lo), "vmax": float(hi)}
 
 
 # ------------------------------------------------------------------ summaries

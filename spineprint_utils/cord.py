@@ -309,24 +309,15 @@ def find_epi_cord_seg(bold_path):
     if not name.endswith("_bold.nii.gz") and not name.endswith("_bold.nii"):
         return None
     prefix = name.split("_bold.nii")[0]
-    root = bold_path
-    while root.parent != root and not (root / "dataset_description.json").is_file():
-        root = root.parent
-    if not (root / "dataset_description.json").is_file():
-        root = bold_path.parent.parent.parent
-    deriv = root / "derivatives"
-    if not deriv.is_dir():
-        return None
+    from .layout import bids_root, derivative_files  # the dataset index (hidden files, .bidsignore skipped)
+
+    root = bids_root(bold_path) or bold_path.parent.parent.parent
     sub = bids_entities(prefix).get("sub")
     patterns = [f"{prefix}_label-SC_mask.nii*", f"{prefix}_label-SC_dseg.nii*", f"{prefix}_desc-*_label-SC_mask.nii*",
                 f"{prefix}_space-bold_label-SC_mask.nii*", f"{prefix}_bold_seg.nii*", f"{prefix}_bold_mean_seg.nii*",
                 f"{prefix}_mean_seg.nii*", f"{prefix}_bold_moco_mean_seg.nii*"]
-    for pat in patterns:
-        hits = sorted(p for p in deriv.glob(f"*/sub-{sub}/**/{pat}")
-                      if p.relative_to(deriv).parts[0] != "spineprint")
-        if hits:
-            return hits[0]
-    return None
+    hits = derivative_files(root, sub, patterns)
+    return hits[0] if hits else None
 
 
 def load_reference_annotation(path, shape) -> np.ndarray:

@@ -376,7 +376,9 @@ def fieldmap_plan(bids_dir):
     if not root.is_dir():
         raise SpineprintError(f"{root}: BIDS folder not found")
     rows = []
-    bolds = sorted(p for p in root.glob("sub-*/**/func/*_bold.nii*") if "derivatives" not in p.parts)
+    from .layout import DatasetIndex  # the dataset index: any layout, hidden/ignored files skipped
+
+    bolds = [r.path for r in DatasetIndex(root).runs("bold")]
     for bold in bolds:
         fmap_dir = bold.parent.parent / "fmap"
         row = {"bold": str(bold), "status": "skip", "up": None, "down": None, "pe_axis": None,

@@ -55,6 +55,8 @@ __all__ = [
     "metadata",
     "physio_files",
     "find_dataset",
+    "derivative_files",
+    "describe",
 ]
 
 #: entities that identify a functional run (BIDS entity table order)
@@ -310,6 +312,9 @@ class DatasetIndex:
     root : path-like
         The dataset folder (holding ``sub-*`` folders). It may lie anywhere, also
         inside a folder named ``derivatives``.
+    subjects : sequence of str, optional
+        Walk only these participants' folders (labels with or without ``sub-``), e.g. to
+        find one participant's anatomy without walking a large dataset.
 
     Attributes
     ----------
@@ -325,7 +330,7 @@ class DatasetIndex:
         The folder does not exist.
     """
 
-    def __init__(self, root):
+    def __init__(self, root, subjects=None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise SpineprintError(f"{self.root}: BIDS folder not found")
@@ -333,6 +338,9 @@ class DatasetIndex:
         self.files: list[tuple[Path, dict, str, str]] = []
         self.problems: list[tuple[Path, str]] = []
         top = sorted(os.listdir(self.root))
+        if subjects is not None:
+            wanted = {"sub-" + str(s).removeprefix("sub-") for s in subjects}
+            top = [name for name in top if name in wanted]
         for name in top:
             if not name.startswith("sub-") or name.startswith(".") or ignored(name, True):
                 continue
@@ -437,6 +445,49 @@ class DatasetIndex:
         return pd.DataFrame([{"path": str(r.relative), **r.key} for r in runs])
 
 
+def derivative_files(root, subject: str, patterns, *, datatype: str | None = None,
+                     exclude=("spineprint",)) -> list[Path]:
+    """Files of a participant in the dataset's other pipelines' derivatives, by name pattern.
+
+    Every ``<root>/derivatives/<pipeline>/`` folder (except *exclude*: the derivatives this
+    package writes itself) is read as a dataset with :class:`DatasetIndex` (only
+    ``sub-<subject>`` is walked; hidden files and the pipeline's ``.bidsignore`` entries are
+    skipped). The first pattern (:mod:`fnmatch`, on the file name) with any match wins; its
+    matches are returned sorted by path.
+
+    Parameters
+    ----------
+    root : path-like
+        The raw dataset folder.
+    subject : str
+        Participant label (with or without ``sub-``).
+    patterns : sequence of str
+        File-name patterns in order of preference, e.g. ``("sub-01_T2w_label-SC_seg.nii*",)``.
+    datatype : str, optional
+        Only files whose folder is named so (``anat``, ``func``).
+    exclude : sequence of str
+        Pipeline folders never searched.
+
+    Returns
+    -------
+    list of Path
+        Empty when nothing matches or the dataset has no ``derivatives/`` folder.
+    """
+    deriv = Path(root) / "derivatives"
+    subject = str(subject).removeprefix("sub-")
+    files = []
+    for name in _list(deriv):
+        if name.startswith(".") or name in exclude or not (deriv / name).is_dir():
+            continue
+        index = DatasetIndex(deriv / name, subjects=[subject])
+        files += [p for p, _, _, _ in index.files if datatype is None or p.parent.name == datatype]
+    for pattern in patterns:
+        hits = sorted((p for p in files if fnmatch.fnmatchcase(p.name, pattern)), key=str)
+        if hits:
+            return hits
+    return []
+
+
 def find_dataset(path) -> Path:
     """The dataset folder for *path*: itself when it holds ``sub-*`` folders or a
     ``dataset_description.json``, else the folder above a file inside one."""
@@ -458,3 +509,66 @@ def build_name(entities: dict, suffix: str, ext: str = "") -> str:
 def to_json(entities: dict) -> str:
     """Entities as a sorted JSON string (for records)."""
     return json.dumps({k: v for k, v in entities.items() if v}, sort_keys=True)
+
+
+def describe(root) -> dict:
+    """What a dataset holds, read through the index: the summary a chapter shows of it.
+
+    Parameters
+    ----------
+    root : path-like
+        A BIDS dataset folder.
+
+    Returns
+    -------
+    dict
+        ``name`` (``Name`` of ``dataset_description.json``, else the folder name);
+        ``table`` (DataFrame, one row per BOLD run: ``file`` (file prefix), every varying
+        run entity, ``tr_s`` (inherited ``RepetitionTime``), ``n_volumes`` (header),
+        ``physio`` (recordings found), ``T2w`` (the participant has one));
+        ``n_subjects``, ``n_runs``, ``sessions`` (labels, empty without a session level);
+        ``space`` (``"PAM50"`` when ``dataset_description.json`` says ``SpatialReference:
+        PAM50`` or every run is ``space-PAM50``, else ``"native"``); ``pairing`` (the
+        between-scan pairing chapter 4 would use, from
+        :func:`spineprint_utils.fingerprint.choose_pairing`, or ``"none (one scan per
+        participant)"``); ``facts`` (these facts in one phrase), ``text`` (``"<name>: <facts>"``).
+    """
+    import nibabel as nib
+    import pandas as pd
+
+    from . import fingerprint
+
+    root = Path(root)
+    index = DatasetIndex(root)
+    runs = index.bold_runs()
+    desc_path = root / "dataset_description.json"
+    desc = read_json(desc_path) if desc_path.is_file() else {}
+    name = str(desc.get("Name") or root.name)
+    rows = []
+    for r in runs:
+        meta, _ = r.metadata()
+        try:
+            n_vol = int(nib.load(str(r.path)).shape[3]) if r.problem is None else None
+        except Exception:  # noqa: BLE001 - a damaged header is reported by preprocessing, not here
+            n_vol = None
+        rows.append({"file": r.prefix, **r.key, "tr_s": meta.get("RepetitionTime"), "n_volumes": n_vol,
+                     "physio": "yes" if r.physio_files() else "no",
+                     "T2w": "yes" if index.anat(r.subject, "T2w", r.session or None) else "no"})
+    table = pd.DataFrame(rows)
+    keep = ["file", "sub"] + [k for k in RUN_ENTITIES[1:] if (table[k] != "").any()]
+    table = table[keep + ["tr_s", "n_volumes", "physio", "T2w"]]
+    sessions = sorted(set(table["ses"]) - {""}) if "ses" in table else []
+    spaces = {r.entities.get("space") for r in runs}
+    space = "PAM50" if str(desc.get("SpatialReference", "")).upper() == "PAM50" or spaces == {"PAM50"} else "native"
+    try:
+        pairing = fingerprint.choose_pairing({"entities": table.drop(columns=["file"])})["title"]
+    except SpineprintError:
+        pairing = "none (one scan per participant)"
+    n_sub = int(table["sub"].nunique())
+    ses_txt = f"{len(sessions)} sessions" if sessions else "no session level"
+    facts = (f"{n_sub} participant{'s' if n_sub != 1 else ''}, {len(table)} BOLD run"
+             f"{'s' if len(table) != 1 else ''}, {ses_txt}, "
+             + ("in PAM50 space" if space == "PAM50" else "in native space")
+             + f"; between-scan pairing: {pairing}")
+    return {"name": name, "table": table, "n_subjects": n_sub, "n_runs": int(len(table)), "sessions": sessions,
+            "space": space, "pairing": pairing, "facts": facts, "text": f"{name}: {facts}"}

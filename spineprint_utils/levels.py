@@ -57,14 +57,12 @@ def find_vertebral_labels(t2w, root, sub):
     (path, kind) with kind ``"discs"`` or ``"levels"`` (body-centre points or a labelled
     segmentation: both matched with ``PAM50_levels``), or ``(None, None)``.
     """
+    from .layout import derivative_files  # the dataset index (hidden files, .bidsignore skipped)
+
     stem = Path(t2w).name.split(".nii")[0]
-    deriv = Path(root) / "derivatives"
-    if not deriv.is_dir():
-        return None, None
     for kind, pats in _PATTERNS:
         for pat in pats:
-            hits = sorted(p for p in deriv.glob(f"*/sub-{sub}/**/anat/{stem}{pat}")
-                          if p.relative_to(deriv).parts[0] != "spineprint")
+            hits = derivative_files(root, sub, (f"{stem}{pat}",), datatype="anat")
             if hits:
                 return hits[0], label_kind(hits[0], kind)
     return None, None

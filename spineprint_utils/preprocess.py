@@ -688,9 +688,13 @@ def _distortion_step(bold_path: Path, img, data, meta: dict, enabled: bool, note
 def find_anat(bold_path):
     """The participant's T2w image and its cord segmentation for a BOLD run, or a reason.
 
-    The T2w is looked for in the run's session ``anat/`` folder, then in any session of the
-    participant; the segmentation in ``derivatives/*/`` with the T2w's name followed by
-    ``_label-SC_seg`` (spine-generic / SCT ``sct_deepseg_sc`` naming) or ``_seg``.
+    Both come from the dataset index (:mod:`spineprint_utils.layout`; ``.nii`` or
+    ``.nii.gz``, hidden files and ``.bidsignore`` entries skipped): the T2w of the run's
+    session first, then of any session of the participant or none
+    (:meth:`~spineprint_utils.layout.DatasetIndex.anat`); the segmentation in another
+    pipeline's ``derivatives/<pipeline>/sub-*/**/anat/`` with the T2w's name followed by
+    ``_label-SC_seg`` (spine-generic / SCT ``sct_deepseg_sc`` naming), ``_seg`` or
+    ``_label-SC_mask`` (:func:`~spineprint_utils.layout.derivative_files`).
 
     Returns
     -------
@@ -700,19 +704,18 @@ def find_anat(bold_path):
     root = _bids_root(bold_path)
     if root is None:
         return None, None, "not inside a BIDS dataset"
-    sub = bids_entities(run_prefix(bold_path)).get("sub")
+    ents = layout.parse_name(bold_path.name)[0]
+    sub = ents.get("sub")
     sub_dir = root / f"sub-{sub}"
-    here = sorted((bold_path.parent.parent / "anat").glob("*_T2w.nii*"))
-    t2ws = here or sorted(p for p in sub_dir.glob("**/anat/*_T2w.nii*"))
+    t2ws = layout.DatasetIndex(root, subjects=[sub]).anat(sub, "T2w", ents.get("ses"))
     if not t2ws:
         return None, None, f"no T2w image in {sub_dir}/[ses-*/]anat"
     for t2w in t2ws:
         stem = t2w.name.split(".nii")[0]
-        for pattern in (f"{stem}_label-SC_seg.nii*", f"{stem}_seg.nii*", f"{stem}_label-SC_mask.nii*"):
-            segs = sorted(p for p in (root / "derivatives").glob(f"*/sub-{sub}/**/anat/{pattern}")
-                          if p.relative_to(root / "derivatives").parts[0] != "spineprint")
-            if segs:
-                return t2w, segs[0], None
+        segs = layout.derivative_files(root, sub, (f"{stem}_label-SC_seg.nii*", f"{stem}_seg.nii*",
+                                                   f"{stem}_label-SC_mask.nii*"), datatype="anat")
+        if segs:
+            return t2w, segs[0], None
     return None, None, f"no cord segmentation (derivatives/*/sub-{sub}/**/anat/<T2w>_label-SC_seg.nii.gz) for {t2ws[0].name}"
 
 

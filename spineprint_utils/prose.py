@@ -5,7 +5,7 @@ Glued sentences read "1 run" and "2 runs", never "run(s)".
 
 from __future__ import annotations
 
-__all__ = ["plural", "count"]
+__all__ = ["plural", "count", "own_dataset_note", "KEEPS_SIMULATION"]
 
 
 def plural(n: int, singular: str, plural_form: str | None = None) -> str:
@@ -62,6 +62,36 @@ def percent_identification(table, labels=IDENTIFICATION_LABELS):
         out = out.astype({c: float for c in out.columns})
     out.loc[rows] = out.loc[rows] * 100.0
     return out.rename(index={i: f"{i} (%)" for i in rows})
+
+
+#: why each chapter that keeps the simulated study does so (the sentence it shows when the book
+#: is built on a dataset of the reader's)
+KEEPS_SIMULATION = {
+    "00": ("this chapter describes it through the dataset index (the table below) and then shows the "
+           "simulated default study, which the book keeps here on purpose: only a simulation comes with "
+           "the ground truth that the later chapters check the pipeline against"),
+    "04b": ("this chapter keeps the simulated default study on purpose: it sets the real regional time "
+            "series beside a study whose planted spine-print is known"),
+    "05": ("this chapter keeps simulated studies on purpose: each point of its sweeps is a study "
+           "simulated with one factor changed, which a recorded dataset cannot provide"),
+}
+
+
+def own_dataset_note(description: dict, chapter: str) -> str:
+    """The sentence a chapter that keeps the simulated study shows when the book runs on the
+    reader's dataset (markdown).
+
+    Parameters
+    ----------
+    description : dict
+        :func:`spineprint_utils.layout.describe` of the book's dataset.
+    chapter : str
+        A key of :data:`KEEPS_SIMULATION` (``"00"``, ``"04b"``, ``"05"``).
+    """
+    return (f"**Your dataset.** This build runs the book on your dataset *{description['name']}*: "
+            f"{description['facts']}. The "
+            f"acquisition, preprocessing, connectivity and fingerprinting chapters use it; "
+            f"{KEEPS_SIMULATION[chapter]}.")
 
 
 def run_label(name: str) -> str:

@@ -57,6 +57,7 @@ __all__ = [
     "realism_table",
     "realism_measures",
     "realism_distance",
+    "realism_agreement",
     "calibration_record",
 ]
 
@@ -639,6 +640,45 @@ def realism_distance(sim: Mapping, real: Mapping) -> dict:
         parts[f"id_{d}"] = lr(sim[f"id_{d}"] / sim[f"chance_{d}"], real[f"id_{d}"] / real[f"chance_{d}"], 0.5)
     parts["distance"] = float(np.sqrt(np.mean(np.square(list(parts.values())))))
     return parts
+
+
+#: Reader-facing names of the six calibration measures (:func:`realism_distance`).
+REALISM_MEASURE_NAMES = {
+    "tsnr_raw": "raw tSNR",
+    "coupling_rms": "horn-pair coupling",
+    "id_within": "within-session identification",
+    "idiff_within": "within-session Idiff",
+    "id_between": "between-session identification",
+    "idiff_between": "between-session Idiff",
+}
+
+
+def realism_agreement(distance: Mapping, factor: float = 1.5) -> tuple[list, list]:
+    """Which calibration measures agree with the real data within a factor, and which do not.
+
+    Parameters
+    ----------
+    distance : mapping
+        :func:`realism_distance` (natural-log ratios simulated / real by measure).
+    factor : float > 1
+        A measure agrees when ``1 / factor <= simulated / real <= factor``.
+
+    Returns
+    -------
+    near, far : list of str
+        Names (:data:`REALISM_MEASURE_NAMES`) of the agreeing measures, and of the others
+        with their ratio, e.g. ``"within-session Idiff (3.3 times)"``; a measure whose ratio
+        is not finite counts as far.
+    """
+    lim = float(np.log(factor))
+    near, far = [], []
+    for key, name in REALISM_MEASURE_NAMES.items():
+        v = float(distance[key])
+        if np.isfinite(v) and abs(v) <= lim:
+            near.append(name)
+        else:
+            far.append(f"{name} ({np.exp(v):.1f} times)")
+    return near, far
 
 
 def calibration_record() -> pd.DataFrame:

@@ -177,15 +177,10 @@ def load_itk(path) -> list:
 
 
 def _deriv_hits(root, sub, folder, names):
-    deriv = Path(root) / "derivatives"
-    if not deriv.is_dir():
-        return None
-    for name in names:
-        hits = sorted(p for p in deriv.glob(f"*/sub-{sub}/**/{folder}/{name}")
-                      if p.relative_to(deriv).parts[0] != "spineprint")
-        if hits:
-            return hits[0]
-    return None
+    from .layout import derivative_files  # the dataset index (hidden files, .bidsignore skipped)
+
+    hits = derivative_files(root, sub, names, datatype=folder)
+    return hits[0] if hits else None
 
 
 def find_given_anat_warp(t2w, root, sub):

@@ -166,3 +166,77 @@ def make_dataset(name: str, dest, *, n_volumes: int = 60, subjects=None, physio:
 def make_corpus(dest, **kw) -> dict:
     """All three layouts under *dest* (``{name: path}``)."""
     return {name: make_dataset(name, Path(dest) / name, **kw) for name in LAYOUTS}
+
+
+# ------------------------------------------------------------------ native space
+SCT = Path(os.environ.get("SPINEPRINT_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")) \
+    / "sct_testing_data"
+
+
+def _native_grid(t2w, seg, voxel=(1.2, 1.2, 4.0), fov=(30.0, 30.0)):
+    """An axial EPI grid (RAS) of *voxel* mm centred in-plane on the cord of *seg*, covering the
+    T2w's superior-inferior extent."""
+    data = np.asarray(seg.dataobj) > 0.5
+    ijk = np.argwhere(data)
+    centre = nib.affines.apply_affine(seg.affine, ijk.mean(0))
+    corners = np.array([[i, j, k] for i in (0, t2w.shape[0] - 1) for j in (0, t2w.shape[1] - 1)
+                        for k in (0, t2w.shape[2] - 1)])
+    world = nib.affines.apply_affine(t2w.affine, corners)
+    zmin, zmax = world[:, 2].min(), world[:, 2].max()
+    shape = (int(round(fov[0] / voxel[0])), int(round(fov[1] / voxel[1])), int((zmax - zmin) // voxel[2]))
+    affine = np.diag([voxel[0], voxel[1], voxel[2], 1.0])
+    affine[:3, 3] = [centre[0] - voxel[0] * (shape[0] - 1) / 2, centre[1] - voxel[1] * (shape[1] - 1) / 2,
+                     zmin + voxel[2] / 2]
+    return affine, shape
+
+
+def make_native_dataset(dest, *, subjects=("01", "02"), runs=("1", "2"), n_volumes: int = 60, seed: int = 0) -> Path:
+    """A native-space dataset laid out as book/own_data.md describes, without sessions.
+
+    Per participant: the REAL T2w of the Spinal Cord Toolbox testing data
+    (``$SPINEPRINT_DATA_DIR/sct_testing_data/t2``, MIT) as ``anat/sub-X_T2w.nii.gz``, its real
+    manual cord segmentation as ``derivatives/manual/sub-X/anat/sub-X_T2w_label-SC_seg.nii.gz``
+    and its real C3/C5 vertebral labels as ``derivatives/labels/.../sub-X_T2w_labels.nii.gz``
+    (copied into *dest*, never written in the source); two resting-state runs ``run-1``,
+    ``run-2`` per participant (no session level) on an axial 1.2 x 1.2 x 4 mm EPI grid in the
+    T2w's world space whose tissue contrast is the real T2w resampled (CSF bright, cord grey),
+    with region-correlated fluctuations and thermal noise (synthetic); TR 2 s in a top-level
+    ``task-rest_bold.json`` (inherited; no ``SliceTiming``, so no slice-wise model is asked).
+    """
+    from nibabel.processing import resample_from_to
+
+    dest = Path(dest)
+    t2w = nib.load(str(SCT / "t2" / "t2.nii.gz"))
+    seg = nib.load(str(SCT / "t2" / "t2_seg-manual.nii.gz"))
+    affine, shape = _native_grid(t2w, seg)
+    base = np.asarray(resample_from_to(t2w, (shape, affine), order=1).dataobj, dtype=np.float64)
+    base = 100.0 + 800.0 * base / np.percentile(base[base > 0], 99)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "dataset_description.json").write_text(json.dumps(
+        {"Name": "native-space test dataset (real SCT T2w anatomy, synthetic BOLD)", "BIDSVersion": "1.9.0",
+         "DatasetType": "raw"}, indent=1))
+    (dest / "task-rest_bold.json").write_text(json.dumps({"RepetitionTime": 2.0, "TaskName": "rest"}, indent=1))
+    for i, sub in enumerate(subjects):
+        anat = dest / f"sub-{sub}" / "anat"
+        anat.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SCT / "t2" / "t2.nii.gz", anat / f"sub-{sub}_T2w.nii.gz")
+        for folder, src, name in (("manual", "t2_seg-manual.nii.gz", "T2w_label-SC_seg"),
+                                  ("labels", "labels.nii.gz", "T2w_labels")):
+            d = dest / "derivatives" / folder / f"sub-{sub}" / "anat"
+            d.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(SCT / "t2" / src, d / f"sub-{sub}_{name}.nii.gz")
+        func = dest / f"sub-{sub}" / "func"
+        func.mkdir(parents=True, exist_ok=True)
+        for j, run in enumerate(runs):
+            rng = np.random.default_rng(seed + 100 * i + j)
+            slow = rng.standard_normal((6, n_volumes))
+            z = np.arange(shape[2])
+            weights = (rng.standard_normal((shape[0], shape[1], 1, 6)) * 0.5
+                       + np.sin(z[None, None, :, None] / 3.0 + np.arange(6) + i))
+            signal = np.einsum("xyzk,kt->xyzt", np.broadcast_to(weights, shape + (6,)), slow)
+            data = base[..., None] * (1.0 + 0.02 * signal) + rng.normal(0, 8.0, shape + (n_volumes,))
+            img = nib.Nifti1Image(data.astype(np.float32), affine)
+            img.header.set_zooms(tuple(float(v) for v in np.abs(np.diag(affine))[:3]) + (2.0,))
+            img.header.set_xyzt_units("mm", "sec")
+            nib.save(img, str(func / f"sub-{sub}_task-rest_run-{run}_bold.nii.gz"))
+    return dest

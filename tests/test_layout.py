@@ -268,3 +268,66 @@ def test_bids_app_form_translates_to_the_sub_commands():
     assert cli.bids_app_argv(["/d", "/o", "session"]) is None
     with pytest.raises(SystemExit):  # an unknown level is an argparse error, not a crash
         cli.main(["/d", "/o", "session"])
+
+
+def test_derivative_files_and_find_anat_through_the_index(tmp_path):
+    """The anatomy of a run is found by the dataset index: the participant's T2w (``.nii`` too),
+    the segmentation of another pipeline by preference order (not the package's own
+    ``derivatives/spineprint``, not hidden macOS ``._*`` copies, not ``.bidsignore``d files)."""
+    from spineprint_utils import layout, levels, preprocess
+
+    root = tmp_path / "ds"
+    _json(root / "dataset_description.json", {"Name": "x", "BIDSVersion": "1.9.0"})
+    _nii(root / "sub-01" / "func" / "sub-01_task-rest_bold.nii.gz")
+    _nii(root / "sub-01" / "anat" / "sub-01_T2w.nii")  # uncompressed
+    _nii(root / "sub-02" / "anat" / "sub-02_T2w.nii.gz")
+    seg_dir = root / "derivatives" / "sct" / "sub-01" / "anat"
+    _nii(seg_dir / "sub-01_T2w_seg.nii.gz")
+    _nii(seg_dir / "._sub-01_T2w_label-SC_seg.nii.gz")  # macOS resource fork: never taken
+    _nii(root / "derivatives" / "spineprint" / "sub-01" / "anat" / "sub-01_T2w_label-SC_seg.nii.gz")  # ours
+    _nii(root / "derivatives" / "old" / "sub-01" / "anat" / "sub-01_T2w_label-SC_seg.nii.gz")
+    (root / "derivatives" / "old" / ".bidsignore").write_text("sub-01/anat/*\n")
+    _nii(root / "derivatives" / "labels" / "sub-01" / "anat" / "sub-01_T2w_labels.nii.gz")
+    bold = root / "sub-01" / "func" / "sub-01_task-rest_bold.nii.gz"
+    t2w, seg, reason = preprocess.find_anat(bold)
+    assert reason is None
+    assert t2w == root / "sub-01" / "anat" / "sub-01_T2w.nii"
+    assert seg == seg_dir / "sub-01_T2w_seg.nii.gz"  # _label-SC_seg is preferred, but only ours / ignored ones exist
+    _nii(root / "derivatives" / "manual" / "sub-01" / "anat" / "sub-01_T2w_label-SC_seg.nii.gz")
+    assert preprocess.find_anat(bold)[1] == root / "derivatives" / "manual" / "sub-01" / "anat" / \
+        "sub-01_T2w_label-SC_seg.nii.gz"
+    assert layout.derivative_files(root, "sub-02", ("*_seg.nii*",)) == []
+    assert layout.derivative_files(root, "01", ("*_labels.nii*",), datatype="func") == []
+    with pytest.raises(SpineprintError):  # the zero-filled test image has no labels: an error, not silence
+        levels.find_vertebral_labels(t2w, root, "01")
+    shutil.rmtree(root / "derivatives")
+    assert "no cord segmentation" in preprocess.find_anat(bold)[2]
+
+
+def test_describe_reads_the_dataset_through_the_index(tmp_path):
+    """What chapter 00 shows of a reader's dataset: every run with its entities, the inherited
+    TR, the header's volumes, physio and T2w presence, and the pairing chapter 4 would use."""
+    import nibabel as nib
+
+    root = tmp_path / "ds"
+    _json(root / "dataset_description.json", {"Name": "two sessions", "BIDSVersion": "1.9.0"})
+    _json(root / "task-rest_bold.json", {"RepetitionTime": 1.5})
+    for sub in ("01", "02"):
+        for ses in ("1", "2"):
+            func = root / f"sub-{sub}" / f"ses-{ses}" / "func"
+            func.mkdir(parents=True)
+            nib.save(nib.Nifti1Image(np.zeros((2, 2, 2, 7 + int(ses)), np.float32), np.eye(4)),
+                     str(func / f"sub-{sub}_ses-{ses}_task-rest_bold.nii.gz"))
+    _nii(root / "sub-01" / "ses-1" / "func" / "sub-01_ses-1_task-rest_physio.tsv.gz")
+    _nii(root / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T2w.nii.gz")
+    _nii(root / "sub-02" / "ses-1" / "func" / "._sub-02_ses-1_task-rest_bold.nii.gz")  # hidden: not a run
+    d = layout.describe(root)
+    t = d["table"]
+    assert list(t["file"]) == [f"sub-{s}_ses-{e}_task-rest" for s in ("01", "02") for e in ("1", "2")]
+    assert list(t.columns) == ["file", "sub", "ses", "task", "tr_s", "n_volumes", "physio", "T2w"]
+    assert (t["tr_s"] == 1.5).all() and list(t["n_volumes"]) == [8, 9, 8, 9]
+    assert list(t["physio"]) == ["yes", "no", "no", "no"] and list(t["T2w"]) == ["no", "no", "yes", "yes"]
+    assert d["sessions"] == ["1", "2"] and d["space"] == "native" and d["n_subjects"] == 2
+    assert d["pairing"] == "between-session (ses-1 vs ses-2)"
+    assert d["text"] == ("two sessions: 2 participants, 4 BOLD runs, 2 sessions, in native space; "
+                         "between-scan pairing: between-session (ses-1 vs ses-2)")

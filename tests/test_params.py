@@ -111,6 +111,27 @@ def test_bids_dir_must_exist_and_is_resolved_against_the_callers_folder(tmp_path
 
 
 # ------------------------------------------------------------------ what the docs promise
+def test_chapters_that_keep_the_simulation_learn_the_books_dataset(tmp_path):
+    """``all: bids_dir`` reaches the chapters that keep the simulated study on purpose as
+    ``book_bids_dir`` (resolved like bids_dir), also when their own section sets
+    ``bids_dir: null``, so that they can say so; an explicit ``book_bids_dir`` wins."""
+    data = tmp_path / "work" / "mydata"
+    data.mkdir(parents=True)
+    plan = _plan(tmp_path, "all:\n  bids_dir: mydata\n04b_real_spineprint:\n  bids_dir: null\n"
+                 "05_drivers:\n  bids_dir: null\n", base=tmp_path / "work")
+    keepers = [nb.stem for nb in NOTEBOOKS if "book_bids_dir" in build.declared_parameters(ROOT / nb)]
+    assert keepers == ["00_simulated_study", "04b_real_spineprint", "05_drivers"]
+    for stem in keepers:
+        assert _stem(plan, stem)["book_bids_dir"] == str(data)
+    assert _stem(plan, "05_drivers")["bids_dir"] is None
+    assert "book_bids_dir" not in _stem(plan, "02_preprocessing")
+    assert all("book_bids_dir" not in p for p in _plan(tmp_path, "all:\n  n_jobs: 1\n").values())
+    other = tmp_path / "other"
+    other.mkdir()
+    plan = _plan(tmp_path, f"all:\n  bids_dir: {data}\n05_drivers:\n  book_bids_dir: {other}\n")
+    assert _stem(plan, "05_drivers")["book_bids_dir"] == str(other)
+
+
 def test_every_notebook_parameter_is_known_to_papermill_without_warnings(caplog):
     """The ast reading of the parameters cell and papermill's agree, and papermill logs no
     'Unable to parse line' (comments with '=' used to hide lesion_strength and bids_dir)."""

@@ -435,6 +435,12 @@ def test_realism_measures_and_distance():
     # a negative Idiff is floored, not a NaN
     neg = realdata.realism_distance({**m["real"], "idiff_between": -3.0}, m["real"])
     assert neg["idiff_between"] == pytest.approx(np.log(0.5 / 4.0))
+    # agreement within a factor: the doubled measures are far, with their ratio; the equal ones near
+    near, far = realdata.realism_agreement(d, factor=1.5)
+    assert near == ["within-session identification", "between-session identification", "between-session Idiff"]
+    assert far == ["raw tSNR (2.0 times)", "horn-pair coupling (2.0 times)", "within-session Idiff (2.0 times)"]
+    assert realdata.realism_agreement(d, factor=2.5)[1] == []
+    assert "raw tSNR (nan times)" in realdata.realism_agreement({**d, "tsnr_raw": float("nan")})[1]
 
 
 def test_calibration_record_matches_defaults_and_real_data(real):

@@ -84,7 +84,8 @@ one participant and session, connectivity of the ground-truth time series). Why 
 strongest values form small blocks along the diagonal, and why is the third matrix noisier
 than the second?""",
         figure_a="""Regions are ordered segment by segment, four horns per segment: the blocks are the
-strong left-right ventral and left-right dorsal couplings inside a segment, and coupling
+couplings inside a segment (strongest between the dorsal and ventral horn of the same side,
+then between the left and right ventral and the left and right dorsal horns), and coupling
 decays with the distance between segments away from the diagonal. The third matrix is
 *estimated* from a finite run of the planted time series (filtered by the haemodynamic
 response), so it carries sampling noise that the planted correlation matrix does not.""",
@@ -197,10 +198,12 @@ else:
 organisation**, which pairs of horns couple most strongly inside a segment, and how does
 coupling change as you move away from the diagonal? Relate what you see to the bar chart of
 the coupling summary below it.""",
-        figure_a="""The brightest off-diagonal cells inside each segment's 4 x 4 block join the left and
-right ventral horns and the left and right dorsal horns; ventral-dorsal pairs are weaker. Away
-from the diagonal (other segments) values fall off with the distance between segments. The
-coupling summary averages exactly these groups of edges, so its bars rank the same pairs.""",
+        figure_a="""In the default study the planted pattern puts the strongest coupling inside each
+segment's 4 x 4 block between the dorsal and ventral horn of the same side, then between the
+left and right ventral and the left and right dorsal horns, and the weakest between dorsal and
+ventral horns of opposite sides; after noise and preprocessing close values can swap places.
+Away from the diagonal (other segments) values fall off with the distance between segments.
+The coupling summary averages exactly these groups of edges, so its bars rank the same pairs.""",
     ),
     "04_fingerprinting": dict(
         number=5,
