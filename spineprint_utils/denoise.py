@@ -37,6 +37,7 @@ __all__ = [
     "check_bandpass",
     "filter_min_volumes",
     "effective_dof",
+    "half_blocks",
     "STRATEGY_DEFAULT",
     "slicewise_regression",
     "variance_removed",
@@ -314,7 +315,8 @@ STRATEGY_DEFAULT = "simultaneous"
 
 
 def slicewise_regression(data, slice_design=None, shared_confounds=None, mask=None, *, t_r=None, high_pass=None,
-                         low_pass=None, keep_mean: bool = True, strategy: str = STRATEGY_DEFAULT) -> np.ndarray:
+                         low_pass=None, keep_mean: bool = True, strategy: str = STRATEGY_DEFAULT,
+                         clean_halves: bool = False) -> np.ndarray:
     """Slice-wise nuisance regression with band-pass filtering.
 
     For every slice *z*, the voxel time series ``Y_z`` (T x V_z) are cleaned with
@@ -357,6 +359,15 @@ def slicewise_regression(data, slice_design=None, shared_confounds=None, mask=No
         Cut-offs (Hz); see :func:`check_bandpass`.
     keep_mean : bool
         Add each voxel's temporal mean back (so tSNR stays meaningful).
+    clean_halves : bool
+        Clean the two row blocks :func:`half_blocks` (volumes ``0 .. T//2 - 1`` and
+        ``T//2 .. T - 1``) separately: the same detrending, band-pass and projection
+        applied to each half with the design's rows of that half (constant columns in a
+        half dropped; each half's own mean kept). The residuals of the two halves are
+        then independent of each other given the regressors, which the within-session
+        split-half design needs (a fit over the whole run couples them through the
+        off-diagonal block of ``I - P``: :func:`spineprint_utils.drivers.cleaning_leak`).
+        Default False (the whole run is cleaned at once).
 
     Returns
     -------
@@ -372,9 +383,12 @@ def slicewise_regression(data, slice_design=None, shared_confounds=None, mask=No
     if high_pass is not None or low_pass is not None:
         high_pass, low_pass, _ = check_bandpass(t_r, high_pass, low_pass)
         need = filter_min_volumes(t_r, high_pass, low_pass)
-        if T < need:
-            raise SpineprintError(f"band-pass filtering needs at least {need} volumes, the series has {T}; "
+        n_min = T // 2 if clean_halves else T
+        if n_min < need:
+            raise SpineprintError(f"band-pass filtering needs at least {need} volumes, the series"
+                                  f"{' half' if clean_halves else ''} has {n_min}; "
                                   "disable it (high_pass=None, low_pass=None)")
+    blocks = half_blocks(T) if clean_halves else (slice(0, T),)
     out = np.array(data, dtype=np.float32, copy=True)
     for z in range(Z):
         sl = np.asarray(data[:, :, z, :], dtype=np.float64).reshape(-1, T)
@@ -382,17 +396,31 @@ def slicewise_regression(data, slice_design=None, shared_confounds=None, mask=No
         if not m.any():
             continue
         Y = sl[m].T  # (T, V)
-        C = _design_for_slice(slice_design, shared, z, T)
-        if strategy == "sequential" and C is not None and (high_pass is not None or low_pass is not None):
-            cleaned = _clean(_clean(Y, C, t_r, None, None), None, t_r, high_pass, low_pass)
-        else:
-            cleaned = _clean(Y, C, t_r, high_pass, low_pass)
-        if keep_mean:
-            cleaned = cleaned + Y.mean(axis=0)
+        C_run = _design_for_slice(slice_design, shared, z, T)
+        cleaned = np.empty_like(Y)
+        for b in blocks:  # the whole run, or each half on its own
+            Yb, C = Y[b], None if C_run is None else C_run[b][:, np.ptp(C_run[b], axis=0) > 0]
+            C = C if C is not None and C.shape[1] else None
+            if strategy == "sequential" and C is not None and (high_pass is not None or low_pass is not None):
+                cleaned[b] = _clean(_clean(Yb, C, t_r, None, None), None, t_r, high_pass, low_pass)
+            else:
+                cleaned[b] = _clean(Yb, C, t_r, high_pass, low_pass)
+            if keep_mean:
+                cleaned[b] += Yb.mean(axis=0)
         res = out[:, :, z, :].reshape(-1, T)
         res[m] = cleaned.T
         out[:, :, z, :] = res.reshape(X, Yd, T)
     return out
+
+
+def half_blocks(n_volumes: int) -> tuple:
+    """The two row blocks cleaned separately by ``clean_halves``: ``slice(0, T//2)`` and
+    ``slice(T//2, T)``. The within-session halves of
+    :func:`spineprint_utils.fingerprint.split_half` (volumes ``0 .. T//2 - 1`` and
+    ``T - T//2 .. T - 1``) lie inside them (for odd T the middle volume belongs to the
+    second block and to neither half)."""
+    h = int(n_volumes) // 2
+    return slice(0, h), slice(h, int(n_volumes))
 
 
 def effective_dof(n_volumes: int, n_regressors: int = 0, *, t_r=None, high_pass=None, low_pass=None) -> float:

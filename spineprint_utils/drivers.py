@@ -1083,3 +1083,138 @@ def plot_physio_caution(table):
             lab.set_horizontalalignment("right")
     fig.suptitle("No neural fingerprint: what physiology alone can do")
     return fig
+
+
+# ============================================================ a spine-print made by the cleaning
+def _residualise(E, X):
+    """OLS residuals of every column of ``E`` (S, n, R) on ``[1, X]`` (S, n, P), subject by subject."""
+    ones = np.ones(X.shape[:2] + (1,))
+    Q = np.linalg.qr(np.concatenate([ones, X], axis=2))[0]
+    return E - Q @ (np.swapaxes(Q, 1, 2) @ E)
+
+
+def split_half_coupling(design, *, clean_halves: bool = False) -> dict:
+    """Closed-form coupling of the two halves' connectome entries after OLS cleaning of white noise.
+
+    Let ``M = I - P`` be the residual-forming matrix of the design ``[1, X]`` (T x (P+1),
+    ``P`` its hat matrix) fitted over the whole run, or the block-diagonal ``diag(M_A, M_B)``
+    when each half :func:`spineprint_utils.denoise.half_blocks` is fitted on its own. For
+    two regions ``i != j`` with independent noise ``e_i, e_j`` (zero mean, covariance
+    ``I_T``; normality not needed), the cleaned series are ``y = M e`` (Var ``M``: the
+    residual covariance of OLS, Seber & Lee 2003, section 3.3), and the half-A entry
+    ``c_A = y_i' D_A y_j`` (``D_A`` the 0/1 diagonal selecting the half's volumes) has
+    mean 0. Taking the expectation over ``e_j`` first (``E[M e_j e_j' M] = M``) and then the
+    expectation of a quadratic form (``E[x' A x] = tr(A Cov x)``, Mathai & Provost 1992,
+    Theorem 3.2b.1) gives, with ``M^2 = M`` and the cyclic trace::
+
+        Cov(c_A, c_B) = tr(D_A M D_B M) = sum_{t in A, s in B} M_ts^2,
+        Var(c_A)      = tr(D_A M D_A M) = sum_{t, s in A} M_ts^2.
+
+    Their ratio ``rho`` is the correlation, over noise realisations, between the same edge
+    in the two halves: 0 when the halves are independent, so split-half connectomes of pure
+    noise resemble each other only through ``rho``. With per-half cleaning ``M_ts = 0`` for
+    ``t`` in A and ``s`` in B, so the covariance is exactly 0. (The connectomes of the book
+    are correlations over each half, centred within the half; the formula is for the
+    uncentred cross-products, which differ by ``O(1/h)``.)
+
+    Parameters
+    ----------
+    design : array_like, (T, P)
+        Nuisance regressors (an intercept is added).
+    clean_halves : bool
+        Fit the design on each half separately.
+
+    Returns
+    -------
+    dict
+        ``cov`` (``tr(D_A M D_B M)``), ``var_a``, ``var_b`` and ``rho``
+        (``cov / sqrt(var_a var_b)``), for the halves of
+        :func:`spineprint_utils.fingerprint.split_half`.
+
+    References
+    ----------
+    Mathai AM, Provost SB (1992). Quadratic Forms in Random Variables: Theory and
+    Applications. New York: Marcel Dekker.
+    Seber GAF, Lee AJ (2003). Linear Regression Analysis, 2nd ed. Hoboken: Wiley.
+    """
+    from . import denoise
+
+    X = np.asarray(design, dtype=np.float64)
+    if X.ndim != 2:
+        raise SpineprintError(f"split_half_coupling: design must be (T, P), got shape {X.shape}")
+    T = X.shape[0]
+    h = T // 2
+    blocks = denoise.half_blocks(T) if clean_halves else (slice(0, T),)
+    M = np.zeros((T, T))
+    for b in blocks:
+        Xb = np.column_stack([np.ones(b.stop - b.start), X[b]])
+        if np.linalg.matrix_rank(Xb) >= Xb.shape[0]:
+            raise SpineprintError(f"split_half_coupling: {Xb.shape[1]} regressors leave no residual in "
+                                  f"{Xb.shape[0]} volumes")
+        M[b, b] = np.eye(Xb.shape[0]) - Xb @ np.linalg.pinv(Xb)
+    a, bb = np.arange(h), np.arange(T - h, T)
+    cov = float((M[np.ix_(a, bb)] ** 2).sum())
+    var_a, var_b = float((M[np.ix_(a, a)] ** 2).sum()), float((M[np.ix_(bb, bb)] ** 2).sum())
+    return {"cov": cov, "var_a": var_a, "var_b": var_b, "rho": cov / np.sqrt(var_a * var_b)}
+
+
+def cleaning_leak(n_regressors, *, n_volumes: int = 150, n_regions: int = 24, n_subjects: int = 10,
+                  n_repeats: int = 1, seed: int = 0) -> pd.DataFrame:
+    """Split-half fingerprint of pure noise after whole-run vs per-half nuisance regression.
+
+    Each "subject" is white Gaussian noise (``n_volumes`` x ``n_regions``, no signal, nothing
+    shared between subjects) cleaned by OLS on ``[1, X]`` with ``X`` its own random Gaussian
+    regressors (``n_regressors`` columns), fitted over the whole run or on each half
+    (:func:`spineprint_utils.denoise.half_blocks`). The halves of
+    :func:`spineprint_utils.fingerprint.split_half` are compared with the package's
+    :func:`fingerprint_connectomes` (Pearson connectomes): with independent halves the
+    identification rate is at chance and Idiff near 0 (Finn et al. 2015; Amico & Goñi
+    2018); a whole-run fit couples the halves (:func:`split_half_coupling`), which makes
+    the noise look like a fingerprint.
+
+    Parameters
+    ----------
+    n_regressors : int or sequence of int
+        Number(s) of nuisance regressors P (each half must keep more than P + 1 volumes).
+    n_volumes, n_regions, n_subjects : int
+    n_repeats : int
+        Independent studies per P (seeds ``seed, seed + 1, ...``).
+    seed : int
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (P, cleaning, repeat): ``n_regressors``, ``cleaning`` (``"whole run"``
+        or ``"per half"``), ``repeat``, ``identification`` (fraction), ``idiff``, ``chance``
+        and ``rho`` (the closed-form coupling of :func:`split_half_coupling`, mean over
+        subjects).
+    """
+    from . import fingerprint as fp
+
+    ps = np.atleast_1d(np.asarray(n_regressors, dtype=int))
+    T, R, S = int(n_volumes), int(n_regions), int(n_subjects)
+    h = T // 2
+    if S < 2 or R < 3 or h < 3:
+        raise SpineprintError(f"cleaning_leak: need >= 2 subjects, >= 3 regions and >= 6 volumes, "
+                              f"got {S}, {R}, {T}")
+    if ps.min() < 0 or ps.max() + 1 >= h:
+        raise SpineprintError(f"cleaning_leak: {ps.max()} regressors leave no residual in a half of {h} volumes")
+    rows = []
+    for rep in range(int(n_repeats)):
+        rng = np.random.default_rng(seed + rep)
+        for p in ps:
+            E = rng.standard_normal((S, T, R))
+            X = rng.standard_normal((S, T, int(p)))
+            for cleaning in ("whole run", "per half"):
+                if cleaning == "whole run":
+                    Y = _residualise(E, X)
+                else:
+                    Y = np.concatenate([_residualise(E[:, :h], X[:, :h]), _residualise(E[:, h:], X[:, h:])], axis=1)
+                a, b = fp.split_half(Y, axis=1)
+                fc = [np.stack([np.corrcoef(s.T) for s in half]) for half in (a, b)]
+                res = fingerprint_connectomes(*fc)
+                rho = np.mean([split_half_coupling(x, clean_halves=cleaning == "per half")["rho"] for x in X])
+                rows.append({"n_regressors": int(p), "cleaning": cleaning, "repeat": rep,
+                             "identification": res["identification"], "idiff": res["idiff"],
+                             "chance": res["chance"], "rho": float(rho)})
+    return pd.DataFrame(rows)

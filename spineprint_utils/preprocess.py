@@ -146,6 +146,7 @@ RUN_DEFAULTS = {
     "distortion": True,
     "registration": True,
     "hr_rvt": False,
+    "clean_halves": False,
 }
 
 #: fewest degrees of freedom the nuisance regression may keep (volumes minus the linear trend
@@ -165,7 +166,7 @@ QC_COLUMNS = [
     "run", "subject", "session", "n_volumes", "tr_s", "tsnr_pre_cord", "tsnr_post_cord", "mean_fd_mm", "max_fd_mm",
     "n_spikes", "heart_rate_bpm", "respiratory_rate_bpm", "physio_model_applied", "physio_model",
     "var_motion_pct", "var_physio_pct", "var_csf_pct", "var_spikes_pct", "var_filter_pct", "var_total_pct",
-    "n_regressors", "dof_remaining", "mask_source", "distortion_correction", "registration", "t2w_pam50_dice",
+    "n_regressors", "dof_remaining", "clean_halves", "mask_source", "distortion_correction", "registration", "t2w_pam50_dice",
     "func_t2w_cord_dice", "regions_in_cord_pct",
     "runtime_s",
 ]
@@ -958,7 +959,8 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
                    motion_reference="mean", cardiac_order=4, respiratory_order=4, interaction_order=(2, 2),
                    n_csf_components=5, spike_threshold=0.5, motion_regressors=True, high_pass=0.01, low_pass=0.13,
                    strategy=denoise.STRATEGY_DEFAULT, mask_img=None, csf_mask_img=None, anatomy="auto", repetition_time=None, slice_timing=None,
-                   figures=True, overwrite=False, distortion=True, registration=True, hr_rvt=False) -> dict:
+                   figures=True, overwrite=False, distortion=True, registration=True, hr_rvt=False,
+                   clean_halves=False) -> dict:
     """Preprocess one BOLD run into BIDS derivatives.
 
     Parameters
@@ -1023,6 +1025,17 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         (Birn et al. 2006) convolved with the respiration response function (Birn et al.
         2008, NeuroImage 40:644), from :func:`spineprint_utils.physio.hr_rvt_regressors`;
         listed in the confounds as ``physio_hr_crf_slice*`` / ``physio_rvt_rrf_slice*``.
+    clean_halves : bool
+        Fit the nuisance model (detrend, band-pass of data and regressors, regression)
+        separately on each half of the run (:func:`spineprint_utils.denoise.half_blocks`)
+        and write the two independently cleaned halves one after the other, for the
+        within-session split-half design: a fit over the whole run makes the two halves'
+        residuals depend on each other and manufactures split-half similarity even in
+        pure noise (:func:`spineprint_utils.drivers.cleaning_leak`). The regressors
+        themselves (motion estimates, aCompCor components) are still computed on the whole
+        run. Recorded as ``"clean_halves": true`` in the sidecar's ``Parameters`` and in the
+        QC row (``clean_halves``); the degrees-of-freedom minimum :data:`MIN_DOF` applies
+        to each half. Default False.
 
     Returns
     -------
@@ -1050,6 +1063,9 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     }
     if hr_rvt:  # in the key only when switched on: existing derivatives stay valid
         params["hr_rvt"] = True
+    if clean_halves:  # likewise
+        params["clean_halves"] = True
+    T_fit = None  # volumes per independent fit (the run, or each half), set once T is known
     native_params = {k: v for k, v in (("distortion", bool(distortion)), ("registration", bool(registration)))
                      if v != _NATIVE_DEFAULTS[k]}  # in the key only when changed: existing derivatives stay valid
     params_key = json.loads(json.dumps({**params, **native_params, "mask_img": str(mask_img), "csf_mask_img": str(csf_mask_img),
@@ -1081,9 +1097,10 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
                         else (None, None, []))
     notes += bp_notes
     need = denoise.filter_min_volumes(tr, hp, lp)
-    if T < need:
-        msg = (f"{bold_path.name}: band-pass filter NOT applied: {T} volumes are too few for the zero-phase "
-               f"Butterworth filter (needs {need})")
+    T_fit = T // 2 if clean_halves else T
+    if T_fit < need:
+        msg = (f"{bold_path.name}: band-pass filter NOT applied: {T_fit} volumes{' per half' if clean_halves else ''} "
+               f"are too few for the zero-phase Butterworth filter (needs {need})")
         warnings.warn(msg, stacklevel=2)
         notes.append(msg)
         hp = lp = None
@@ -1100,10 +1117,11 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     # only after motion correction, can only lower it); at or below MIN_DOF the fit is (nearly) exact
     # and the "cleaned" run a constant. The band-pass lowers the effective dof further
     # (denoise.effective_dof, reported and warned about below, not refused).
-    dof_planned = float(T) - 2.0 - n_planned
+    dof_planned = float(T_fit) - 2.0 - n_planned
     if dof_planned <= MIN_DOF:
         raise SpineprintError(
-            f"{bold_path}: run too short for the requested cleaning: {T} volumes (TR {tr:g} s) leave "
+            f"{bold_path}: run too short for the requested cleaning: {T_fit} volumes{' per half' if clean_halves else ''}"
+            f" (TR {tr:g} s; clean_halves={bool(clean_halves)}) leave "
             f"{dof_planned:.0f} degrees of freedom for the regression of {n_planned} regressors per slice and a "
             f"linear trend (minimum {MIN_DOF}); use a longer run or fewer regressors (--no-physio, physio orders, "
             "n_csf_components)")
@@ -1158,14 +1176,15 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     slice_design = np.concatenate([motion_design, phys_design], axis=2)
     shared = np.hstack([csf_comps, spikes])
     n_reg = slice_design.shape[2] + shared.shape[1]
-    dof = denoise.effective_dof(T, n_reg, t_r=tr, high_pass=hp, low_pass=lp)
-    if dof < max(10.0, 0.1 * T):
+    dof = denoise.effective_dof(T_fit, n_reg, t_r=tr, high_pass=hp, low_pass=lp)
+    if dof < max(10.0, 0.1 * T_fit):
         msg = (f"{bold_path.name}: only {dof:.0f} degrees of freedom left after the band-pass and {n_reg} "
-               f"regressors ({T} volumes): the cleaned signal is unreliable; use fewer regressors or a longer run")
+               f"regressors ({T_fit} volumes{' per half' if clean_halves else ''}): the cleaned signal is unreliable; "
+               "use fewer regressors or a longer run")
         warnings.warn(msg, stacklevel=2)
         notes.append(msg)
     clean = denoise.slicewise_regression(moco, slice_design, shared, t_r=tr, high_pass=hp, low_pass=lp,
-                                         strategy=strategy)
+                                         strategy=strategy, clean_halves=bool(clean_halves))
     tsnr_post = tsnr(clean)
     var = denoise.variance_removed(moco, cord, {"motion": motion_design, "physio": phys_design, "csf": csf_comps,
                                                 "spikes": spikes}, t_r=tr, high_pass=hp, low_pass=lp,
@@ -1190,6 +1209,8 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
                                 if strategy == "sequential" else
                                 "band-pass of data and regressors, then regression (Lindquist 2019)")}
         if (hp or lp) else "none",
+        "FitBlocks": ("each half of the run cleaned separately (volumes 0..T//2-1 and T//2..T-1)"
+                      if clean_halves else "the whole run"),
         "Notes": notes,
     }
     ents = bids_entities(run_prefix(bold_path))
@@ -1205,7 +1226,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         else float("nan"),
         "physio_model_applied": "yes" if applied else "no", "physio_model": phys_desc,
         **{f"var_{k}_pct": float(v) for k, v in var.items()},
-        "n_regressors": int(n_reg), "dof_remaining": float(dof),
+        "n_regressors": int(n_reg), "dof_remaining": float(dof), "clean_halves": bool(clean_halves),
         "mask_source": mask_source, "distortion_correction": dist_status, "registration": reg_status,
         "t2w_pam50_dice": native["dice"] if native is not None else float("nan"),
         "func_t2w_cord_dice": native["func_dice"] if native is not None else float("nan"),
@@ -1502,6 +1523,8 @@ def _cli(args) -> int:
         params["registration"] = False
     if args.hr_rvt:
         params["hr_rvt"] = True
+    if args.clean_halves:
+        params["clean_halves"] = True
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"\d+ of \d+ run\(s\) failed")  # summarised below
         out = preprocess_dataset(args.bids_dir, args.out, participants=args.participant_label, n_jobs=args.n_jobs,
@@ -1548,6 +1571,9 @@ def register_cli(subparsers) -> None:
     p.add_argument("--no-motion", action="store_true", help="skip motion correction")
     p.add_argument("--hr-rvt", action="store_true",
                    help="add heart-rate (CRF) and respiration-volume (RRF) regressors to the physio model")
+    p.add_argument("--clean-halves", action="store_true",
+                   help="fit the nuisance cleaning separately on each half of every run (for the within-session "
+                        "split-half design; default: the whole run)")
     p.add_argument("--no-distortion", action="store_true",
                    help="skip susceptibility distortion correction (done when fmap/*_epi pairs exist)")
     p.add_argument("--no-registration", action="store_true",

@@ -200,3 +200,35 @@ def test_spike_regressors_one_hot_and_power_neighbours():
     assert np.array_equal(np.flatnonzero(pw.sum(1)), [1, 2, 3, 4, 6, 7])
     assert np.array_equal(pw.sum(0), np.ones(6)) and np.array_equal(pw.sum(1), [0, 1, 1, 1, 1, 0, 1, 1])
     assert denoise.spike_regressors(fd, None).shape == (8, 0)
+
+
+def test_clean_halves_cleans_each_half_on_its_own_as_nilearn():
+    """clean_halves=True = nilearn.signal.clean applied to each half with that half's rows of the
+    design (a spike column constant within a half is dropped there); the whole-run fit differs."""
+    from nilearn.signal import clean
+
+    rng = np.random.default_rng(12)
+    X, Y, Z, T = 2, 2, 2, 121  # odd T: the middle volume goes with the second block
+    data = rng.normal(size=(X, Y, Z, T)) + 10
+    slice_design = rng.normal(size=(Z, T, 2))
+    shared = np.column_stack([rng.normal(size=T), np.eye(T)[:, 5]])  # a spike in the first half only
+    kw = dict(t_r=1.0, high_pass=0.01, low_pass=0.13, keep_mean=False)
+    out = denoise.slicewise_regression(data, slice_design, shared, clean_halves=True, **kw)
+    whole = denoise.slicewise_regression(data, slice_design, shared, **kw)
+    assert [(b.start, b.stop) for b in denoise.half_blocks(T)] == [(0, 60), (60, 121)]
+    for z in range(Z):
+        Yz = data[:, :, z, :].reshape(-1, T).T
+        C = np.hstack([slice_design[z], shared])
+        for rows in (np.arange(0, 60), np.arange(60, T)):
+            Cb = C[rows][:, np.ptp(C[rows], axis=0) > 0]
+            ref = clean(Yz[rows], confounds=Cb, detrend=True, standardize=None, filter="butterworth",
+                        low_pass=0.13, high_pass=0.01, t_r=1.0)
+            np.testing.assert_allclose(out[:, :, z, rows].reshape(-1, rows.size).T, ref, atol=1e-4)
+    assert not np.allclose(out, whole, atol=1e-2)
+    # keep_mean keeps each half's own mean
+    kept = denoise.slicewise_regression(data, slice_design, shared, clean_halves=True)
+    for b in denoise.half_blocks(T):
+        np.testing.assert_allclose(kept[..., b].mean(-1), data[..., b].mean(-1), atol=1e-3)
+    # a half too short for the filter is refused with the number of volumes of the half
+    with pytest.raises(SpineprintError, match="half has 20"):
+        denoise.slicewise_regression(data[..., :40], t_r=1.0, high_pass=0.01, low_pass=0.13, clean_halves=True)

@@ -400,3 +400,31 @@ def test_qc_dof_counts_the_filter_and_every_regressor(sim, deriv):
             assert row["n_regressors"] > 32  # RETROICOR 4/4/(2x2) alone is 32 per slice
         if row["dof_remaining"] < max(10, 0.1 * row["n_volumes"]):
             assert any("degrees of freedom" in m and row["run"] in m for m in messages)
+
+
+def test_clean_halves_recorded_keyed_and_refused_when_a_half_is_too_short(sim, tmp_path):
+    """clean_halves fits the cleaning on each half (the derivative differs from the whole-run
+    one, and is its own completion key), is recorded in the sidecar, the confounds JSON and the
+    QC row, and is refused when a half keeps too few degrees of freedom (MIN_DOF) although the
+    whole run would be accepted."""
+    out = tmp_path / "d"
+    bold = sim / "sub-02/ses-01/func" / f"{_prefix('02')}_bold.nii.gz"  # no physio: 2 motion + CSF
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = preprocess.preprocess_run(bold, out, figures=False, n_csf_components=2)
+        whole_data = np.asarray(nib.load(whole["preproc"]).dataobj)
+        halves = preprocess.preprocess_run(bold, out, figures=False, n_csf_components=2, clean_halves=True)
+        again = preprocess.preprocess_run(bold, out, figures=False, n_csf_components=2, clean_halves=True)
+    assert not halves["skipped"] and again["skipped"]
+    half_data = np.asarray(nib.load(halves["preproc"]).dataobj)
+    assert half_data.shape == whole_data.shape and not np.allclose(half_data, whole_data, atol=1e-2)
+    assert halves["qc_row"]["clean_halves"] is True and whole["qc_row"]["clean_halves"] is False
+    meta = json.loads(halves["preproc"].with_name(halves["preproc"].name.replace(".nii.gz", ".json")).read_text())
+    assert meta["Parameters"]["clean_halves"] is True
+    conf_meta = json.loads(halves["confounds"].with_suffix(".json").read_text())
+    assert conf_meta["FitBlocks"].startswith("each half")
+    # 120 volumes: 60 per half - 2 (trend) - 2 (motion) - 46 (CSF) = 10 <= MIN_DOF; the whole run keeps 70
+    n_csf = N_VOL // 2 - 4 - preprocess.MIN_DOF
+    with pytest.raises(SpineprintError, match=r"60 volumes per half.*clean_halves=True"):
+        preprocess.preprocess_run(bold, tmp_path / "short", figures=False, n_csf_components=n_csf, clean_halves=True)
+    _assert_no_outputs(bold, tmp_path / "short")
