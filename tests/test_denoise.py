@@ -212,7 +212,7 @@ def test_clean_halves_cleans_each_half_on_its_own_as_nilearn():
     data = rng.normal(size=(X, Y, Z, T)) + 10
     slice_design = rng.normal(size=(Z, T, 2))
     shared = np.column_stack([rng.normal(size=T), np.eye(T)[:, 5]])  # a spike in the first half only
-    kw = dict(t_r=1.0, high_pass=0.01, low_pass=0.13, keep_mean=False)
+    kw = {"t_r": 1.0, "high_pass": 0.01, "low_pass": 0.13, "keep_mean": False}
     out = denoise.slicewise_regression(data, slice_design, shared, clean_halves=True, **kw)
     whole = denoise.slicewise_regression(data, slice_design, shared, **kw)
     assert [(b.start, b.stop) for b in denoise.half_blocks(T)] == [(0, 60), (60, 121)]
