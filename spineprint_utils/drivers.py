@@ -1087,10 +1087,19 @@ def plot_physio_caution(table):
 
 # ============================================================ a spine-print made by the cleaning
 def _residualise(E, X):
-    """OLS residuals of every column of ``E`` (S, n, R) on ``[1, X]`` (S, n, P), subject by subject."""
+    """OLS residuals of every column of ``E`` (S, n, R) on ``[1, X]`` (S, n, P), subject by subject,
+    and the residual-forming matrices ``I - Q Q'`` (S, n, n)."""
     ones = np.ones(X.shape[:2] + (1,))
     Q = np.linalg.qr(np.concatenate([ones, X], axis=2))[0]
-    return E - Q @ (np.swapaxes(Q, 1, 2) @ E)
+    M = np.eye(X.shape[1]) - Q @ np.swapaxes(Q, 1, 2)
+    return M @ E, M
+
+
+def _batch_corr(Y):
+    """Pearson correlation matrices of (S, n, R) series over axis 1 -> (S, R, R)."""
+    Z = Y - Y.mean(axis=1, keepdims=True)
+    Z = Z / np.linalg.norm(Z, axis=1, keepdims=True)
+    return np.swapaxes(Z, 1, 2) @ Z
 
 
 def split_half_coupling(design, *, clean_halves: bool = False) -> dict:
@@ -1186,10 +1195,11 @@ def cleaning_leak(n_regressors, *, n_volumes: int = 150, n_regions: int = 24, n_
     pandas.DataFrame
         One row per (P, cleaning, repeat): ``n_regressors``, ``cleaning`` (``"whole run"``
         or ``"per half"``), ``repeat``, ``identification`` (fraction), ``idiff``, ``chance``
-        and ``rho`` (the closed-form coupling of :func:`split_half_coupling`, mean over
+        and ``rho`` (the closed-form coupling ``cov / sqrt(var_a var_b)`` of
+        :func:`split_half_coupling`, from the same residual-forming matrices, mean over
         subjects).
     """
-    from . import fingerprint as fp
+    from . import denoise
 
     ps = np.atleast_1d(np.asarray(n_regressors, dtype=int))
     T, R, S = int(n_volumes), int(n_regions), int(n_subjects)
@@ -1200,6 +1210,7 @@ def cleaning_leak(n_regressors, *, n_volumes: int = 150, n_regions: int = 24, n_
     if ps.min() < 0 or ps.max() + 1 >= h:
         raise SpineprintError(f"cleaning_leak: {ps.max()} regressors leave no residual in a half of {h} volumes")
     rows = []
+    a, b = np.arange(h), np.arange(T - h, T)  # the halves of fingerprint.split_half
     for rep in range(int(n_repeats)):
         rng = np.random.default_rng(seed + rep)
         for p in ps:
@@ -1207,14 +1218,17 @@ def cleaning_leak(n_regressors, *, n_volumes: int = 150, n_regions: int = 24, n_
             X = rng.standard_normal((S, T, int(p)))
             for cleaning in ("whole run", "per half"):
                 if cleaning == "whole run":
-                    Y = _residualise(E, X)
-                else:
-                    Y = np.concatenate([_residualise(E[:, :h], X[:, :h]), _residualise(E[:, h:], X[:, h:])], axis=1)
-                a, b = fp.split_half(Y, axis=1)
-                fc = [np.stack([np.corrcoef(s.T) for s in half]) for half in (a, b)]
-                res = fingerprint_connectomes(*fc)
-                rho = np.mean([split_half_coupling(x, clean_halves=cleaning == "per half")["rho"] for x in X])
+                    Y, M = _residualise(E, X)
+                else:  # the same fit on each row block of denoise.half_blocks
+                    M = np.zeros((S, T, T))
+                    Y = np.empty_like(E)
+                    for blk in denoise.half_blocks(T):
+                        Y[:, blk], M[:, blk, blk] = _residualise(E[:, blk], X[:, blk])
+                res = fingerprint_connectomes(_batch_corr(Y[:, a]), _batch_corr(Y[:, b]))
+                # closed form of split_half_coupling from the same residual-forming matrices
+                cov = (M[:, a][:, :, b] ** 2).sum(axis=(1, 2))
+                var = np.sqrt((M[:, a][:, :, a] ** 2).sum(axis=(1, 2)) * (M[:, b][:, :, b] ** 2).sum(axis=(1, 2)))
                 rows.append({"n_regressors": int(p), "cleaning": cleaning, "repeat": rep,
                              "identification": res["identification"], "idiff": res["idiff"],
-                             "chance": res["chance"], "rho": float(rho)})
+                             "chance": res["chance"], "rho": float(np.mean(cov / var))})
     return pd.DataFrame(rows)
