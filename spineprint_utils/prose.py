@@ -144,12 +144,17 @@ def readable(table):
     -------
     pandas.DataFrame
     """
+    import pandas as pd
+
     def words(label):
         return label.replace("_", " ") if isinstance(label, str) else label
 
     out = table.copy()
     out.columns = out.columns.map(lambda c: tuple(words(x) for x in c) if isinstance(c, tuple) else words(c))
     out.columns.names = [words(n) for n in out.columns.names]
-    out.index = out.index.map(lambda i: tuple(words(x) for x in i) if isinstance(i, tuple) else words(i))
-    out.index.names = [words(n) for n in table.index.names]
+    names = [words(n) for n in table.index.names]
+    if isinstance(table.index, pd.MultiIndex):
+        out.index = pd.MultiIndex.from_tuples([tuple(words(x) for x in i) for i in table.index], names=names)
+    else:
+        out.index = pd.Index([words(i) for i in table.index], name=names[0])
     return out

@@ -21,6 +21,13 @@ chapter 4 pairs what the dataset has and says which pairing it used; chapters 00
 (which keep the simulated study on purpose) say so in a sentence naming the dataset; chapter 3
 draws the native-space regions on the run's own mean image. The raw dataset is byte-identical
 after the build (every file outside ``derivatives/spineprint``, the pipeline's own output).
+
+Cost (3 December 2026, 2-core machine shared with other jobs, fresh cache, this file alone with
+test_notebook_format/test_params/test_course/test_layout): fixture set-up 160 s (no session,
+including the simulation of the default study for chapters 00/04b and chapter 5's sweep points)
++ 106 s (native space, with the HTML build) wall; 162 s CPU (user + system) for the whole
+pytest process and its kernels. After ``tests/test_book.py`` in the same session the default
+study and chapter 5's points come from the cache.
 """
 
 from __future__ import annotations

@@ -343,5 +343,8 @@ def test_table_helpers_change_labels_not_values():
     out = prose.readable(df)
     assert list(out.columns) == ["tsnr pre cord", "mean fd mm"] and out.index.name == "run name"
     assert (out.to_numpy() == df.to_numpy()).all() and list(df.columns) == ["tsnr_pre_cord", "mean_fd_mm"]
+    multi = df.set_index(pd.MultiIndex.from_tuples([("n_volumes", 1.0), ("n_volumes", 2.0)], names=["param_name", None]))
+    out = prose.readable(multi)
+    assert list(out.index) == [("n volumes", 1.0), ("n volumes", 2.0)] and list(out.index.names) == ["param name", None]
     html = prose.text_table(df).data
     assert 'class="dataframe text-table"' in html and "1.5" in html
