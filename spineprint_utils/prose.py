@@ -5,7 +5,7 @@ Glued sentences read "1 run" and "2 runs", never "run(s)".
 
 from __future__ import annotations
 
-__all__ = ["plural", "count", "own_dataset_note", "KEEPS_SIMULATION"]
+__all__ = ["plural", "count", "own_dataset_note", "KEEPS_SIMULATION", "no_ground_truth", "skipped"]
 
 
 def plural(n: int, singular: str, plural_form: str | None = None) -> str:
@@ -92,6 +92,36 @@ def own_dataset_note(description: dict, chapter: str) -> str:
             f"{description['facts']}. The "
             f"acquisition, preprocessing, connectivity and fingerprinting chapters use it; "
             f"{KEEPS_SIMULATION[chapter]}.")
+
+
+def no_ground_truth(comparison: str) -> str:
+    """The sentence a chapter shows instead of a comparison with the simulator's planted
+    signals when the book runs on a recorded dataset (markdown), so that no "nan" is printed.
+
+    Parameters
+    ----------
+    comparison : str
+        What would be compared, as the subject of the sentence (``"the comparison of the
+        recovered translations with the planted motion"``).
+    """
+    text = str(comparison)
+    return (f"{text[:1].upper()}{text[1:]} needs a simulated study: this dataset has no ground "
+            f"truth (the simulator's `derivatives/groundtruth`), so it is not made here.")
+
+
+def skipped(section: str, reason: str) -> str:
+    """The sentence a chapter shows in place of the results of a section that did not run
+    (markdown), e.g. ``skipped("the native-space demo", "`native_demo = False`")``.
+
+    Parameters
+    ----------
+    section : str
+        The section, as the subject of the sentence.
+    reason : str
+        Why it did not run (a parameter setting, missing data).
+    """
+    text = str(section)
+    return f"*{text[:1].upper()}{text[1:]} did not run in this build: {reason}.*"
 
 
 def run_label(name: str) -> str:

@@ -110,6 +110,30 @@ def _glued(nb_path: Path, name: str) -> str:
     raise AssertionError(f"{nb_path.name}: nothing glued as {name!r}")
 
 
+NAN = re.compile(r"\bnan\b", re.IGNORECASE)
+
+
+def _nan_shown(executed: Path) -> list[str]:
+    """Where an executed notebook shows "nan" as a number to the reader: a glued value
+    (what ``{glue:text}`` prints on the page) or a Markdown output (a sentence displayed by a
+    ``remove-input`` cell). A dataset without ground truth gets a sentence saying so, never a
+    "nan"."""
+    hits = []
+    for nb_path in sorted(executed.glob("*.ipynb")):
+        nb = nbformat.read(str(nb_path), as_version=4)
+        for cell in nb.cells:
+            for out in cell.get("outputs", []):
+                data = out.get("data", {})
+                name = out.get("metadata", {}).get("scrapbook", {}).get("name")
+                texts = [str(data.get("text/markdown", ""))]
+                if name:  # myst_nb.glue(..., display=False) under papermill: a record
+                    texts += [str(v) for k, v in data.items() if k.endswith("text/plain")]
+                for text in texts:
+                    if NAN.search(text):
+                        hits.append(f"{nb_path.stem}: {name or cell.get('id')}: {text[:80]!r}")
+    return hits
+
+
 @pytest.fixture(scope="module")
 def no_session_book(tmp_path_factory, shared_data):
     tmp = tmp_path_factory.mktemp("book_nosession")
@@ -145,6 +169,8 @@ def test_no_session_dataset_builds_every_notebook(no_session_book):
     # the pipeline chapters processed the user's runs (qc.tsv lists them, all ok)
     qc = (bids / "derivatives" / "spineprint" / "qc.tsv").read_text()
     assert qc.count("_acq-") == 4
+    # no ground truth in a recorded dataset: the chapters say so instead of printing "nan"
+    assert _nan_shown(executed) == []
 
 
 def test_native_space_dataset_builds_the_book(native_book):
@@ -168,6 +194,7 @@ def test_native_space_dataset_builds_the_book(native_book):
     for p in html.rglob("*.html"):
         text = p.read_text(errors="replace")
         assert "Traceback (most recent call last)" not in text, p.name
+    assert _nan_shown(executed) == []
 
 
 def test_a_dataset_without_runs_fails_with_one_line_naming_it(tmp_path, shared_data):
