@@ -19,7 +19,10 @@ papermill on both datasets; the HTML (``jupyter-book build -W``) is built for th
 keep both builds within a few minutes in CI. Checked on the executed notebooks / pages:
 chapter 4 pairs what the dataset has and says which pairing it used; chapters 00, 04b and 05
 (which keep the simulated study on purpose) say so in a sentence naming the dataset; chapter 3
-draws the native-space regions on the run's own mean image. The raw dataset is byte-identical
+draws the native-space regions on the run's own mean image; no page shows a "nan" (a recorded
+dataset has no ground truth: the chapters say so) and every ``{glue:}`` reference of the
+parameter branch that ran has its value (chapter 2 with ``native_demo: false`` on the
+no-session build); chapter 1 names the dataset, not its local path. The raw dataset is byte-identical
 after the build (every file outside ``derivatives/spineprint``, the pipeline's own output).
 
 Cost (3 December 2026, 2-core machine shared with other jobs, fresh cache, this file alone with
@@ -134,6 +137,33 @@ def _nan_shown(executed: Path) -> list[str]:
     return hits
 
 
+GLUE_REF = re.compile(r"\{glue(?::\w+)?\}`([^`]+)`")
+
+
+def _unresolved_glue(executed: Path) -> list[str]:
+    """Every ``{glue:...}`` reference the HTML build would resolve (in a markdown cell, or in a
+    Markdown output parsed as MyST) whose key the executed notebook did not glue: the page
+    would fail the ``jupyter-book build -W``. Checks the parameter branch that ran (e.g. chapter
+    2 with ``native_demo: false``) without building the HTML."""
+    missing = []
+    for nb_path in sorted(executed.glob("*.ipynb")):
+        nb = nbformat.read(str(nb_path), as_version=4)
+        glued, refs = set(), []
+        for cell in nb.cells:
+            if cell.cell_type == "markdown":
+                refs += GLUE_REF.findall(cell.source)
+            for out in cell.get("outputs", []):
+                name = out.get("metadata", {}).get("scrapbook", {}).get("name")
+                if name:
+                    glued.add(name)
+                refs += GLUE_REF.findall(str(out.get("data", {}).get("text/markdown", "")))
+        for ref in refs:
+            key = ref.split(":")[0]  # key[:format]
+            if "::" not in ref and key not in glued:  # "other.ipynb::key" is another page's
+                missing.append(f"{nb_path.stem}: {key}")
+    return sorted(set(missing))
+
+
 @pytest.fixture(scope="module")
 def no_session_book(tmp_path_factory, shared_data):
     tmp = tmp_path_factory.mktemp("book_nosession")
@@ -163,6 +193,9 @@ def test_no_session_dataset_builds_every_notebook(no_session_book):
         text = _outputs(executed / f"{stem}.ipynb")
         assert OWN_NOTE in text and name in text, stem
         assert "on purpose" in text, stem
+    # chapter 01's sources box names the dataset and its folder, not the builder's local path
+    text = _outputs(executed / "01_acquisition.ipynb")
+    assert f"your dataset {name} (folder ds004386)" in text and str(bids) not in text
     # chapter 00 describes the dataset through the index: both acq- runs of both participants
     text = _outputs(executed / "00_simulated_study.ipynb")
     assert "sub-ZS002_task-rest_acq-manualzshim" in text and "no session level" in text
@@ -171,6 +204,9 @@ def test_no_session_dataset_builds_every_notebook(no_session_book):
     assert qc.count("_acq-") == 4
     # no ground truth in a recorded dataset: the chapters say so instead of printing "nan"
     assert _nan_shown(executed) == []
+    # chapter 2 ran with native_demo, compare_choices and real_run off: its prose needs no
+    # value of the sections that did not run (the HTML build would fail on a missing glue)
+    assert _unresolved_glue(executed) == []
 
 
 def test_native_space_dataset_builds_the_book(native_book):
