@@ -581,3 +581,17 @@ def test_per_half_cleaning_brings_pure_noise_back_to_chance():
     np.testing.assert_allclose(none["idiff"].iloc[0], none["idiff"].iloc[1], atol=1e-9)
     with pytest.raises(SpineprintError, match="no residual"):
         drivers.cleaning_leak(80, n_volumes=150)
+
+
+def test_cleaning_leak_rho_is_the_closed_form_of_its_designs():
+    """cleaning_leak's rho (Gram-matrix shortcut) equals split_half_coupling on the same random
+    designs (drawn as cleaning_leak draws them: noise, then regressors, per repeat seed)."""
+    S, T, R, P = 4, 31, 5, 6  # odd T: the middle volume is in neither half
+    df = drivers.cleaning_leak(P, n_volumes=T, n_regions=R, n_subjects=S, seed=3)
+    rng = np.random.default_rng(3)
+    rng.standard_normal((S, T, R))
+    X = rng.standard_normal((S, T, P))
+    for cleaning, halves in (("whole run", False), ("per half", True)):
+        expect = np.mean([drivers.split_half_coupling(x, clean_halves=halves)["rho"] for x in X])
+        got = df.loc[df["cleaning"] == cleaning, "rho"].item()
+        np.testing.assert_allclose(got, expect, rtol=1e-9, atol=1e-12)
