@@ -1278,7 +1278,7 @@ def plot_cleaning_leak(df):
     axes[1].set_ylabel("$I_{diff}$ (x 100 correlation)")
     for ax in axes:
         ax.set_xlabel("nuisance regressors")
-    axes[0].legend()
+    axes[0].legend(loc="upper left", fontsize="small")
     fig.suptitle("Pure noise, split halves")
     return fig
 
