@@ -60,6 +60,10 @@ from .parallel import parallel_map
 from .plotting import figsize, styled
 
 __all__ = [
+    "cleaning_leak",
+    "cleaning_leak_values",
+    "plot_cleaning_leak",
+    "split_half_coupling",
     "trend_verdict",
     "sweep_trends",
     "BASE_STUDY",
@@ -1088,11 +1092,16 @@ def plot_physio_caution(table):
 # ============================================================ a spine-print made by the cleaning
 def _residualise(E, X):
     """OLS residuals of every column of ``E`` (S, n, R) on ``[1, X]`` (S, n, P), subject by subject,
-    and the residual-forming matrices ``I - Q Q'`` (S, n, n)."""
+    and the orthonormal basis ``Q`` (S, n, P + 1) of the design (residual-forming matrix ``I - Q Q'``)."""
     ones = np.ones(X.shape[:2] + (1,))
     Q = np.linalg.qr(np.concatenate([ones, X], axis=2))[0]
-    M = np.eye(X.shape[1]) - Q @ np.swapaxes(Q, 1, 2)
-    return M @ E, M
+    return E - Q @ (np.swapaxes(Q, 1, 2) @ E), Q
+
+
+def _frob2_block(Qa, n):
+    """``||I_n - Qa Qa'||_F^2`` for (S, n, k) bases: ``n - 2 tr(G) + ||G||_F^2``, ``G = Qa' Qa``."""
+    G = np.swapaxes(Qa, 1, 2) @ Qa
+    return n - 2 * np.trace(G, axis1=1, axis2=2) + (G ** 2).sum(axis=(1, 2))
 
 
 def _batch_corr(Y):
@@ -1218,17 +1227,100 @@ def cleaning_leak(n_regressors, *, n_volumes: int = 150, n_regions: int = 24, n_
             X = rng.standard_normal((S, T, int(p)))
             for cleaning in ("whole run", "per half"):
                 if cleaning == "whole run":
-                    Y, M = _residualise(E, X)
-                else:  # the same fit on each row block of denoise.half_blocks
-                    M = np.zeros((S, T, T))
+                    Y, Q = _residualise(E, X)
+                    Qa, Qb = Q[:, a], Q[:, b]
+                    # off-diagonal block of I - Q Q' is -Qa Qb': sum of squares tr(Qa'Qa Qb'Qb)
+                    cov = np.einsum("sij,sji->s", np.swapaxes(Qa, 1, 2) @ Qa, np.swapaxes(Qb, 1, 2) @ Qb)
+                else:  # the same fit on each row block of denoise.half_blocks: no off-diagonal block
                     Y = np.empty_like(E)
-                    for blk in denoise.half_blocks(T):
-                        Y[:, blk], M[:, blk, blk] = _residualise(E[:, blk], X[:, blk])
+                    blk1, blk2 = denoise.half_blocks(T)
+                    Y[:, blk1], Q1 = _residualise(E[:, blk1], X[:, blk1])
+                    Y[:, blk2], Q2 = _residualise(E[:, blk2], X[:, blk2])
+                    Qa, Qb = Q1, Q2[:, (T - h) - blk2.start:]
+                    cov = np.zeros(S)
                 res = fingerprint_connectomes(_batch_corr(Y[:, a]), _batch_corr(Y[:, b]))
-                # closed form of split_half_coupling from the same residual-forming matrices
-                cov = (M[:, a][:, :, b] ** 2).sum(axis=(1, 2))
-                var = np.sqrt((M[:, a][:, :, a] ** 2).sum(axis=(1, 2)) * (M[:, b][:, :, b] ** 2).sum(axis=(1, 2)))
+                var = np.sqrt(_frob2_block(Qa, h) * _frob2_block(Qb, h))
                 rows.append({"n_regressors": int(p), "cleaning": cleaning, "repeat": rep,
                              "identification": res["identification"], "idiff": res["idiff"],
                              "chance": res["chance"], "rho": float(np.mean(cov / var))})
     return pd.DataFrame(rows)
+
+
+def plot_cleaning_leak(df):
+    """Split-half identification (%) and Idiff of pure noise against the number of regressors.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Rows of :func:`cleaning_leak` (repeats averaged; their minimum and maximum shown as
+        error bars).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels, one line per cleaning (whole run, per half), chance dotted.
+    """
+    import matplotlib.pyplot as plt
+
+    if len(df) == 0:
+        raise SpineprintError("plot_cleaning_leak: empty table")
+    fig, axes = plt.subplots(1, 2, figsize=figsize(1.0, 0.46), constrained_layout=True)
+    for cleaning, sub in df.groupby("cleaning", sort=False):
+        g = sub.groupby("n_regressors")
+        for ax, col, scale in ((axes[0], "identification", 100.0), (axes[1], "idiff", 1.0)):
+            mean, lo, hi = g[col].mean() * scale, g[col].min() * scale, g[col].max() * scale
+            ax.errorbar(mean.index, mean.values, yerr=[mean.values - lo.values, hi.values - mean.values],
+                        marker="o", capsize=3, label=f"cleaned {'over the whole run' if cleaning == 'whole run' else 'per half'}")
+    axes[0].axhline(100 * df["chance"].mean(), color="0.5", lw=1, ls=":", label="chance")
+    axes[1].axhline(0.0, color="0.5", lw=1, ls=":")
+    axes[0].set_ylim(-3, 103)
+    axes[0].set_ylabel("identification rate (%)")
+    axes[1].set_ylabel("$I_{diff}$ (x 100 correlation)")
+    for ax in axes:
+        ax.set_xlabel("nuisance regressors")
+    axes[0].legend(loc="upper left", fontsize="small")
+    fig.suptitle("Pure noise, split halves")
+    return fig
+
+
+def cleaning_leak_values(noise, whole=None, halves=None) -> dict:
+    """The values chapter 5 glues about the split-half leak of the cleaning.
+
+    Parameters
+    ----------
+    noise : pandas.DataFrame
+        Rows of :func:`cleaning_leak`.
+    whole, halves : pandas.DataFrame, optional
+        Rows of :func:`sweep` at the base study, within-session design, preprocessed with the
+        cleaning fitted over the whole run and on each half (``clean_halves=True``), the same
+        repeats (seeds) in both.
+
+    Returns
+    -------
+    dict
+        Means over repeats at the largest number of regressors ``leak_p``:
+        ``leak_whole_id``, ``leak_half_id`` (%), ``leak_whole_idiff``, ``leak_half_idiff``,
+        ``leak_whole_rho`` (closed-form coupling), ``leak_chance`` (%), ``leak_n_repeats``;
+        with *whole*/*halves*: ``study_whole_id``, ``study_half_id`` (%),
+        ``study_whole_idiff``, ``study_half_idiff``, ``study_half_dof`` (effective degrees of
+        freedom per half, QC mean) and ``study_n_repeats``.
+    """
+    if len(noise) == 0:
+        raise SpineprintError("cleaning_leak_values: empty noise table")
+    p = int(noise["n_regressors"].max())
+    at = noise[noise["n_regressors"] == p]
+    w, h = at[at["cleaning"] == "whole run"], at[at["cleaning"] == "per half"]
+    out = {"leak_p": p, "leak_whole_id": float(100 * w["identification"].mean()),
+           "leak_half_id": float(100 * h["identification"].mean()), "leak_whole_idiff": float(w["idiff"].mean()),
+           "leak_half_idiff": float(h["idiff"].mean()), "leak_whole_rho": float(w["rho"].mean()),
+           "leak_chance": float(100 * noise["chance"].mean()), "leak_n_repeats": int(noise["repeat"].nunique())}
+    if whole is not None and halves is not None:
+        if not len(whole) or not len(halves):
+            raise SpineprintError("cleaning_leak_values: empty study table")
+        out.update({"study_whole_id": float(100 * whole["identification"].mean()),
+                    "study_half_id": float(100 * halves["identification"].mean()),
+                    "study_whole_idiff": float(whole["idiff"].mean()), "study_half_idiff": float(halves["idiff"].mean()),
+                    "study_half_dof": float(halves["dof_remaining"].mean()),
+                    "study_whole_dof": float(whole["dof_remaining"].mean()),
+                    "study_n_repeats": int(halves["repeat"].nunique())})
+    return out

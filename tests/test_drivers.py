@@ -581,3 +581,36 @@ def test_per_half_cleaning_brings_pure_noise_back_to_chance():
     np.testing.assert_allclose(none["idiff"].iloc[0], none["idiff"].iloc[1], atol=1e-9)
     with pytest.raises(SpineprintError, match="no residual"):
         drivers.cleaning_leak(80, n_volumes=150)
+
+
+def test_cleaning_leak_rho_is_the_closed_form_of_its_designs():
+    """cleaning_leak's rho (Gram-matrix shortcut) equals split_half_coupling on the same random
+    designs (drawn as cleaning_leak draws them: noise, then regressors, per repeat seed)."""
+    S, T, R, P = 4, 31, 5, 6  # odd T: the middle volume is in neither half
+    df = drivers.cleaning_leak(P, n_volumes=T, n_regions=R, n_subjects=S, seed=3)
+    rng = np.random.default_rng(3)
+    rng.standard_normal((S, T, R))
+    X = rng.standard_normal((S, T, P))
+    for cleaning, halves in (("whole run", False), ("per half", True)):
+        expect = np.mean([drivers.split_half_coupling(x, clean_halves=halves)["rho"] for x in X])
+        got = df.loc[df["cleaning"] == cleaning, "rho"].item()
+        np.testing.assert_allclose(got, expect, rtol=1e-9, atol=1e-12)
+
+
+def test_cleaning_leak_values_and_plot():
+    noise = drivers.cleaning_leak([0, 10], n_volumes=40, n_regions=5, n_subjects=4, n_repeats=2)
+    w = noise[(noise["n_regressors"] == 10) & (noise["cleaning"] == "whole run")]
+    study = pd.DataFrame({"identification": [0.5, 1.0], "idiff": [10.0, 20.0], "dof_remaining": [30.0, 30.0],
+                          "repeat": [0, 1]})
+    halves = study.assign(identification=[0.25, 0.25], idiff=[2.0, 4.0], dof_remaining=[5.0, 7.0])
+    v = drivers.cleaning_leak_values(noise, study, halves)
+    assert v["leak_p"] == 10 and v["leak_n_repeats"] == 2 and v["leak_chance"] == pytest.approx(25.0)
+    assert v["leak_whole_idiff"] == pytest.approx(w["idiff"].mean())
+    assert v["leak_whole_id"] == pytest.approx(100 * w["identification"].mean())
+    assert (v["study_whole_id"], v["study_half_id"], v["study_whole_idiff"], v["study_half_idiff"],
+            v["study_half_dof"], v["study_n_repeats"]) == (75.0, 25.0, 15.0, 3.0, 6.0, 2)
+    assert "study_whole_id" not in drivers.cleaning_leak_values(noise)
+    fig = drivers.plot_cleaning_leak(noise)
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) >= 1
+    with pytest.raises(SpineprintError, match="empty"):
+        drivers.cleaning_leak_values(noise.iloc[:0])

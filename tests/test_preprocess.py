@@ -428,3 +428,25 @@ def test_clean_halves_recorded_keyed_and_refused_when_a_half_is_too_short(sim, t
     with pytest.raises(SpineprintError, match=r"60 volumes per half.*clean_halves=True"):
         preprocess.preprocess_run(bold, tmp_path / "short", figures=False, n_csf_components=n_csf, clean_halves=True)
     _assert_no_outputs(bold, tmp_path / "short")
+
+
+def test_cli_clean_halves_flag_reaches_the_pipeline(monkeypatch, tmp_path):
+    """`spineprint preprocess --clean-halves` passes clean_halves=True; without it nothing is passed
+    (the default, RUN_DEFAULTS["clean_halves"] = False, applies)."""
+    import argparse
+
+    seen = []
+
+    def fake(bids_dir, out, **kw):
+        seen.append(kw)
+        raise SpineprintError("stop here")
+
+    monkeypatch.setattr(preprocess, "preprocess_dataset", fake)
+    parser = argparse.ArgumentParser()
+    preprocess.register_cli(parser.add_subparsers(dest="command"))
+    for argv in (["preprocess", str(tmp_path), "--clean-halves"], ["preprocess", str(tmp_path)]):
+        args = parser.parse_args(argv)
+        with pytest.raises(SpineprintError, match="stop here"):
+            args.func(args)
+    assert seen[0]["clean_halves"] is True and "clean_halves" not in seen[1]
+    assert preprocess.RUN_DEFAULTS["clean_halves"] is False
