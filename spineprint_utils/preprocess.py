@@ -1121,7 +1121,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     if dof_planned <= MIN_DOF:
         raise SpineprintError(
             f"{bold_path}: run too short for the requested cleaning: {T_fit} volumes{' per half' if clean_halves else ''}"
-            f" (TR {tr:g} s; clean_halves={bool(clean_halves)}) leave "
+            f" (TR {tr:g} s{'; clean_halves=True' if clean_halves else ''}) leave "
             f"{dof_planned:.0f} degrees of freedom for the regression of {n_planned} regressors per slice and a "
             f"linear trend (minimum {MIN_DOF}); use a longer run or fewer regressors (--no-physio, physio orders, "
             "n_csf_components)")
