@@ -1278,7 +1278,8 @@ def plot_cleaning_leak(df):
     axes[1].set_ylabel("$I_{diff}$ (x 100 correlation)")
     for ax in axes:
         ax.set_xlabel("nuisance regressors")
-    axes[0].legend(loc="upper left", fontsize="small")
+    # one key for both panels, below them (inside a panel it covered the whole-run curve)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize="small")
     fig.suptitle("Pure noise, split halves")
     return fig
 

@@ -612,5 +612,8 @@ def test_cleaning_leak_values_and_plot():
     assert "study_whole_id" not in drivers.cleaning_leak_values(noise)
     fig = drivers.plot_cleaning_leak(noise)
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) >= 1
+    # one key for both panels, outside them
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["chance", "cleaned over the whole run",
+                                                                  "cleaned per half"]
     with pytest.raises(SpineprintError, match="empty"):
         drivers.cleaning_leak_values(noise.iloc[:0])
