@@ -6,7 +6,6 @@ confounds of a real preprocessing run with each strategy; the header TR is the s
 import json
 import shutil
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from venv_tools import venv_tool
 
 from spineprint_utils import connectivity, derivatives, preprocess, simulate
 
@@ -25,10 +25,7 @@ STUDIES = {
 
 
 def _validator():
-    exe = Path(sys.executable).parent / "bids-validator-deno"
-    if exe.is_file():
-        return [str(exe)]
-    found = shutil.which("bids-validator-deno")
+    found = venv_tool("bids-validator-deno")
     return [found] if found else None
 
 

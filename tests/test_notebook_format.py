@@ -7,13 +7,12 @@ is caught without building the book. Fix with::
     .venv/bin/ruff format --line-length 88 notebooks/
 """
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from venv_tools import venv_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -21,8 +20,7 @@ MAX = 88
 
 
 def _ruff():
-    exe = Path(sys.executable).with_name("ruff")
-    exe = str(exe) if exe.exists() else shutil.which("ruff")
+    exe = venv_tool("ruff")
     if exe is None:
         pytest.skip("ruff not installed (pip install -e '.[test]')")
     return exe

@@ -6,21 +6,19 @@ then checked for what the book needs: the exact tested environment, the book bui
 and the Pages upload of the folder the build writes.
 """
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from venv_tools import venv_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW = ROOT / ".github" / "workflows" / "book.yml"
 
 
 def _linter():
-    exe = Path(sys.executable).with_name("check-jsonschema")
-    exe = str(exe) if exe.exists() else shutil.which("check-jsonschema")
+    exe = venv_tool("check-jsonschema")
     if exe is None:
         pytest.skip("check-jsonschema not installed (pip install -e '.[test]')")
     return exe
