@@ -31,6 +31,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._io import SpineprintError, bids_entities
+from .layout import bids_root  # the dataset index owns it; re-exported here
 
 __all__ = [
     "ATLAS_NAME",
@@ -82,14 +83,6 @@ def run_prefix(bold_path) -> str:
         if name.endswith(suf):
             return name[: -len(suf)]
     raise SpineprintError(f"{bold_path}: not a NIfTI BOLD file name")
-
-
-def bids_root(path) -> Path | None:
-    """The dataset folder above the ``sub-*`` folder of *path* (``None`` outside a dataset)."""
-    for parent in Path(path).parents:
-        if parent.name.startswith("sub-"):
-            return parent.parent
-    return None
 
 
 def _subject_folder(output_dir: Path, ents: dict) -> Path:

@@ -180,10 +180,6 @@ _ALL_SEGMENTS = tuple(f"C{i}" for i in range(1, 9)) + ("T1",)
 run_prefix = derivatives.run_prefix
 
 
-def _bids_root(bold_path: Path) -> Path | None:
-    return layout.bids_root(bold_path)
-
-
 def find_runs(bids_dir, participants=None, include_skipped: bool = False) -> list:
     """The BOLD runs of a BIDS dataset as :class:`spineprint_utils.layout.Run` (the dataset
     index: sessions optional, ``.nii``/``.nii.gz``, hidden files and ``.bidsignore`` skipped,
@@ -330,7 +326,7 @@ def _declared_pam50(bold_path: Path, meta: dict) -> bool:
     for key in ("SpatialReference", "Space", "space"):
         if "pam50" in str(meta.get(key, "")).lower():
             return True
-    root = _bids_root(bold_path)
+    root = layout.bids_root(bold_path)
     if root is not None and (root / "dataset_description.json").is_file():
         with contextlib.suppress(SpineprintError):
             desc = read_json(root / "dataset_description.json")
@@ -702,7 +698,7 @@ def find_anat(bold_path):
     (t2w, seg, None) or (None, None, reason)
     """
     bold_path = Path(bold_path)
-    root = _bids_root(bold_path)
+    root = layout.bids_root(bold_path)
     if root is None:
         return None, None, "not inside a BIDS dataset"
     ents = layout.parse_name(bold_path.name)[0]
@@ -838,7 +834,7 @@ def _registration_step(bold_path: Path, img, mean_img, output_dir: Path, notes: 
 
     from . import xfm
 
-    root = _bids_root(bold_path)
+    root = layout.bids_root(bold_path)
     sub = bids_entities(run_prefix(bold_path)).get("sub")
     epi_warp = xfm.find_given_epi_warp(bold_path, root, sub) if root is not None else None
     t2w, seg, reason = find_anat(bold_path)
@@ -1249,7 +1245,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         fn(*args)
 
     try:
-        root = _bids_root(bold_path)
+        root = layout.bids_root(bold_path)
         raw_uri = derivatives.bids_uri(bold_path, root) if root is not None else f"bids:raw:{bold_path.name}"
 
         def _own(key):  # BIDS URI of one of this run's outputs, inside the derivative dataset
