@@ -1578,7 +1578,7 @@ def _keep_completed_runs(out: Path):
 @guarded_output(_default_out, raw_of=lambda a: a["bids_dir"], keep_of=_keep_completed_runs,
                 option="the preprocessing output folder (--out)")
 def preprocess_dataset(bids_dir, output_dir=None, participants=None, n_jobs: int = 1, scheduler=None,
-                       progress: bool = True, **run_params) -> Path:
+                       progress: bool = True, reports: bool | None = None, **run_params) -> Path:
     """Preprocess every BOLD run of a BIDS dataset (resumable, one run's failure isolated).
 
     Parameters
@@ -1589,6 +1589,13 @@ def preprocess_dataset(bids_dir, output_dir=None, participants=None, n_jobs: int
     participants : sequence of str, optional
     n_jobs, scheduler : see :func:`spineprint_utils.parallel.parallel_map`
     progress : bool
+    reports : bool, optional
+        Build the HTML QC reports (``sub-<label>.html`` per participant and ``group.html``,
+        :func:`spineprint_utils.report.build_reports`) at the end. Default: when the QC figures
+        are drawn (``figures``, default True), since the reports show them. With
+        ``figures=False`` (e.g. a chapter that only needs the cleaned data) the runs still save
+        the figures' inputs, and a later call with ``figures=True`` draws the figures from them
+        without recomputing the runs, then builds the reports.
     **run_params
         Passed to :func:`preprocess_run` (see :data:`RUN_DEFAULTS`).
 
@@ -1645,7 +1652,10 @@ def preprocess_dataset(bids_dir, output_dir=None, participants=None, n_jobs: int
     derivatives.write_bidsignore(out)  # with the other dataset-level files, once runs exist
     from . import report
 
-    report.build_reports(out)  # sub-<label>.html per participant and group.html (spineprint_utils.report)
+    if reports is None:  # the reports show the figures: built when they are drawn
+        reports = bool(run_params.get("figures", True))
+    if reports:
+        report.build_reports(out)  # sub-<label>.html per participant and group.html (spineprint_utils.report)
     return out
 
 
