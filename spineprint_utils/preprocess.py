@@ -96,8 +96,8 @@ from scipy import ndimage
 
 from . import __version__, confounds as confounds_mod, denoise, derivatives, motion
 from . import motion as motion_mod
-from ._io import (SpineprintError, atomic_save_nifti, atomic_write_json, atomic_write_text, bids_entities,
-                  load_nifti, read_json, recorded_warnings, verify_nifti)
+from ._io import (SpineprintError, atomic_save_nifti, atomic_save_npz, atomic_write_json, atomic_write_text,
+                  bids_entities, load_nifti, read_json, recorded_warnings, verify_nifti)
 from . import layout
 from ._outputs import guarded_output
 from .parallel import parallel_map
@@ -962,19 +962,6 @@ _QC_FIGURES_ALWAYS = ("fig_masks", "fig_motion", "fig_tsnr", "fig_carpet", "fig_
 _CARPET_VOXELS = 600
 
 
-def _save_arrays(path, arrays: dict) -> Path:
-    """``np.savez_compressed`` of *arrays* to *path*, atomically (no pickled objects)."""
-    import io
-
-    from ._io import atomic_write
-
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    with atomic_write(path, "wb") as fh:
-        fh.write(buf.getvalue())
-    return Path(path)
-
-
 def _qc_inputs(moco, clean, cord, csf, cord_mean, mean_before, phys_rec, native, field_hz) -> dict:
     """The inputs of the run's QC figures that its other derivatives do not hold (written as
     ``<prefix>_desc-qcinputs_arrays.npz`` whether or not the figures are drawn).
@@ -1063,8 +1050,8 @@ def _draw_qc_figures(outs: dict, keys, row: dict, spike_threshold, write) -> Non
         if key == "fig_funcanat":
             from . import funcreg
 
-            write(key, lambda: funcreg.plot_func_anat_overlay(
-                mean_raw, cord, q["warped_cord"], labels,
+            write(key, functools.partial(
+                funcreg.plot_func_anat_overlay, mean_raw, cord, q["warped_cord"], labels,
                 title=(f"{title}: EPI cord (cyan), T2w cord on the EPI (yellow dashed; Dice "
                        f"{row['func_t2w_cord_dice']:.2f}), horn regions ({row['regions_in_cord_pct']:.0f}% in the "
                        "cord)"), path=path))
@@ -1493,7 +1480,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         # (the reportlets of the participant report, spineprint_utils.report): the same way as later
         qc_arrays = _qc_inputs(moco, clean, cord, csf, cord_mean, mean_before,
                                phys_summary["_recording"] if applied else None, native, field_hz)
-        _w("qcinputs", _save_arrays, outs["qcinputs"], qc_arrays)
+        _w("qcinputs", lambda: atomic_save_npz(outs["qcinputs"], **qc_arrays))
         if figures:
             _draw_qc_figures(outs, [str(k) for k in qc_arrays["figures"]], row, spike_threshold, _w)
         row["runtime_s"] = round(time.perf_counter() - t_start, 2)
