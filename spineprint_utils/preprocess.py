@@ -55,7 +55,10 @@ Outputs (``<prefix>`` = raw name without ``_bold.nii.gz``; every name comes from
   unless ``overwrite``; different parameters recompute the run)
 - ``figures/<prefix>_desc-{masks,motion,tsnr,carpet,confcorr}_qc.png`` and, when applied,
   ``..._desc-physio_qc.png`` / ``..._desc-native_qc.png`` (:mod:`spineprint_utils.qcfigures`,
-  the reportlets of ``sub-<s>.html``, :mod:`spineprint_utils.report`)
+  the reportlets of ``sub-<s>.html``, :mod:`spineprint_utils.report`), and, drawn or not,
+  ``figures/<prefix>_desc-qcinputs_arrays.npz``: the figures' inputs that the other outputs do not
+  hold (:func:`_qc_inputs`), from which a rerun with ``figures=True`` draws missing figures
+  without recomputing the run
 - native-space runs only: ``fmap/<sub>_<ses>_run-<r>_desc-<task>_fieldmap.nii.gz`` (estimated
   field, Hz) + ``_magnitude``, ``func/<prefix>_atlas-PAM50horns_dseg.nii.gz``/``.tsv``
   (regions on the run's grid, ``index``/``name``; used by the connectivity step),
@@ -1157,7 +1160,11 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     repetition_time, slice_timing : optional
         Override the sidecar's ``RepetitionTime`` / ``SliceTiming``.
     figures : bool
-        Write the QC figures.
+        Draw the QC figures (PNG, the reportlets of the participant report). Not part of the
+        completion key: the figures' inputs are saved either way
+        (``<prefix>_desc-qcinputs_arrays.npz``), and a call with ``figures=True`` on a run
+        completed with ``figures=False`` (same parameters) draws the missing figures from the
+        saved files without recomputing the run (``figures_drawn`` in the result).
     overwrite : bool
         Recompute even if the run's completion marker exists.
     distortion : bool
@@ -1197,7 +1204,8 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     -------
     dict
         Output paths (see :func:`run_outputs`) and ``"qc_row"`` (the run's QC dict)
-        and ``"skipped"`` (True when the outputs already existed).
+        and ``"skipped"`` (True when the outputs already existed); for a skipped run,
+        ``"figures_drawn"`` (the figure keys drawn now from the saved inputs, often none).
 
     Raises
     ------
