@@ -185,3 +185,14 @@ def test_a_failure_beside_another_notebook_keeps_the_other_and_names_itself(tiny
     assert (out / "source" / "notebooks" / "a.ipynb").is_file()  # the running one finished
     assert not (out / "source" / "notebooks" / "b.ipynb").exists()
     assert not list((out / "source" / "notebooks").glob(".*running*"))
+
+
+def test_available_cpus_follows_the_affinity_not_the_host():
+    # a process pinned to one CPU (taskset, Binder) gets 1, whatever os.cpu_count() says
+    code = "from spineprint_utils.parallel import available_cpus; print(available_cpus())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          preexec_fn=lambda: __import__("os").sched_setaffinity(0, {0}))
+    assert proc.stdout.strip() == "1"
+    from spineprint_utils.parallel import available_cpus
+
+    assert 1 <= available_cpus() <= len(__import__("os").sched_getaffinity(0))
