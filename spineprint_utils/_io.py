@@ -279,9 +279,22 @@ def load_nifti(path, ndim: int | None = None, finite: bool = False, dtype=np.flo
         raise SpineprintError(f"{path}: NIfTI file not found")
     try:
         img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=dtype)
         if path.name.endswith(".gz"):
-            _verify_gzip(path)
+            # one decompression pass that also checks the gzip CRC-32 and length trailer (see
+            # _verify_gzip: nibabel alone never reaches it), instead of nibabel's pass plus a
+            # verification pass; the voxels are then read from the decompressed bytes the way
+            # nibabel reads them (the header's offset, dtype, shape and scaling)
+            import io
+
+            raw = gzip.decompress(path.read_bytes())
+            prx = img.dataobj
+            with io.BytesIO(raw) as fh:
+                same = nib.arrayproxy.ArrayProxy(fh, (prx.shape, prx.dtype, prx.offset, prx.slope, prx.inter),
+                                                 order=prx.order)
+                data = np.asarray(same, dtype=dtype)
+            del raw, same
+        else:
+            data = np.asarray(img.dataobj, dtype=dtype)
     except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as exc:
         raise SpineprintError(f"{path}: corrupt or truncated NIfTI file ({exc})") from None
     if ndim is not None and data.ndim != ndim:
