@@ -178,21 +178,24 @@ def atomic_save_nifti(img, path, compresslevel: int = 6) -> Path:
     return path
 
 
-def atomic_save_npz(path, **arrays) -> Path:
+def atomic_save_npz(path, compressed: bool = True, **arrays) -> Path:
     """``numpy.savez_compressed`` through an atomic rename, byte-reproducible.
 
     ``np.savez_compressed`` stamps every zip member with the current time, so
     the same arrays saved a second later give different bytes. Here each array
     is written as ``<name>.npy`` (``numpy.lib.format``) into a deflated zip
     member dated 1980-01-01 (the zip epoch); ``numpy.load`` reads it as usual.
+    ``compressed=False`` stores the members (``numpy.savez``): for arrays that
+    barely compress (noise), deflating costs CPU for a few % of bytes.
     """
     import zipfile
 
+    method = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
     with atomic_write(path, "wb") as fh:
-        with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+        with zipfile.ZipFile(fh, mode="w", compression=method, allowZip64=True) as zf:
             for name, value in arrays.items():
                 info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
+                info.compress_type = method
                 info.external_attr = 0o644 << 16
                 with zf.open(info, "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=True)

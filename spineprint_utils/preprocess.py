@@ -1488,7 +1488,7 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         # (the reportlets of the participant report, spineprint_utils.report): the same way as later
         qc_arrays = _qc_inputs(moco, clean, cord, csf, cord_mean, mean_before,
                                phys_summary["_recording"] if applied else None, native, field_hz)
-        _w("qcinputs", lambda: atomic_save_npz(outs["qcinputs"], **qc_arrays))
+        _w("qcinputs", lambda: atomic_save_npz(outs["qcinputs"], compressed=False, **qc_arrays))  # ~noise: stored
         if figures:
             _draw_qc_figures(outs, [str(k) for k in qc_arrays["figures"]], row, spike_threshold, _w)
         row["runtime_s"] = round(time.perf_counter() - t_start, 2)
