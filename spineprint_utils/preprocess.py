@@ -103,7 +103,7 @@ from ._io import (SpineprintError, atomic_save_nifti, atomic_save_npz, atomic_wr
                   bids_entities, load_nifti, read_json, recorded_warnings, verify_nifti)
 from . import layout
 from ._outputs import guarded_output
-from .parallel import parallel_map
+from .parallel import available_cpus, parallel_map
 
 __all__ = [
     "RUN_DEFAULTS",
@@ -1582,7 +1582,9 @@ def preprocess_dataset(bids_dir, output_dir=None, participants=None, n_jobs: int
     output_dir : path-like, optional
         Default ``<bids_dir>/derivatives/spineprint``.
     participants : sequence of str, optional
-    n_jobs, scheduler : see :func:`spineprint_utils.parallel.parallel_map`
+    n_jobs, scheduler : see :func:`spineprint_utils.parallel.parallel_map`; local worker processes
+        are capped at the CPUs this process may use (:func:`spineprint_utils.parallel.available_cpus`:
+        on a one-CPU Binder session extra workers would only add their start-up cost).
     progress : bool
     reports : bool, optional
         Build the HTML QC reports (``sub-<label>.html`` per participant and ``group.html``,
@@ -1631,6 +1633,8 @@ def preprocess_dataset(bids_dir, output_dir=None, participants=None, n_jobs: int
                          "Parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()}}],
     }
     atomic_write_json(out / "dataset_description.json", desc)
+    if n_jobs is not None and int(n_jobs) > 1:
+        n_jobs = min(int(n_jobs), available_cpus())
     rows = parallel_map(functools.partial(_run_one, output_dir=out, params=params), runs, n_jobs=n_jobs,
                         scheduler=scheduler, desc="preprocess", progress=progress)
     qc = _dataset_qc(rows)
