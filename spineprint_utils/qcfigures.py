@@ -166,10 +166,15 @@ def motion_figure(table, path, title, threshold=None):
     fig = _figure(7.5, 5.0, left=0.8, hspace=0.15, top=0.45)
     axes = fig.subplots(3, 1, sharex=True)
     cmap = colormaps["viridis"]
+    from matplotlib.collections import LineCollection
+
     for k, ax_name in enumerate("xy"):
         cols = sorted(c for c in table.columns if c.startswith(f"trans_{ax_name}_slice"))
-        for i, c in enumerate(cols):
-            axes[k].plot(table[c].to_numpy(), color=cmap(i / max(len(cols) - 1, 1)), lw=0.7)
+        if cols:  # one artist for every slice's line (drawn in slice order, as separate lines would be)
+            y = table[cols].to_numpy(dtype=float).T
+            x = np.broadcast_to(np.arange(y.shape[1], dtype=float), y.shape)
+            axes[k].add_collection(LineCollection(np.stack([x, y], axis=-1), lw=0.7,
+                                                  colors=[cmap(i / max(len(cols) - 1, 1)) for i in range(len(cols))]))
         axes[k].plot(table[f"trans_{ax_name}"].to_numpy(), color="k", lw=1.2, label="mean over slices")
         axes[k].set_ylabel(f"{ax_name} (mm)")
     axes[0].legend(fontsize=7, loc="upper right")
