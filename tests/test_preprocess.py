@@ -532,3 +532,20 @@ def test_reports_built_when_figures_are_drawn(sim, tmp_path):
     assert (out / "sub-02.html").is_file() and (out / "group.html").is_file()
     assert "figures=False" not in (out / "sub-02.html").read_text()
     assert len(list(out.glob("sub-02/figures/*_qc.png"))) == 5  # no physio figure: sub-02 has no recording
+
+
+def test_tsv_text_is_pandas_to_csv():
+    """The fast writer of the run's float tables gives pandas' text exactly (NaN as n/a, signed
+    zero, inf, extreme and round-trip values), and other tables go through pandas."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.normal(size=(40, 7)) * 10.0 ** rng.integers(-12, 12, size=(40, 7)),
+                      columns=[f"c_comp_cor_{i:02d}" for i in range(7)])
+    df.iloc[0, :] = np.nan
+    df.iloc[1, :] = [0.0, -0.0, np.inf, -np.inf, 5e-324, 1e16, 0.1]
+    ref = df.to_csv(sep="\t", index=False, na_rep="n/a")
+    assert preprocess._tsv_text(df) == ref
+    assert preprocess._tsv_text(df, na_rep="NA") == df.to_csv(sep="\t", index=False, na_rep="NA")
+    mixed = df.assign(flag=np.arange(40), name="x y")
+    assert preprocess._tsv_text(mixed) == mixed.to_csv(sep="\t", index=False, na_rep="n/a")
+    odd = df.rename(columns={"c_comp_cor_00": 'a"b'})
+    assert preprocess._tsv_text(odd) == odd.to_csv(sep="\t", index=False, na_rep="n/a")
