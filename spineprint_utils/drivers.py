@@ -206,21 +206,40 @@ def _records(data: dict) -> pd.DataFrame:
 
 def _truth_fingerprint(bids_dir: Path, records: pd.DataFrame, design: str) -> dict:
     """Fingerprint of the planted neural signals (simulated data only), same design."""
-    from . import connectivity, simulate
+    from . import connectivity
     from . import fingerprint as fp
 
-    truth = simulate.load_ground_truth(bids_dir)
     ia, ib, pa, pb, _ = _design_pairs(records, design)
     prefixes = [f"sub-{s}_ses-{e}_task-rest_run-{r}"
                 for s, e, r in records[["subject", "session", "run"]].itertuples(index=False)]
+    # only the tables this design needs (simulate.load_ground_truth reads every table of every run:
+    # motion, physiological phases ..., which cost more than the fingerprint itself); same files, same parser
+    key = "neural" if design == "within" else "fc"
+    truth = _ground_truth_tables(bids_dir, prefixes, key)
     if design == "within":
-        halves = [fp.split_half(truth["neural"][p]) for p in prefixes]
+        halves = [fp.split_half(truth[p]) for p in prefixes]
         fc = np.stack([[connectivity.connectivity_matrix(h) for h in pair] for pair in halves])
         fa, fb = fc[ia, 0], fc[ib, 1]
     else:
-        fc = np.stack([truth["fc"][p] for p in prefixes])
+        fc = np.stack([truth[p] for p in prefixes])
         fa, fb = fc[ia], fc[ib]
     return fingerprint_connectomes(fa, fb)
+
+
+def _ground_truth_tables(bids_dir: Path, prefixes, key: str) -> dict:
+    """``neural`` (T, R) time series or ``fc`` (R, R) planted connectivity of these runs, as
+    :func:`spineprint_utils.simulate.load_ground_truth` reads them (``tests/test_drivers.py``
+    checks that they are equal), without the tables this chapter does not use."""
+    gt = Path(bids_dir) / "derivatives" / "groundtruth"
+    desc = {"neural": "neural_timeseries", "fc": "neural_connectivity"}[key]
+    out = {}
+    for prefix in prefixes:
+        sub, ses = prefix.split("_")[:2]
+        path = gt / sub / ses / "func" / f"{prefix}_desc-{desc}.tsv"
+        if not path.is_file():
+            raise SpineprintError(f"{path}: ground-truth file not found")
+        out[prefix] = pd.read_csv(path, sep="\t").to_numpy()
+    return out
 
 
 def _short_hash(obj) -> str:

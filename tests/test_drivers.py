@@ -211,6 +211,21 @@ def test_fingerprint_point_caches_per_design_and_drops_4d_images():
     assert np.isfinite(kept["idiff"])
 
 
+def test_truth_tables_are_those_of_load_ground_truth():
+    # the planted-signal fingerprint reads only the tables it needs: the same arrays as the full reader
+    bids = simulate.default_dataset(**drivers.study_parameters({**TINY, "n_volumes": 30}, "between", seed=0))
+    gt = simulate.load_ground_truth(bids)
+    prefixes = list(gt["runs"]["run"])
+    assert len(prefixes) == 2 * TINY["n_subjects"]
+    for key in ("neural", "fc"):
+        got = drivers._ground_truth_tables(bids, prefixes, key)
+        assert list(got) == prefixes
+        for p in prefixes:
+            np.testing.assert_array_equal(got[p], gt[key][p])
+    with pytest.raises(SpineprintError, match="ground-truth file not found"):
+        drivers._ground_truth_tables(bids, ["sub-99_ses-01_task-rest_run-1"], "neural")
+
+
 def _fake_point(item, design, preprocess_params, calls):
     calls.append(item)
     v = float(item["study"]["tsnr"]) + float(item["study"]["physio_amplitude"])
