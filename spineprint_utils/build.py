@@ -11,6 +11,11 @@ fails the build. The HTML ends up in ``<output>/html``.
 Executed notebooks are cached: a notebook is re-run only when its source, its
 parameters or the package source changed, so an interrupted build resumes
 where it stopped.
+
+Notebooks run side by side on the available CPUs (``--n-jobs``), each once the
+notebooks it declares in its metadata (``{"spineprint": {"needs": [...]}}``,
+:func:`notebook_needs`) have finished; a notebook that declares nothing waits for
+every notebook before it, as in a serial build.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ __all__ = [
     "declared_parameters",
     "plan_params",
     "execute_notebook",
+    "notebook_needs",
     "build_book",
 ]
 
@@ -487,8 +493,84 @@ def fetch_dataset(spec: dict, source="parameters file") -> Path:
     return datasets.fetch_openneuro_files(str(spec["openneuro"]), spec.get("participants"), spec.get("suffixes"))
 
 
+# --------------------------------------------------------------- scheduling
+NEEDS_KEY = "needs"
+
+
+def notebook_needs(root: Path, notebooks) -> dict:
+    """What each notebook of the book waits for before it runs.
+
+    A notebook declares the chapters whose outputs it reads in its metadata,
+    ``{"spineprint": {"needs": ["00_simulated_study"]}}`` (notebook stems; ``[]``: it reads
+    nothing another notebook writes, e.g. only real data or a study of its own). Without
+    that entry it waits for every notebook before it in ``_toc.yml``, the order of a serial
+    build. Only earlier notebooks may be named, so the order has no cycle.
+
+    Returns
+    -------
+    dict
+        ``{notebook: set of notebooks}`` (paths as in ``_toc.yml``).
+
+    Raises
+    ------
+    SpineprintError
+        An entry that is not a list of notebook stems of the book, or names a later one.
+    """
+    notebooks = list(notebooks)
+    needs = {}
+    for i, nb in enumerate(notebooks):
+        try:
+            meta = json.loads((root / nb).read_text(encoding="utf-8")).get("metadata", {})
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SpineprintError(f"{root / nb}: not a readable notebook ({exc})") from None
+        declared = (meta.get("spineprint") or {}).get(NEEDS_KEY) if isinstance(meta, dict) else None
+        if declared is None:
+            needs[nb] = set(notebooks[:i])
+            continue
+        if not isinstance(declared, list) or not all(isinstance(d, str) for d in declared):
+            raise SpineprintError(f"{root / nb}: metadata spineprint.needs must be a list of notebook names, "
+                                  f"got {declared!r}")
+        earlier = {p.stem: p for p in notebooks[:i]}
+        wrong = [d for d in declared if d not in earlier]
+        if wrong:
+            raise SpineprintError(f"{root / nb}: metadata spineprint.needs names {', '.join(map(repr, wrong))}, "
+                                  f"not a notebook before it in _toc.yml ({', '.join(earlier) or 'none'})")
+        needs[nb] = {earlier[d] for d in declared}
+    return needs
+
+
+def _run_scheduled(todo, needs: dict, run_one, jobs: int) -> None:
+    """Run ``run_one(nb)`` for every notebook of *todo* (book order), at most *jobs* at a
+    time, each once the notebooks it needs (among *todo*) have finished. After a failure
+    nothing new starts; the running ones finish; the first error is raised."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    pending, running, done, error = list(todo), {}, set(), None
+    todo_set = set(todo)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        while pending or running:
+            if error is None:
+                for nb in list(pending):
+                    if len(running) >= jobs:
+                        break
+                    if (needs.get(nb, set()) & todo_set) <= done:
+                        pending.remove(nb)
+                        running[pool.submit(run_one, nb)] = nb
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                nb = running.pop(future)
+                if future.exception() is not None:
+                    error = error or future.exception()
+                else:
+                    done.add(nb)
+    if error is not None:
+        raise error
+
+
 def build_book(root=None, output=None, params_file=None, only=None, execute=True,
-               html=True, progress=True) -> Path:
+               html=True, progress=True, n_jobs=None) -> Path:
     """Execute the notebooks and build the HTML book.
 
     Parameters
@@ -504,6 +586,11 @@ def build_book(root=None, output=None, params_file=None, only=None, execute=True
         Execute only notebooks whose stem starts with one of these.
     execute, html : bool
         Run the papermill and/or the Jupyter Book step.
+    n_jobs : int, optional
+        Notebooks executed at the same time (default: the CPUs this process may use,
+        :func:`spineprint_utils.parallel.available_cpus`). A notebook starts once the
+        notebooks it needs have finished (:func:`notebook_needs`); ``1`` runs them one
+        after the other in book order.
 
     Returns
     -------
@@ -531,18 +618,35 @@ def build_book(root=None, output=None, params_file=None, only=None, execute=True
     package_hash = _package_hash()
     timings = {}
     if execute:
+        from .parallel import available_cpus
+
+        jobs = available_cpus() if n_jobs is None else int(n_jobs)
+        if jobs < 1:
+            raise SpineprintError(f"n_jobs must be at least 1, got {n_jobs}")
+        needs = notebook_needs(root, notebooks)
+        index = {nb: i for i, (nb, _) in enumerate(plan, 1)}
+        todo, keys = [], {}
         for i, (nb, params) in enumerate(plan, 1):
             if only and not any(nb.stem.startswith(o) for o in only):
                 continue
-            out = staging / nb
-            key = _cache_key(root / nb, params, package_hash)
-            if _cached(out, key):
+            keys[nb] = _cache_key(root / nb, params, package_hash)
+            if _cached(staging / nb, keys[nb]):
                 print(f"[{i}/{len(plan)}] {nb}: up to date (cached)", flush=True)
                 continue
+            todo.append(nb)
+        params_of = dict(plan)
+        failed_dir = owned.claim("failed") if todo else None
+        # per-cell progress bars only when one notebook runs at a time (bars of two would mix)
+        bars = progress and (jobs == 1 or len(todo) == 1)
+
+        def run_one(nb):
+            i, params = index[nb], params_of[nb]
             print(f"[{i}/{len(plan)}] executing {nb} {params or ''}", flush=True)
-            timings[str(nb)] = execute_notebook(root / nb, out, params, key, progress=progress,
-                                                failed_dir=owned.claim("failed"))
+            timings[str(nb)] = execute_notebook(root / nb, staging / nb, params, keys[nb], progress=bars,
+                                                failed_dir=failed_dir)
             print(f"[{i}/{len(plan)}] {nb}: {timings[str(nb)]:.1f} s", flush=True)
+
+        _run_scheduled(todo, needs, run_one, jobs)
     missing = [nb for nb, _ in plan if not (staging / nb).is_file()]
     if html and missing:
         raise SpineprintError(
@@ -598,6 +702,7 @@ def _cli(args) -> int:
         execute=not args.no_execute,
         html=not args.no_html,
         progress=not args.quiet,
+        n_jobs=args.n_jobs,
     )
     print(f"total build time: {time.perf_counter() - start:.0f} s")
     return 0
@@ -617,4 +722,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--no-execute", action="store_true", help="skip papermill (use executed copies)")
     p.add_argument("--no-html", action="store_true", help="execute only, no Jupyter Book step")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--n-jobs", type=int, default=None,
+                   help="notebooks executed at the same time, each once the notebooks it needs are done "
+                        "(default: the CPUs available; 1: one after the other)")
     p.set_defaults(func=_cli)

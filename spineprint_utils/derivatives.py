@@ -19,7 +19,9 @@ proposals that fMRIPrep, xcp_d and nilearn already read):
 - transforms ``..._from-<X>_to-<Y>_mode-image_xfm.<ext>`` (BEP014 / fMRIPrep);
 - region time series ``<prefix>_atlas-PAM50horns_timeseries.tsv`` and FC
   ``<prefix>_atlas-PAM50horns_meas-<kind>_desc-<part>_relmat.tsv`` (BEP012 / BEP017, as xcp_d);
-- figures ``sub-<s>/figures/*.png`` and reports ``sub-<s>.html``, ``group.html`` (fMRIPrep).
+- figures ``sub-<s>/figures/*.png`` and reports ``sub-<s>.html``, ``group.html`` (fMRIPrep); beside
+  the figures, ``<prefix>_desc-qcinputs_arrays.npz``: the inputs of the run's QC figures that the
+  other derivatives do not hold, so that the figures can be drawn later without recomputing the run.
 
 The names that BIDS 1.11 does not define (the BEP names, figures, reports, the QC tables and
 the group connectome file) are listed in the dataset's ``.bidsignore`` (:data:`BIDSIGNORE`),
@@ -135,6 +137,8 @@ def run_outputs(bold_path, output_dir) -> dict:
         "fig_masks": fig / f"{p}_desc-masks_qc.png",
         "fig_carpet": fig / f"{p}_desc-carpet_qc.png",
         "fig_confcorr": fig / f"{p}_desc-confcorr_qc.png",
+        # the inputs of the QC figures that the other derivatives do not hold (drawn later from them)
+        "qcinputs": fig / f"{p}_desc-qcinputs_arrays.npz",
         "fieldmap": fmap_dir / f"{fmap_stem}_fieldmap.nii.gz",
         "fieldmap_json": fmap_dir / f"{fmap_stem}_fieldmap.json",
         "magnitude": fmap_dir / f"{fmap_stem}_magnitude.nii.gz",

@@ -25,7 +25,7 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import as_completed as _as_completed
 
-__all__ = ["parallel_map", "NUMERIC_THREADS", "pinned_threads"]
+__all__ = ["parallel_map", "available_cpus", "NUMERIC_THREADS", "pinned_threads"]
 
 #: threads of the numerical libraries (BLAS/LAPACK/OpenMP) while an item runs, on every backend
 NUMERIC_THREADS = 1
@@ -69,6 +69,23 @@ def _progress(iterable, total, desc, disable):
     return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False)
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its CPU affinity (``taskset``, Binder's pinning) capped by
+    the cgroup v2 CPU quota (``cpu.max``, how containers such as Binder's limit CPU while
+    :func:`os.cpu_count` still reports every core of the host). At least 1."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        n = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        if quota != "max" and float(period) > 0:
+            n = min(n, max(1, int(float(quota) // float(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
 def parallel_map(func, items, n_jobs: int = 1, scheduler: str | None = None, desc: str | None = None,
                  progress: bool = True) -> list:
     """Apply *func* to every item and return the results in input order.
@@ -81,7 +98,8 @@ def parallel_map(func, items, n_jobs: int = 1, scheduler: str | None = None, des
     items : iterable
         Inputs.
     n_jobs : int
-        Number of local worker processes; 1 (default) runs in this process.
+        Number of local worker processes; 1 (default) runs in this process; a negative
+        value uses every CPU this process may use (:func:`available_cpus`).
     scheduler : str, optional
         Address of a running Dask scheduler (e.g. ``"tcp://127.0.0.1:8786"``).
         Defaults to ``$DASK_SCHEDULER_ADDRESS`` when that is set. Takes precedence
@@ -119,7 +137,7 @@ def parallel_map(func, items, n_jobs: int = 1, scheduler: str | None = None, des
             return client.gather(futures)
     n_jobs = int(n_jobs or 1)
     if n_jobs < 0:
-        n_jobs = os.cpu_count() or 1
+        n_jobs = available_cpus()
     if n_jobs == 1 or len(items) == 1:
         with pinned_threads():
             return [func(item) for item in _progress(items, len(items), desc, disable)]

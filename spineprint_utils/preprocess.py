@@ -55,7 +55,10 @@ Outputs (``<prefix>`` = raw name without ``_bold.nii.gz``; every name comes from
   unless ``overwrite``; different parameters recompute the run)
 - ``figures/<prefix>_desc-{masks,motion,tsnr,carpet,confcorr}_qc.png`` and, when applied,
   ``..._desc-physio_qc.png`` / ``..._desc-native_qc.png`` (:mod:`spineprint_utils.qcfigures`,
-  the reportlets of ``sub-<s>.html``, :mod:`spineprint_utils.report`)
+  the reportlets of ``sub-<s>.html``, :mod:`spineprint_utils.report`), and, drawn or not,
+  ``figures/<prefix>_desc-qcinputs_arrays.npz``: the figures' inputs that the other outputs do not
+  hold (:func:`_qc_inputs`), from which a rerun with ``figures=True`` draws missing figures
+  without recomputing the run
 - native-space runs only: ``fmap/<sub>_<ses>_run-<r>_desc-<task>_fieldmap.nii.gz`` (estimated
   field, Hz) + ``_magnitude``, ``func/<prefix>_atlas-PAM50horns_dseg.nii.gz``/``.tsv``
   (regions on the run's grid, ``index``/``name``; used by the connectivity step),
@@ -96,8 +99,8 @@ from scipy import ndimage
 
 from . import __version__, confounds as confounds_mod, denoise, derivatives, motion
 from . import motion as motion_mod
-from ._io import (SpineprintError, atomic_save_nifti, atomic_write_json, atomic_write_text, bids_entities,
-                  load_nifti, read_json, recorded_warnings, verify_nifti)
+from ._io import (SpineprintError, atomic_save_nifti, atomic_save_npz, atomic_write_json, atomic_write_text,
+                  bids_entities, load_nifti, read_json, recorded_warnings, verify_nifti)
 from . import layout
 from ._outputs import guarded_output
 from .parallel import parallel_map
@@ -159,7 +162,7 @@ MIN_DOF = 10
 #: native-space steps: part of the completion key only when changed from these defaults
 _NATIVE_DEFAULTS = {"distortion": True, "registration": True}
 #: outputs written only by some runs (not required for a run to count as complete)
-_OPTIONAL_OUTPUTS = ("fig_physio", "fieldmap", "fieldmap_json", "magnitude", "magnitude_json", "dseg", "dseg_tsv",
+_OPTIONAL_OUTPUTS = ("qcinputs", "fig_physio", "fieldmap", "fieldmap_json", "magnitude", "magnitude_json", "dseg", "dseg_tsv",
                      "dseg_json", "xfm", "fig_native", "fig_funcanat", "xfm_itk", "xfm_f2a_itk")
 
 QC_COLUMNS = [
@@ -951,6 +954,166 @@ def _func_to_anat_on_cord(bold_path, img, mean_img, seg, to_native, shape, vs, s
             "epi_cord": epi_cord, "epi_csf": epi_csf, "mask_source": msrc}
 
 
+# ---------------------------------------------------------------- QC figures (drawn now or later)
+#: the run's QC figures (keys of :func:`run_outputs`), in drawing order; which of them a run has is
+#: recorded in its ``qcinputs`` file (physio, native and funcanat only when those steps applied)
+_QC_FIGURES = ("fig_funcanat", "fig_masks", "fig_motion", "fig_tsnr", "fig_carpet", "fig_confcorr", "fig_physio",
+               "fig_native")
+#: figures every run has (the others are in _OPTIONAL_OUTPUTS)
+_QC_FIGURES_ALWAYS = ("fig_masks", "fig_motion", "fig_tsnr", "fig_carpet", "fig_confcorr")
+#: voxels per mask in the carpet plot
+_CARPET_VOXELS = 600
+
+
+def _qc_inputs(moco, clean, cord, csf, cord_mean, mean_before, phys_rec, native, field_hz) -> dict:
+    """The inputs of the run's QC figures that its other derivatives do not hold (written as
+    ``<prefix>_desc-qcinputs_arrays.npz`` whether or not the figures are drawn).
+
+    ``figures`` (the figure keys this run has), ``mean_moco`` (X, Y, Z) float32 (temporal mean of
+    the motion-corrected series), ``carpet_before`` / ``carpet_after`` (rows, T) float16 (the
+    carpet rows, :func:`spineprint_utils.qcfigures.carpet_rows`, cord rows then CSF rows),
+    ``carpet_n_cord``, ``cord_mean`` (T,) (mean cord signal before cleaning), ``physio_*``
+    (:func:`spineprint_utils.qcfigures.physio_trace_summary`: the first 30 s of the traces, the
+    beats, the respiratory phase) when the physiological model applied, ``mean_before`` (X, Y, Z)
+    float32 (mean raw BOLD before distortion correction) for the native figure,
+    ``warped_cord`` (X, Y, Z) bool (T2w cord on the EPI) for the funcanat figure, and ``has_field``
+    / ``has_regions`` (whether the run wrote a field map + magnitude and PAM50 regions). The rest
+    (masks, tSNR maps, confounds, motion, field, regions) is read from the run's derivatives.
+    """
+    from . import qcfigures
+
+    def rows(data):
+        r = qcfigures.carpet_rows(data, cord, _CARPET_VOXELS)
+        if csf.any():
+            r = np.vstack([r, qcfigures.carpet_rows(data, csf, _CARPET_VOXELS)])
+        return r.astype(np.float16)  # z-scores drawn on a +-2 grey scale of 256 levels: 3 digits are plenty
+
+    keys = [k for k in _QC_FIGURES
+            if k in _QC_FIGURES_ALWAYS
+            or (k == "fig_physio" and phys_rec is not None)
+            or (k == "fig_native" and (native is not None or field_hz is not None))
+            or (k == "fig_funcanat" and native is not None and native["f2a"] is not None)]
+    arrays = {"figures": np.array(keys), "mean_moco": moco.mean(axis=3).astype(np.float32),
+              "carpet_before": rows(moco), "carpet_after": rows(clean),
+              "carpet_n_cord": np.int64(min(int(cord.sum()), _CARPET_VOXELS)),
+              "cord_mean": np.asarray(cord_mean),
+              # which of the run's own files the native figures read (field + magnitude, regions)
+              "has_field": np.bool_(field_hz is not None), "has_regions": np.bool_(native is not None)}
+    if phys_rec is not None:
+        arrays.update({f"physio_{k}": np.asarray(v) for k, v in qcfigures.physio_trace_summary(phys_rec).items()})
+    if "fig_native" in keys or "fig_funcanat" in keys:
+        arrays["mean_before"] = np.asarray(mean_before, dtype=np.float32)
+    if "fig_funcanat" in keys:
+        arrays["warped_cord"] = np.asarray(native["f2a"]["alignment"].warped_cord, dtype=bool)
+    return arrays
+
+
+def _draw_qc_figures(outs: dict, keys, row: dict, spike_threshold, write) -> None:
+    """Draw the QC figures *keys* of one run from its saved derivatives and its ``qcinputs`` file.
+
+    The one way the figures are drawn, right after the run (``figures=True``) or later from what
+    it saved (a rerun with ``figures=True`` of a run computed with ``figures=False``): the same
+    inputs, read from the same files, give the same pictures.
+
+    Parameters
+    ----------
+    outs : dict
+        :func:`run_outputs` of the run.
+    keys : iterable of str
+        Figure keys to draw (a subset of the ``figures`` recorded in the qcinputs file).
+    row : dict
+        The run's QC row (run name, mask source, native-space statuses and Dice).
+    spike_threshold : float or None
+        FD threshold (mm) of the spike regressors.
+    write : callable
+        ``write(key, fn, *args)``: records the output *key* (for the all-or-nothing cleanup)
+        and calls ``fn(*args)``.
+    """
+    from . import qcfigures
+
+    keys = [k for k in _QC_FIGURES if k in set(keys)]
+    if not keys:
+        return
+    with np.load(outs["qcinputs"], allow_pickle=False) as z:
+        q = {k: z[k] for k in z.files}
+    cord = load_nifti(outs["cord_mask"], ndim=3, dtype=np.uint8)[1].astype(bool)
+    csf = load_nifti(outs["csf_mask"], ndim=3, dtype=np.uint8)[1].astype(bool)
+    title = row["run"]
+    conf_df = pd.read_csv(outs["confounds"], sep="\t", na_values="n/a")
+    mean_before = q.get("mean_before")
+    field = mean_raw = labels = None
+    if "fig_native" in keys or "fig_funcanat" in keys:
+        has_field = bool(q["has_field"])
+        field = load_nifti(outs["fieldmap"], ndim=3)[1] if has_field else None
+        mean_raw = load_nifti(outs["magnitude"], ndim=3)[1] if has_field else mean_before
+        labels = (load_nifti(outs["dseg"], ndim=3, dtype=np.int16)[1] if bool(q["has_regions"])
+                  else np.zeros(cord.shape, np.int16))
+    for key in keys:
+        path = outs[key]
+        if key == "fig_funcanat":
+            from . import funcreg
+
+            write(key, functools.partial(
+                funcreg.plot_func_anat_overlay, mean_raw, cord, q["warped_cord"], labels,
+                title=(f"{title}: EPI cord (cyan), T2w cord on the EPI (yellow dashed; Dice "
+                       f"{row['func_t2w_cord_dice']:.2f}), horn regions ({row['regions_in_cord_pct']:.0f}% in the "
+                       "cord)"), path=path))
+        elif key == "fig_masks":
+            write(key, qcfigures.masks_figure, q["mean_moco"], cord, csf, path, title, row["mask_source"])
+        elif key == "fig_motion":
+            motion_table = pd.read_csv(outs["motion"], sep="\t", na_values="n/a")
+            write(key, qcfigures.motion_figure, motion_table, path, title, spike_threshold)
+        elif key == "fig_tsnr":
+            pre = load_nifti(outs["tsnr_pre"], ndim=3)[1]
+            post = load_nifti(outs["tsnr_post"], ndim=3)[1]
+            write(key, qcfigures.tsnr_figure, pre, post, cord, path, title)
+        elif key == "fig_carpet":
+            write(key, qcfigures.carpet_figure, q["carpet_before"], q["carpet_after"], int(q["carpet_n_cord"]),
+                  conf_df["framewise_displacement"].to_numpy(), conf_df["std_dvars"].to_numpy(), path, title)
+        elif key == "fig_confcorr":
+            write(key, qcfigures.confounds_correlation_figure, conf_df, q["cord_mean"], path, title)
+        elif key == "fig_physio":
+            summary = {k.removeprefix("physio_"): v for k, v in q.items() if k.startswith("physio_")}
+            write(key, qcfigures.physio_figure, summary, path, title)
+        elif key == "fig_native":
+            write(key, qcfigures.native_figure, mean_before, mean_raw, field, labels, cord, path,
+                  f"{title}: distortion correction and PAM50 regions",
+                  f"distortion correction: {str(row['distortion_correction']).split(':')[0]}; registration: "
+                  f"{str(row['registration']).split(':')[0]}")
+
+
+def _missing_figures(outs: dict) -> list | None:
+    """Figure keys of a finished run whose PNG is missing; None when they cannot be drawn from
+    the saved inputs (no qcinputs file: derivatives of an older version) and some are missing."""
+    if outs["qcinputs"].is_file():
+        try:
+            with np.load(outs["qcinputs"], allow_pickle=False) as z:
+                keys = [str(k) for k in z["figures"]]
+        except (OSError, ValueError, KeyError, EOFError):  # unreadable: recompute the run
+            return None
+        return [k for k in keys if not outs[k].is_file()]
+    missing = [k for k in _QC_FIGURES_ALWAYS if not outs[k].is_file()]
+    return None if missing else []
+
+
+def _draw_later(outs: dict, row: dict, keys) -> list:
+    """Draw the missing figures *keys* of a finished run (all or none: a failure removes the
+    figures drawn here and raises)."""
+    written = []
+
+    def _w(key, fn, *args):
+        written.append(outs[key])
+        fn(*args)
+
+    try:
+        _draw_qc_figures(outs, keys, row, row.get("parameters", {}).get("spike_threshold"), _w)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return list(keys)
+
+
 def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_regularize=None,
                    motion_reference="mean", cardiac_order=4, respiratory_order=4, interaction_order=(2, 2),
                    n_csf_components=5, spike_threshold=0.5, motion_regressors=True, high_pass=0.01, low_pass=0.13,
@@ -997,7 +1160,11 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     repetition_time, slice_timing : optional
         Override the sidecar's ``RepetitionTime`` / ``SliceTiming``.
     figures : bool
-        Write the QC figures.
+        Draw the QC figures (PNG, the reportlets of the participant report). Not part of the
+        completion key: the figures' inputs are saved either way
+        (``<prefix>_desc-qcinputs_arrays.npz``), and a call with ``figures=True`` on a run
+        completed with ``figures=False`` (same parameters) draws the missing figures from the
+        saved files without recomputing the run (``figures_drawn`` in the result).
     overwrite : bool
         Recompute even if the run's completion marker exists.
     distortion : bool
@@ -1037,7 +1204,8 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
     -------
     dict
         Output paths (see :func:`run_outputs`) and ``"qc_row"`` (the run's QC dict)
-        and ``"skipped"`` (True when the outputs already existed).
+        and ``"skipped"`` (True when the outputs already existed); for a skipped run,
+        ``"figures_drawn"`` (the figure keys drawn now from the saved inputs, often none).
 
     Raises
     ------
@@ -1068,11 +1236,13 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
                                         "anatomy": anatomy, "repetition_time": repetition_time,
                                         "slice_timing": slice_timing}, default=str))
     if outs["qc"].is_file() and not overwrite and all(p.is_file() for k, p in outs.items()
-                                                       if (not k.startswith("fig_") or figures)
-                                                       and k not in _OPTIONAL_OUTPUTS):
+                                                       if not k.startswith("fig_") and k not in _OPTIONAL_OUTPUTS):
         row = read_json(outs["qc"])
         if row.get("parameters") == params_key:  # same settings: reuse (resumable)
-            return {**outs, "qc_row": row, "skipped": True}
+            missing = _missing_figures(outs) if figures else []
+            if missing is not None:  # figures not asked for, all there, or drawn now from the saved inputs
+                drawn = _draw_later(outs, row, missing) if missing else []
+                return {**outs, "qc_row": row, "skipped": True, "figures_drawn": drawn}
     notes: list[str] = []
     # ---- validate every input before writing anything
     meta, tr, st, sidecar = _read_meta(bold_path, repetition_time, slice_timing)
@@ -1314,33 +1484,13 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
             _w("xfm_itk", xfm_mod.save_itk, native["chain"], outs["xfm_itk"], grid)
             if native["to_func"]:
                 _w("xfm_f2a_itk", xfm_mod.save_itk, native["to_func"], outs["xfm_f2a_itk"], grid)
-        if figures and native is not None and native["f2a"] is not None:
-            from . import funcreg
-
-            _w("fig_funcanat", lambda: funcreg.plot_func_anat_overlay(
-                mean_raw, cord, native["f2a"]["alignment"].warped_cord, native["labels"],
-                title=(f"{row['run']}: EPI cord (cyan), T2w cord on the EPI (yellow dashed; Dice "
-                       f"{native['func_dice']:.2f}), horn regions ({row['regions_in_cord_pct']:.0f}% in the cord)"),
-                path=outs["fig_funcanat"]))
-        if figures:  # the reportlets of the participant report (spineprint_utils.report)
-            from . import qcfigures
-
-            title = row["run"]
-            _w("fig_masks", qcfigures.masks_figure, moco.mean(axis=3), cord, csf, outs["fig_masks"], title,
-               mask_source)
-            _w("fig_motion", qcfigures.motion_figure, motion_table, outs["fig_motion"], title, spike_threshold)
-            _w("fig_tsnr", qcfigures.tsnr_figure, tsnr_pre, tsnr_post, cord, outs["fig_tsnr"], title)
-            _w("fig_carpet", qcfigures.carpet_figure, moco, clean, cord, csf,
-               conf_df["framewise_displacement"].to_numpy(), conf_df["std_dvars"].to_numpy(), outs["fig_carpet"],
-               title)
-            _w("fig_confcorr", qcfigures.confounds_correlation_figure, conf_df, cord_mean, outs["fig_confcorr"], title)
-            if applied:
-                _w("fig_physio", qcfigures.physio_figure, phys_summary["_recording"], outs["fig_physio"], title)
-            if native is not None or field_hz is not None:
-                _w("fig_native", qcfigures.native_figure, mean_before, mean_raw, field_hz,
-                   native["labels"] if native is not None else np.zeros(cord.shape, np.int16), cord,
-                   outs["fig_native"], f"{title}: distortion correction and PAM50 regions",
-                   f"distortion correction: {dist_status.split(':')[0]}; registration: {reg_status.split(':')[0]}")
+        # the figures' inputs that the files above do not hold, then the figures drawn from those files
+        # (the reportlets of the participant report, spineprint_utils.report): the same way as later
+        qc_arrays = _qc_inputs(moco, clean, cord, csf, cord_mean, mean_before,
+                               phys_summary["_recording"] if applied else None, native, field_hz)
+        _w("qcinputs", lambda: atomic_save_npz(outs["qcinputs"], **qc_arrays))
+        if figures:
+            _draw_qc_figures(outs, [str(k) for k in qc_arrays["figures"]], row, spike_threshold, _w)
         row["runtime_s"] = round(time.perf_counter() - t_start, 2)
         row["parameters"] = params_key
         _w("qc", atomic_write_json, outs["qc"], row)  # completion marker, last
@@ -1423,7 +1573,7 @@ def _keep_completed_runs(out: Path):
 @guarded_output(_default_out, raw_of=lambda a: a["bids_dir"], keep_of=_keep_completed_runs,
                 option="the preprocessing output folder (--out)")
 def preprocess_dataset(bids_dir, output_dir=None, participants=None, n_jobs: int = 1, scheduler=None,
-                       progress: bool = True, **run_params) -> Path:
+                       progress: bool = True, reports: bool | None = None, **run_params) -> Path:
     """Preprocess every BOLD run of a BIDS dataset (resumable, one run's failure isolated).
 
     Parameters
@@ -1434,6 +1584,13 @@ def preprocess_dataset(bids_dir, output_dir=None, participants=None, n_jobs: int
     participants : sequence of str, optional
     n_jobs, scheduler : see :func:`spineprint_utils.parallel.parallel_map`
     progress : bool
+    reports : bool, optional
+        Build the HTML QC reports (``sub-<label>.html`` per participant and ``group.html``,
+        :func:`spineprint_utils.report.build_reports`) at the end. Default: when the QC figures
+        are drawn (``figures``, default True), since the reports show them. With
+        ``figures=False`` (e.g. a chapter that only needs the cleaned data) the runs still save
+        the figures' inputs, and a later call with ``figures=True`` draws the figures from them
+        without recomputing the runs, then builds the reports.
     **run_params
         Passed to :func:`preprocess_run` (see :data:`RUN_DEFAULTS`).
 
@@ -1490,7 +1647,10 @@ def preprocess_dataset(bids_dir, output_dir=None, participants=None, n_jobs: int
     derivatives.write_bidsignore(out)  # with the other dataset-level files, once runs exist
     from . import report
 
-    report.build_reports(out)  # sub-<label>.html per participant and group.html (spineprint_utils.report)
+    if reports is None:  # the reports show the figures: built when they are drawn
+        reports = bool(run_params.get("figures", True))
+    if reports:
+        report.build_reports(out)  # sub-<label>.html per participant and group.html (spineprint_utils.report)
     return out
 
 

@@ -15,7 +15,9 @@ __all__ = [
     "masks_figure",
     "motion_figure",
     "physio_figure",
+    "physio_trace_summary",
     "tsnr_figure",
+    "carpet_rows",
     "carpet_figure",
     "confounds_correlation_figure",
     "native_figure",
@@ -184,35 +186,69 @@ def motion_figure(table, path, title, threshold=None):
     return _save(fig, path)
 
 
-def physio_figure(rec, path, title, seconds: float = 30.0):
-    """Cardiac trace with the detected beats and the respiratory trace with its phase
-    (Glover 2000 histogram phase), over the first *seconds* of the recording."""
+def physio_trace_summary(rec, seconds: float = 30.0) -> dict:
+    """What :func:`physio_figure` draws, from a recording: the first *seconds* of the cardiac
+    trace with the beats detected on the whole trace, and of the respiratory trace with its
+    phase (Glover 2000 histogram phase, computed on the whole trace).
+
+    Kept apart from the drawing so that the pipeline can save these few arrays and draw the
+    figure later without the recording (``preprocess_run(figures=False)``).
+
+    Returns
+    -------
+    dict of ndarray
+        ``t`` (n,) s since the first sample; ``cardiac`` (n,) or absent; ``beats`` (k,) sample
+        indices below n; ``hr_bpm`` and ``n_missing_beats`` (scalars); ``respiratory`` (n,) or
+        absent; ``phase`` (n,) rad or absent (when the phase cannot be computed).
+    """
     from . import physio
 
-    fs = rec.sampling_frequency
+    fs = float(rec.sampling_frequency)
     n = min(rec.n_samples, int(seconds * fs))
     t = np.arange(n) / fs
-    fig = _figure(7.5, 4.2, left=0.8, right=0.75, top=0.55, hspace=0.35)
-    axes = fig.subplots(2, 1, sharex=True)
+    out = {"t": t}
     if rec.cardiac is not None:
         peaks, q = physio.detect_cardiac_peaks(rec.cardiac, fs)
-        pk = peaks[peaks < n]
-        axes[0].plot(t, rec.cardiac[:n], lw=0.7)
-        axes[0].plot(pk / fs, rec.cardiac[pk], "o", ms=3, color="tab:red", label="detected beats")
-        hr = q.get("mean_hr_bpm", float("nan"))
-        axes[0].set_title(f"cardiac: {hr:.0f} bpm, {q.get('n_missing_beats', 0)} missed beat(s)", fontsize=8)
+        out["cardiac"] = np.asarray(rec.cardiac[:n], dtype=np.float64)
+        out["beats"] = np.asarray(peaks[peaks < n], dtype=np.int64)
+        out["hr_bpm"] = np.float64(q.get("mean_hr_bpm", float("nan")))
+        out["n_missing_beats"] = np.int64(q.get("n_missing_beats", 0))
+    if rec.respiratory is not None:
+        out["respiratory"] = np.asarray(rec.respiratory[:n], dtype=np.float64)
+        try:
+            out["phase"] = np.asarray(physio.respiratory_phase(rec.respiratory, fs, t), dtype=np.float64)
+        except Exception:  # noqa: BLE001 - the phase is illustrative; the trace is still shown
+            pass
+    return out
+
+
+def physio_figure(summary, path, title):
+    """Cardiac trace with the detected beats and the respiratory trace with its phase
+    (Glover 2000 histogram phase), over the first seconds of the recording.
+
+    Parameters
+    ----------
+    summary : dict
+        :func:`physio_trace_summary` of the recording.
+    """
+    t = np.asarray(summary["t"])
+    fig = _figure(7.5, 4.2, left=0.8, right=0.75, top=0.55, hspace=0.35)
+    axes = fig.subplots(2, 1, sharex=True)
+    if "cardiac" in summary:
+        cardiac, pk = np.asarray(summary["cardiac"]), np.asarray(summary["beats"], dtype=int)
+        axes[0].plot(t, cardiac, lw=0.7)
+        axes[0].plot(t[pk], cardiac[pk], "o", ms=3, color="tab:red", label="detected beats")
+        axes[0].set_title(f"cardiac: {float(summary['hr_bpm']):.0f} bpm, {int(summary['n_missing_beats'])} "
+                          "missed beat(s)", fontsize=8)
         axes[0].legend(fontsize=7, loc="upper right")
     else:
         axes[0].text(0.5, 0.5, "no cardiac trace", ha="center", transform=axes[0].transAxes)
-    if rec.respiratory is not None:
-        axes[1].plot(t, rec.respiratory[:n], lw=0.7, color="tab:green", label="belt")
-        try:
-            phase = physio.respiratory_phase(rec.respiratory, fs, t)
+    if "respiratory" in summary:
+        axes[1].plot(t, np.asarray(summary["respiratory"]), lw=0.7, color="tab:green", label="belt")
+        if "phase" in summary:
             ax2 = axes[1].twinx()
-            ax2.plot(t, phase, lw=0.6, color="tab:purple", alpha=0.7)
+            ax2.plot(t, np.asarray(summary["phase"]), lw=0.6, color="tab:purple", alpha=0.7)
             ax2.set_ylabel("phase (rad)", fontsize=7, color="tab:purple")
-        except Exception:  # noqa: BLE001 - the phase is illustrative; the trace is still shown
-            pass
         axes[1].set_title("respiratory belt (green) and its phase (purple)", fontsize=8)
     else:
         axes[1].text(0.5, 0.5, "no respiratory trace", ha="center", transform=axes[1].transAxes)
@@ -259,38 +295,51 @@ def tsnr_figure(pre, post, cord, path, title):
     return _save(fig, path)
 
 
-def carpet_figure(before, after, cord, csf, fd, std_dvars, path, title, max_voxels: int = 600):
+def carpet_rows(data, mask, max_voxels: int = 600) -> np.ndarray:
+    """Rows of a carpet plot (Power 2017): the z-scored time series of the voxels of *mask*,
+    in slice order, evenly sub-sampled to at most *max_voxels*.
+
+    Parameters
+    ----------
+    data : ndarray, (X, Y, Z, T)
+    mask : ndarray, (X, Y, Z) bool
+
+    Returns
+    -------
+    ndarray, (min(n_voxels, max_voxels), T), float64
+        Each row z-scored over time (a constant voxel gives zeros).
+    """
+    idx = np.flatnonzero(np.asarray(mask, bool).transpose(2, 0, 1).ravel())  # slice-major order
+    if idx.size > max_voxels:
+        idx = idx[np.linspace(0, idx.size - 1, max_voxels).round().astype(int)]
+    flat = data.transpose(2, 0, 1, 3).reshape(-1, data.shape[-1])[idx].astype(np.float64)
+    sd = flat.std(axis=1, keepdims=True)
+    return (flat - flat.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, 1)
+
+
+def carpet_figure(before, after, n_cord, fd, std_dvars, path, title):
     """Carpet plot (Power 2017): z-scored voxel time series of the cord and CSF masks before
     and after cleaning, under FD and standardised DVARS.
 
     Parameters
     ----------
-    before, after : ndarray, (X, Y, Z, T)
-        Motion-corrected and cleaned series.
-    cord, csf : ndarray, (X, Y, Z) bool
+    before, after : ndarray, (n_rows, T)
+        Carpet rows (:func:`carpet_rows`) of the motion-corrected and of the cleaned series:
+        the cord's rows, then the CSF's.
+    n_cord : int
+        Number of cord rows (the orange line is drawn below them).
     fd, std_dvars : ndarray, (T,)
-    max_voxels : int
-        Voxels drawn per mask (evenly sub-sampled, in slice order).
     """
-    def rows(data, mask):
-        idx = np.flatnonzero(mask.transpose(2, 0, 1).ravel())  # slice-major order
-        if idx.size > max_voxels:
-            idx = idx[np.linspace(0, idx.size - 1, max_voxels).round().astype(int)]
-        flat = data.transpose(2, 0, 1, 3).reshape(-1, data.shape[-1])[idx].astype(np.float64)
-        sd = flat.std(axis=1, keepdims=True)
-        return (flat - flat.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, 1)
-
     fig = _figure(7.5, 6.5, left=0.95, hspace=0.12, top=0.45)
     axes = fig.subplots(4, 1, sharex=True, height_ratios=[0.6, 0.6, 2, 2])
     axes[0].plot(fd, color="k", lw=0.8)
     axes[0].set_ylabel("FD (mm)", fontsize=8)
     axes[1].plot(std_dvars, color="tab:blue", lw=0.8)
     axes[1].set_ylabel("std DVARS", fontsize=8)
-    for ax, data, lab in ((axes[2], before, "motion corrected"), (axes[3], after, "cleaned")):
-        carpet = np.vstack([rows(data, cord), rows(data, csf)]) if csf.any() else rows(data, cord)
-        ax.imshow(carpet, aspect="auto", cmap="gray", vmin=-2, vmax=2, interpolation="nearest")
-        n_cord = min(int(cord.sum()), max_voxels)
-        ax.axhline(n_cord - 0.5, color="tab:orange", lw=1)
+    for ax, carpet, lab in ((axes[2], before, "motion corrected"), (axes[3], after, "cleaned")):
+        ax.imshow(np.asarray(carpet, dtype=np.float64), aspect="auto", cmap="gray", vmin=-2, vmax=2,
+                  interpolation="nearest")
+        ax.axhline(int(n_cord) - 0.5, color="tab:orange", lw=1)
         ax.set_ylabel(f"{lab}\ncord | CSF voxels", fontsize=8)
         ax.set_yticks([])
     axes[3].set_xlabel("volume")

@@ -120,3 +120,89 @@ def test_sphinx_warning_fails_the_build(tiny_book, tmp_path):
     (tiny_book / "book" / "intro.md").write_text("# Intro\n\nA {doc}`link to nowhere <does_not_exist>`.\n")
     with pytest.raises(SpineprintError, match="jupyter-book build failed"):
         build.build_book(tiny_book, output=tmp_path / "out", progress=False)
+
+
+def _set_needs(path: Path, needs):
+    nb = nbformat.read(str(path), as_version=4)
+    nb.metadata["spineprint"] = {"needs": needs}
+    nbformat.write(nb, str(path))
+
+
+def test_notebook_needs_default_declared_and_invalid(tiny_book):
+    nbs = build.toc_notebooks(tiny_book)
+    a, b = nbs
+    # nothing declared: each waits for every earlier notebook (the serial order)
+    assert build.notebook_needs(tiny_book, nbs) == {a: set(), b: {a}}
+    _set_needs(tiny_book / b, [])
+    assert build.notebook_needs(tiny_book, nbs) == {a: set(), b: set()}
+    _set_needs(tiny_book / a, ["b"])  # a later notebook: refused, named
+    with pytest.raises(SpineprintError, match=r"a\.ipynb.*'b'"):
+        build.notebook_needs(tiny_book, nbs)
+    _set_needs(tiny_book / a, "b")
+    with pytest.raises(SpineprintError, match="must be a list"):
+        build.notebook_needs(tiny_book, nbs)
+
+
+def test_independent_notebooks_run_at_the_same_time(tiny_book, tmp_path):
+    # each notebook waits for the other to have started: only a concurrent build finishes
+    wait = ("import time\nfrom pathlib import Path\nPath('{me}.started').touch()\n"
+            "t0 = time.time()\nwhile not Path('{other}.started').exists():\n"
+            "    assert time.time() - t0 < 60, 'the other notebook never started'\n    time.sleep(0.1)\n")
+    _notebook(tiny_book / "notebooks" / "a.ipynb", [wait.format(me="a", other="b")])
+    _notebook(tiny_book / "notebooks" / "b.ipynb", [wait.format(me="b", other="a")])
+    for nb in ("a", "b"):
+        _set_needs(tiny_book / "notebooks" / f"{nb}.ipynb", [])
+    out = tmp_path / "out"
+    build.build_book(tiny_book, output=out, html=False, progress=False, n_jobs=2)
+    assert {p.name for p in (out / "source" / "notebooks").glob("*.ipynb")} == {"a.ipynb", "b.ipynb"}
+    # one at a time, the first one would wait for the second in vain
+    with pytest.raises(SpineprintError, match="never started"):
+        build.build_book(tiny_book, output=tmp_path / "serial", html=False, progress=False, n_jobs=1)
+
+
+def test_a_notebook_waits_for_what_it_needs(tiny_book, tmp_path):
+    _notebook(tiny_book / "notebooks" / "a.ipynb",
+              ["import time\ntime.sleep(2)\nopen('a.done', 'w').write('x')"])
+    _notebook(tiny_book / "notebooks" / "b.ipynb",
+              ["from pathlib import Path\nassert Path('a.done').is_file(), 'started before a finished'"])
+    _set_needs(tiny_book / "notebooks" / "b.ipynb", ["a"])
+    out = tmp_path / "out"
+    build.build_book(tiny_book, output=out, html=False, progress=False, n_jobs=2)
+    assert (out / "source" / "notebooks" / "b.ipynb").is_file()
+    # declared independent, b starts beside a and fails: the dependency is what orders them
+    _set_needs(tiny_book / "notebooks" / "b.ipynb", [])
+    with pytest.raises(SpineprintError, match="started before a finished"):
+        build.build_book(tiny_book, output=tmp_path / "out2", html=False, progress=False, n_jobs=2)
+
+
+def test_a_failure_beside_another_notebook_keeps_the_other_and_names_itself(tiny_book, tmp_path):
+    _notebook(tiny_book / "notebooks" / "a.ipynb", ["import time\ntime.sleep(2)\nprint('a finished')"])
+    _notebook(tiny_book / "notebooks" / "b.ipynb", ["raise ValueError('planted in b')"])
+    _set_needs(tiny_book / "notebooks" / "b.ipynb", [])
+    out = tmp_path / "out"
+    with pytest.raises(SpineprintError, match=r"notebooks/b\.ipynb.*planted in b"):
+        build.build_book(tiny_book, output=out, html=False, progress=False, n_jobs=2)
+    assert (out / "source" / "notebooks" / "a.ipynb").is_file()  # the running one finished
+    assert not (out / "source" / "notebooks" / "b.ipynb").exists()
+    assert not list((out / "source" / "notebooks").glob(".*running*"))
+
+
+def test_available_cpus_follows_the_affinity_not_the_host():
+    # a process pinned to one CPU (taskset, Binder) gets 1, whatever os.cpu_count() says
+    code = "from spineprint_utils.parallel import available_cpus; print(available_cpus())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          preexec_fn=lambda: __import__("os").sched_setaffinity(0, {0}))
+    assert proc.stdout.strip() == "1"
+    from spineprint_utils.parallel import available_cpus
+
+    assert 1 <= available_cpus() <= len(__import__("os").sched_getaffinity(0))
+
+
+def test_cli_n_jobs_below_one_is_one_clear_line(tiny_book, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "spineprint_utils.cli", "build", "--root", str(tiny_book),
+         "--output", str(tmp_path / "out"), "--no-html", "--quiet", "--n-jobs", "0"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 1
+    assert "n_jobs must be at least 1" in proc.stderr and "Traceback" not in proc.stderr

@@ -236,3 +236,31 @@ def test_find_anat_reports_what_is_missing(study, tmp_path):
     shutil.copytree(root, copy, ignore=shutil.ignore_patterns("derivatives"))
     t2w, seg, reason = preprocess.find_anat(_first_run(copy))
     assert t2w is None and "no cord segmentation" in reason
+
+
+def test_native_figures_drawn_later_equal_one_pass(study, tmp_path, monkeypatch):
+    """The study ran with figures=False; its native and funcanat figures drawn later from the
+    saved inputs equal those of a recomputation that draws them in one pass."""
+    import matplotlib.image
+
+    root, deriv = study
+    bold = _first_run(root)
+    params = {k: v for k, v in RUN.items() if k != "figures"}
+    one_dir, later_dir = tmp_path / "one", tmp_path / "later"
+    shutil.copytree(deriv, one_dir)
+    shutil.copytree(deriv, later_dir)
+    preprocess.run_outputs(bold, one_dir)["qc"].unlink()  # recomputed (the T2w registration is reused)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = preprocess.preprocess_run(bold, one_dir, figures=True, **params)
+        assert not one["skipped"]
+
+        def _boom(*a, **k):
+            raise AssertionError("the run was recomputed")
+
+        monkeypatch.setattr(preprocess.motion_mod, "motion_correct", _boom)
+        later = preprocess.preprocess_run(bold, later_dir, figures=True, **params)
+    assert later["skipped"] and {"fig_native", "fig_funcanat"} <= set(later["figures_drawn"])
+    for k in later["figures_drawn"]:
+        a, b = matplotlib.image.imread(str(one[k])), matplotlib.image.imread(str(later[k]))
+        assert a.shape == b.shape and np.abs(a - b).max() == 0, k

@@ -4,6 +4,7 @@ import gzip
 import json
 import shutil
 import warnings
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 
 from spineprint_utils import motion, preprocess, simulate
-from spineprint_utils._io import SpineprintError
+from spineprint_utils._io import SpineprintError, load_nifti
 from spineprint_utils.parallel import parallel_map
 
 N_VOL = 120
@@ -222,6 +223,9 @@ def test_real_sct_fmri_without_physio(shared_data, tmp_path):
     assert any("band-pass filter NOT applied" in n for n in meta["Notes"])  # 30 volumes: too short
     assert qc.loc[0, "tsnr_post_cord"] > qc.loc[0, "tsnr_pre_cord"]
     assert qc.loc[0, "mask_source"].startswith("mean image")
+    # the CLI draws the QC figures and builds the reports by default
+    assert (tmp_path / "out" / "sub-sct.html").is_file() and (tmp_path / "out" / "group.html").is_file()
+    assert (tmp_path / "out" / "sub-sct" / "figures" / "sub-sct_task-rest_desc-carpet_qc.png").is_file()
 
 
 def _square(x):
@@ -450,3 +454,81 @@ def test_cli_clean_halves_flag_reaches_the_pipeline(monkeypatch, tmp_path):
             args.func(args)
     assert seen[0]["clean_halves"] is True and "clean_halves" not in seen[1]
     assert preprocess.RUN_DEFAULTS["clean_halves"] is False
+
+
+def _png_pixels(path):
+    import matplotlib.image
+
+    return matplotlib.image.imread(str(path))
+
+
+def _check_figures_drawn_later(bold, tmp_path, monkeypatch, **params):
+    """figures=True in one pass vs figures=False then figures=True: the same figures (decoded
+    pixels), and the second call draws them without recomputing the run."""
+    one = preprocess.preprocess_run(bold, tmp_path / "one", figures=True, **params)
+    later = preprocess.preprocess_run(bold, tmp_path / "later", figures=False, **params)
+    keys = [k for k in one if k.startswith("fig_") and one[k].is_file()]
+    assert {"fig_masks", "fig_motion", "fig_tsnr", "fig_carpet", "fig_confcorr"} <= set(keys)
+    assert not any(later[k].exists() for k in later if k.startswith("fig_"))  # no figure drawn
+    assert later["qcinputs"].is_file() and one["qcinputs"].is_file()
+    marker, preproc = later["qc"].read_bytes(), later["preproc"].stat().st_mtime_ns
+    # a recomputation would fail here: the rerun must only draw
+    def _boom(*a, **k):
+        raise AssertionError("the run was recomputed")
+
+    def _no_raw(path, *a, **k):  # the raw series is not even read
+        if Path(path) == Path(bold):
+            raise AssertionError(f"{path} read again")
+        return load_nifti(path, *a, **k)
+
+    monkeypatch.setattr(preprocess.motion_mod, "motion_correct", _boom)
+    monkeypatch.setattr(preprocess, "load_nifti", _no_raw)
+    again = preprocess.preprocess_run(bold, tmp_path / "later", figures=True, **params)
+    assert again["skipped"] and sorted(again["figures_drawn"]) == sorted(keys)
+    assert later["qc"].read_bytes() == marker and later["preproc"].stat().st_mtime_ns == preproc
+    for k in keys:
+        a, b = _png_pixels(one[k]), _png_pixels(again[k])
+        assert a.shape == b.shape and np.abs(a - b).max() == 0, k
+    # all there now: a third call neither recomputes nor redraws
+    assert preprocess.preprocess_run(bold, tmp_path / "later", figures=True, **params)["figures_drawn"] == []
+    return keys
+
+
+def test_figures_drawn_later_equal_one_pass_simulated(sim, tmp_path, monkeypatch):
+    bold = _copy_run(sim, tmp_path / "raw", sub="01")  # with physio: the physio figure too
+    keys = _check_figures_drawn_later(bold, tmp_path, monkeypatch)
+    assert "fig_physio" in keys
+
+
+def test_figures_drawn_later_equal_one_pass_real_sct(shared_data, tmp_path, monkeypatch):
+    src = shared_data / "sct_testing_data" / "fmri" / "fmri.nii.gz"
+    if not src.is_file():
+        pytest.skip(f"{src} not found")
+    func = tmp_path / "bids" / "sub-sct" / "func"
+    func.mkdir(parents=True)
+    bold = func / "sub-sct_task-rest_bold.nii.gz"
+    shutil.copy(src, bold)
+    (func / "sub-sct_task-rest_bold.json").write_text(json.dumps({"RepetitionTime": 2.0}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        keys = _check_figures_drawn_later(bold, tmp_path, monkeypatch, physio=False)
+    assert "fig_physio" not in keys
+
+
+def test_reports_built_when_figures_are_drawn(sim, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = preprocess.preprocess_dataset(sim, tmp_path / "d", participants=["02"], progress=False,
+                                            figures=False)
+        assert not list(out.glob("*.html")) and not list(out.glob("sub-*/figures/*.png"))
+        assert list(out.glob("sub-02/figures/*_desc-qcinputs_arrays.npz"))
+        # asked for explicitly, without figures: the reports say so
+        preprocess.preprocess_dataset(sim, out, participants=["02"], progress=False, figures=False, reports=True)
+        assert (out / "sub-02.html").is_file() and "figures=False" in (out / "sub-02.html").read_text()
+        (out / "sub-02.html").unlink()
+        (out / "group.html").unlink()
+        # default with figures: the figures are drawn from the saved inputs, then the reports
+        preprocess.preprocess_dataset(sim, out, participants=["02"], progress=False)
+    assert (out / "sub-02.html").is_file() and (out / "group.html").is_file()
+    assert "figures=False" not in (out / "sub-02.html").read_text()
+    assert len(list(out.glob("sub-02/figures/*_qc.png"))) == 5  # no physio figure: sub-02 has no recording
