@@ -49,6 +49,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -56,7 +57,7 @@ import numpy as np
 import pandas as pd
 
 from ._io import SpineprintError, atomic_write_json, cache_dir, load_nifti, read_json
-from .parallel import parallel_map
+from .parallel import parallel_map, pinned_threads
 from .plotting import figsize, styled
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "plot_cleaning_leak",
     "split_half_coupling",
     "trend_verdict",
+    "trend_false_alarm",
     "sweep_trends",
     "BASE_STUDY",
     "SWEEP_PREPROCESS",
@@ -356,6 +358,25 @@ def fingerprint_point(bids_dir, *, design: str = "within", physio_model: bool = 
 
 
 # ============================================================ sweeps
+def _warm_parallel_map(func, items, *, n_jobs=1, scheduler=None, desc=None, progress=False) -> list:
+    """:func:`spineprint_utils.parallel.parallel_map`, the first item computed in this process
+    when the others go to local worker processes.
+
+    The workers are forked from this process, so they inherit what it has imported and cached
+    (scipy.signal, the pipeline's modules, the PAM50 atlas and the simulator's anatomy, about 1.5-2 s
+    of CPU time). Without the first item here, every worker of every map paid that again: ~3 s
+    of CPU per map on one core (``n_jobs = 2``, chapter 5 runs three maps), for nothing when the
+    cores are fewer than the workers (benchmarks/README.md). Same results in the same order.
+    """
+    items = list(items)
+    local = int(n_jobs or 1) != 1 and not (scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"))
+    if not local or len(items) < 2:
+        return parallel_map(func, items, n_jobs=n_jobs, scheduler=scheduler, desc=desc, progress=progress)
+    with pinned_threads():  # as parallel_map runs every item
+        head = func(items[0])
+    return [head] + parallel_map(func, items[1:], n_jobs=n_jobs, scheduler=scheduler, desc=desc, progress=progress)
+
+
 def _sweep_point(item, design, preprocess_params):
     """One point (module level: picklable for processes and Dask)."""
     from . import simulate
@@ -505,8 +526,8 @@ def sweep_many(specs, *, base=None, design: str = "within", n_repeats: int = 1, 
     unique = list(dict.fromkeys(keys))
     first = {k: items[keys.index(k)] for k in unique}
     func = functools.partial(_sweep_point, design=design, preprocess_params=pre)
-    done = dict(zip(unique, parallel_map(func, [first[k] for k in unique], n_jobs=n_jobs, scheduler=scheduler,
-                                         desc="sweep", progress=progress)))
+    done = dict(zip(unique, _warm_parallel_map(func, [first[k] for k in unique], n_jobs=n_jobs, scheduler=scheduler,
+                                               desc="sweep", progress=progress)))
     rows = []
     for item, key in zip(items, keys):
         res = {k: v for k, v in done[key].items() if k not in ("value", "repeat", "seed")}
@@ -686,7 +707,7 @@ def _physio_connectomes(bids_dir: Path, orders, segments, n_jobs=1, scheduler=No
     func = functools.partial(_physio_run_fc, orders=orders, segments=segments)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fc = np.stack(parallel_map(func, [r.path for r in found], n_jobs=n_jobs, scheduler=scheduler,
+        fc = np.stack(_warm_parallel_map(func, [r.path for r in found], n_jobs=n_jobs, scheduler=scheduler,
                                    desc="physio FC", progress=progress))
     records = pd.DataFrame({"subject": [r.key["sub"] for r in found], "session": [r.key["ses"] for r in found],
                             "run": [r.key["run"] for r in found]})
@@ -906,6 +927,40 @@ def sweep_trends(results) -> dict:
     return out
 
 
+def trend_false_alarm(n_repeats: int) -> float:
+    """How often :func:`trend_verdict` claims a trend for a factor that changes nothing.
+
+    With no effect, the ``2 n`` repeats at the two ends of a sweep are exchangeable; for
+    distinct values each of the ``C(2n, n)`` ways of choosing which ``n`` lie at the largest
+    value is equally likely, and exactly one puts all of them above the others (the extreme of
+    the Mann-Whitney U statistic, U = 0 or n^2; Mann & Whitney 1947). Either direction counts,
+    so the rate is ``2 / C(2n, n)``: 1/3 for two repeats, 1/10 for three, 1/35 for four. Ties
+    (identification rates take few values) make a strict separation rarer, so this is an upper
+    bound for them.
+
+    Parameters
+    ----------
+    n_repeats : int
+        Repeats per point (>= 1).
+
+    Returns
+    -------
+    float
+        Probability (0-1).
+
+    References
+    ----------
+    Mann HB, Whitney DR (1947). On a test of whether one of two random variables is
+    stochastically larger than the other. Ann Math Stat 18:50-60.
+    """
+    import math
+
+    n = int(n_repeats)
+    if n < 1:
+        raise SpineprintError(f"n_repeats must be >= 1, got {n_repeats!r}")
+    return 2.0 / math.comb(2 * n, n)
+
+
 def trend_verdict(results, parameter: str, column: str, *, physio_model: bool = True) -> str:
     """What the repeats of a sweep allow one to say about its trend, in words.
 
@@ -971,7 +1026,8 @@ def base_study_values(base: dict, base_df=None, n_repeats: int = 1) -> dict:
     dict
         ``n_subjects`` (int), ``base_n_volumes`` (int), ``base_minutes`` (run length in
         min, ``n_volumes * tr / 60``), ``chance`` (``100 / n_subjects`` %), ``n_repeats``
-        (int) and, with ``base_df``, the values of :func:`base_point_values`.
+        (int), ``trend_chance_pct`` (:func:`trend_false_alarm` in %, NaN for one repeat) and,
+        with ``base_df``, the values of :func:`base_point_values`.
     """
     from . import simulate
 
@@ -983,7 +1039,8 @@ def base_study_values(base: dict, base_df=None, n_repeats: int = 1) -> dict:
         raise SpineprintError(f"base study parameters: n_subjects must be >= 1, got {n_subjects}")
     out = {"n_subjects": n_subjects, "base_n_volumes": n_volumes,
            "base_minutes": float(n_volumes * base.get("tr", simulate.DEFAULTS["tr"]) / 60),
-           "chance": float(100 / n_subjects), "n_repeats": int(n_repeats)}
+           "chance": float(100 / n_subjects), "n_repeats": int(n_repeats),
+           "trend_chance_pct": float(100 * trend_false_alarm(n_repeats)) if int(n_repeats) >= 2 else float("nan")}
     if base_df is not None:
         out.update(base_point_values(base_df))
     return out
