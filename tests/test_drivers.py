@@ -487,7 +487,7 @@ def test_base_study_values():
                       "trend_chance_pct": 10.0}
     no_tr = drivers.base_study_values({"n_subjects": 4, "n_volumes": 60})
     assert no_tr["base_minutes"] == pytest.approx(60 * simulate.DEFAULTS["tr"] / 60)
-    assert np.isnan(no_tr["trend_chance_pct"])  # one repeat: trend_verdict claims nothing
+    assert no_tr["trend_chance_pct"] == 100.0  # one repeat: always "separated", so trend_verdict claims nothing
     base_df = pd.DataFrame({"identification": [0.5, 1.0], "idiff": [10.0, 20.0], "idiff_truth": [30.0, 40.0],
                             "tsnr_clean": [12.0, 14.0]})
     values = drivers.base_study_values(base, base_df)
