@@ -12,7 +12,7 @@ Executed notebooks are cached: a notebook is re-run only when its source, its
 parameters or the package source changed, so an interrupted build resumes
 where it stopped.
 
-Notebooks run side by side on the available CPUs (``--jobs``), each once the
+Notebooks run side by side on the available CPUs (``--n-jobs``), each once the
 notebooks it declares in its metadata (``{"spineprint": {"needs": [...]}}``,
 :func:`notebook_needs`) have finished; a notebook that declares nothing waits for
 every notebook before it, as in a serial build.
@@ -570,7 +570,7 @@ def _run_scheduled(todo, needs: dict, run_one, jobs: int) -> None:
 
 
 def build_book(root=None, output=None, params_file=None, only=None, execute=True,
-               html=True, progress=True, jobs=None) -> Path:
+               html=True, progress=True, n_jobs=None) -> Path:
     """Execute the notebooks and build the HTML book.
 
     Parameters
@@ -586,7 +586,7 @@ def build_book(root=None, output=None, params_file=None, only=None, execute=True
         Execute only notebooks whose stem starts with one of these.
     execute, html : bool
         Run the papermill and/or the Jupyter Book step.
-    jobs : int, optional
+    n_jobs : int, optional
         Notebooks executed at the same time (default: the CPUs this process may use,
         :func:`spineprint_utils.parallel.available_cpus`). A notebook starts once the
         notebooks it needs have finished (:func:`notebook_needs`); ``1`` runs them one
@@ -620,9 +620,9 @@ def build_book(root=None, output=None, params_file=None, only=None, execute=True
     if execute:
         from .parallel import available_cpus
 
-        jobs = available_cpus() if jobs is None else int(jobs)
+        jobs = available_cpus() if n_jobs is None else int(n_jobs)
         if jobs < 1:
-            raise SpineprintError(f"jobs must be at least 1, got {jobs}")
+            raise SpineprintError(f"n_jobs must be at least 1, got {n_jobs}")
         needs = notebook_needs(root, notebooks)
         index = {nb: i for i, (nb, _) in enumerate(plan, 1)}
         todo, keys = [], {}
@@ -702,7 +702,7 @@ def _cli(args) -> int:
         execute=not args.no_execute,
         html=not args.no_html,
         progress=not args.quiet,
-        jobs=args.jobs,
+        n_jobs=args.n_jobs,
     )
     print(f"total build time: {time.perf_counter() - start:.0f} s")
     return 0
@@ -722,7 +722,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--no-execute", action="store_true", help="skip papermill (use executed copies)")
     p.add_argument("--no-html", action="store_true", help="execute only, no Jupyter Book step")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--jobs", type=int, default=None,
+    p.add_argument("--n-jobs", type=int, default=None,
                    help="notebooks executed at the same time, each once the notebooks it needs are done "
                         "(default: the CPUs available; 1: one after the other)")
     p.set_defaults(func=_cli)

@@ -49,6 +49,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -56,7 +57,7 @@ import numpy as np
 import pandas as pd
 
 from ._io import SpineprintError, atomic_write_json, cache_dir, load_nifti, read_json
-from .parallel import parallel_map
+from .parallel import parallel_map, pinned_threads
 from .plotting import figsize, styled
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "plot_cleaning_leak",
     "split_half_coupling",
     "trend_verdict",
+    "trend_false_alarm",
     "sweep_trends",
     "BASE_STUDY",
     "SWEEP_PREPROCESS",
@@ -91,8 +93,12 @@ __all__ = [
 
 #: Base parameters of the small study of every sweep point (any
 #: :data:`spineprint_utils.simulate.DEFAULTS` key). Small on purpose: one point takes
-#: seconds, not minutes. Three segments (12 regions, 66 edges), a tight field of view,
-#: one session (the within-session design splits each run in halves). No
+#: seconds, not minutes: two segments (C6-C7: 8 regions, 28 edges, 7 slices) and a field of view
+#: that just holds the cord, its CSF and the motion-estimation margin (26 x 20 mm), the
+#: geometry of the tests' studies; three segments on 28 x 22 mm (12 regions, 66 edges)
+#: cost 1.7x as much per point (benchmarks/README.md, issue 17: a rerun of chapter 5 under a
+#: minute of one core). Six participants (chance 1/6), one session (the within-session design
+#: splits each run in halves). No
 #: session-specific deviation: the two halves of a run share it, so within a session it
 #: would act as a second fingerprint and ``fingerprint_strength = 0`` would still identify.
 #: Every parameter that shapes the results is set here, so that a change of the
@@ -103,8 +109,8 @@ BASE_STUDY = {
     "n_subjects": 6,
     "n_sessions": 1,
     "n_volumes": 100,
-    "segments": ("C5", "C6", "C7"),
-    "fov_mm": (28.0, 22.0),
+    "segments": ("C6", "C7"),
+    "fov_mm": (26.0, 20.0),
     "fingerprint_strength": 1.0,
     "session_strength": 0.0,
     "neural_amplitude": 5.0,
@@ -206,21 +212,40 @@ def _records(data: dict) -> pd.DataFrame:
 
 def _truth_fingerprint(bids_dir: Path, records: pd.DataFrame, design: str) -> dict:
     """Fingerprint of the planted neural signals (simulated data only), same design."""
-    from . import connectivity, simulate
+    from . import connectivity
     from . import fingerprint as fp
 
-    truth = simulate.load_ground_truth(bids_dir)
     ia, ib, pa, pb, _ = _design_pairs(records, design)
     prefixes = [f"sub-{s}_ses-{e}_task-rest_run-{r}"
                 for s, e, r in records[["subject", "session", "run"]].itertuples(index=False)]
+    # only the tables this design needs (simulate.load_ground_truth reads every table of every run:
+    # motion, physiological phases ..., which cost more than the fingerprint itself); same files, same parser
+    key = "neural" if design == "within" else "fc"
+    truth = _ground_truth_tables(bids_dir, prefixes, key)
     if design == "within":
-        halves = [fp.split_half(truth["neural"][p]) for p in prefixes]
+        halves = [fp.split_half(truth[p]) for p in prefixes]
         fc = np.stack([[connectivity.connectivity_matrix(h) for h in pair] for pair in halves])
         fa, fb = fc[ia, 0], fc[ib, 1]
     else:
-        fc = np.stack([truth["fc"][p] for p in prefixes])
+        fc = np.stack([truth[p] for p in prefixes])
         fa, fb = fc[ia], fc[ib]
     return fingerprint_connectomes(fa, fb)
+
+
+def _ground_truth_tables(bids_dir: Path, prefixes, key: str) -> dict:
+    """``neural`` (T, R) time series or ``fc`` (R, R) planted connectivity of these runs, as
+    :func:`spineprint_utils.simulate.load_ground_truth` reads them (``tests/test_drivers.py``
+    checks that they are equal), without the tables this chapter does not use."""
+    gt = Path(bids_dir) / "derivatives" / "groundtruth"
+    desc = {"neural": "neural_timeseries", "fc": "neural_connectivity"}[key]
+    out = {}
+    for prefix in prefixes:
+        sub, ses = prefix.split("_")[:2]
+        path = gt / sub / ses / "func" / f"{prefix}_desc-{desc}.tsv"
+        if not path.is_file():
+            raise SpineprintError(f"{path}: ground-truth file not found")
+        out[prefix] = pd.read_csv(path, sep="\t").to_numpy()
+    return out
 
 
 def _short_hash(obj) -> str:
@@ -337,6 +362,25 @@ def fingerprint_point(bids_dir, *, design: str = "within", physio_model: bool = 
 
 
 # ============================================================ sweeps
+def _warm_parallel_map(func, items, *, n_jobs=1, scheduler=None, desc=None, progress=False) -> list:
+    """:func:`spineprint_utils.parallel.parallel_map`, the first item computed in this process
+    when the others go to local worker processes.
+
+    The workers are forked from this process, so they inherit what it has imported and cached
+    (scipy.signal, the pipeline's modules, the PAM50 atlas and the simulator's anatomy, about 1.5-2 s
+    of CPU time). Without the first item here, every worker of every map paid that again: ~3 s
+    of CPU per map on one core (``n_jobs = 2``, chapter 5 runs three maps), for nothing when the
+    cores are fewer than the workers (benchmarks/README.md). Same results in the same order.
+    """
+    items = list(items)
+    local = int(n_jobs or 1) != 1 and not (scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"))
+    if not local or len(items) < 2:
+        return parallel_map(func, items, n_jobs=n_jobs, scheduler=scheduler, desc=desc, progress=progress)
+    with pinned_threads():  # as parallel_map runs every item
+        head = func(items[0])
+    return [head] + parallel_map(func, items[1:], n_jobs=n_jobs, scheduler=scheduler, desc=desc, progress=progress)
+
+
 def _sweep_point(item, design, preprocess_params):
     """One point (module level: picklable for processes and Dask)."""
     from . import simulate
@@ -486,8 +530,8 @@ def sweep_many(specs, *, base=None, design: str = "within", n_repeats: int = 1, 
     unique = list(dict.fromkeys(keys))
     first = {k: items[keys.index(k)] for k in unique}
     func = functools.partial(_sweep_point, design=design, preprocess_params=pre)
-    done = dict(zip(unique, parallel_map(func, [first[k] for k in unique], n_jobs=n_jobs, scheduler=scheduler,
-                                         desc="sweep", progress=progress)))
+    done = dict(zip(unique, _warm_parallel_map(func, [first[k] for k in unique], n_jobs=n_jobs, scheduler=scheduler,
+                                               desc="sweep", progress=progress)))
     rows = []
     for item, key in zip(items, keys):
         res = {k: v for k, v in done[key].items() if k not in ("value", "repeat", "seed")}
@@ -667,7 +711,7 @@ def _physio_connectomes(bids_dir: Path, orders, segments, n_jobs=1, scheduler=No
     func = functools.partial(_physio_run_fc, orders=orders, segments=segments)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fc = np.stack(parallel_map(func, [r.path for r in found], n_jobs=n_jobs, scheduler=scheduler,
+        fc = np.stack(_warm_parallel_map(func, [r.path for r in found], n_jobs=n_jobs, scheduler=scheduler,
                                    desc="physio FC", progress=progress))
     records = pd.DataFrame({"subject": [r.key["sub"] for r in found], "session": [r.key["ses"] for r in found],
                             "run": [r.key["run"] for r in found]})
@@ -887,6 +931,40 @@ def sweep_trends(results) -> dict:
     return out
 
 
+def trend_false_alarm(n_repeats: int) -> float:
+    """How often :func:`trend_verdict` claims a trend for a factor that changes nothing.
+
+    With no effect, the ``2 n`` repeats at the two ends of a sweep are exchangeable; for
+    distinct values each of the ``C(2n, n)`` ways of choosing which ``n`` lie at the largest
+    value is equally likely, and exactly one puts all of them above the others (the extreme of
+    the Mann-Whitney U statistic, U = 0 or n^2; Mann & Whitney 1947). Either direction counts,
+    so the rate is ``2 / C(2n, n)``: 1/3 for two repeats, 1/10 for three, 1/35 for four. Ties
+    (identification rates take few values) make a strict separation rarer, so this is an upper
+    bound for them.
+
+    Parameters
+    ----------
+    n_repeats : int
+        Repeats per point (>= 1).
+
+    Returns
+    -------
+    float
+        Probability (0-1).
+
+    References
+    ----------
+    Mann HB, Whitney DR (1947). On a test of whether one of two random variables is
+    stochastically larger than the other. Ann Math Stat 18:50-60.
+    """
+    import math
+
+    n = int(n_repeats)
+    if n < 1:
+        raise SpineprintError(f"n_repeats must be >= 1, got {n_repeats!r}")
+    return 2.0 / math.comb(2 * n, n)
+
+
 def trend_verdict(results, parameter: str, column: str, *, physio_model: bool = True) -> str:
     """What the repeats of a sweep allow one to say about its trend, in words.
 
@@ -952,7 +1030,9 @@ def base_study_values(base: dict, base_df=None, n_repeats: int = 1) -> dict:
     dict
         ``n_subjects`` (int), ``base_n_volumes`` (int), ``base_minutes`` (run length in
         min, ``n_volumes * tr / 60``), ``chance`` (``100 / n_subjects`` %), ``n_repeats``
-        (int) and, with ``base_df``, the values of :func:`base_point_values`.
+        (int), ``trend_chance_pct`` (:func:`trend_false_alarm` in %: 100 for one repeat, which is
+        why :func:`trend_verdict` then claims nothing) and,
+        with ``base_df``, the values of :func:`base_point_values`.
     """
     from . import simulate
 
@@ -964,7 +1044,8 @@ def base_study_values(base: dict, base_df=None, n_repeats: int = 1) -> dict:
         raise SpineprintError(f"base study parameters: n_subjects must be >= 1, got {n_subjects}")
     out = {"n_subjects": n_subjects, "base_n_volumes": n_volumes,
            "base_minutes": float(n_volumes * base.get("tr", simulate.DEFAULTS["tr"]) / 60),
-           "chance": float(100 / n_subjects), "n_repeats": int(n_repeats)}
+           "chance": float(100 / n_subjects), "n_repeats": int(n_repeats),
+           "trend_chance_pct": float(100 * trend_false_alarm(n_repeats))}
     if base_df is not None:
         out.update(base_point_values(base_df))
     return out

@@ -153,11 +153,11 @@ def test_independent_notebooks_run_at_the_same_time(tiny_book, tmp_path):
     for nb in ("a", "b"):
         _set_needs(tiny_book / "notebooks" / f"{nb}.ipynb", [])
     out = tmp_path / "out"
-    build.build_book(tiny_book, output=out, html=False, progress=False, jobs=2)
+    build.build_book(tiny_book, output=out, html=False, progress=False, n_jobs=2)
     assert {p.name for p in (out / "source" / "notebooks").glob("*.ipynb")} == {"a.ipynb", "b.ipynb"}
     # one at a time, the first one would wait for the second in vain
     with pytest.raises(SpineprintError, match="never started"):
-        build.build_book(tiny_book, output=tmp_path / "serial", html=False, progress=False, jobs=1)
+        build.build_book(tiny_book, output=tmp_path / "serial", html=False, progress=False, n_jobs=1)
 
 
 def test_a_notebook_waits_for_what_it_needs(tiny_book, tmp_path):
@@ -167,12 +167,12 @@ def test_a_notebook_waits_for_what_it_needs(tiny_book, tmp_path):
               ["from pathlib import Path\nassert Path('a.done').is_file(), 'started before a finished'"])
     _set_needs(tiny_book / "notebooks" / "b.ipynb", ["a"])
     out = tmp_path / "out"
-    build.build_book(tiny_book, output=out, html=False, progress=False, jobs=2)
+    build.build_book(tiny_book, output=out, html=False, progress=False, n_jobs=2)
     assert (out / "source" / "notebooks" / "b.ipynb").is_file()
     # declared independent, b starts beside a and fails: the dependency is what orders them
     _set_needs(tiny_book / "notebooks" / "b.ipynb", [])
     with pytest.raises(SpineprintError, match="started before a finished"):
-        build.build_book(tiny_book, output=tmp_path / "out2", html=False, progress=False, jobs=2)
+        build.build_book(tiny_book, output=tmp_path / "out2", html=False, progress=False, n_jobs=2)
 
 
 def test_a_failure_beside_another_notebook_keeps_the_other_and_names_itself(tiny_book, tmp_path):
@@ -181,7 +181,7 @@ def test_a_failure_beside_another_notebook_keeps_the_other_and_names_itself(tiny
     _set_needs(tiny_book / "notebooks" / "b.ipynb", [])
     out = tmp_path / "out"
     with pytest.raises(SpineprintError, match=r"notebooks/b\.ipynb.*planted in b"):
-        build.build_book(tiny_book, output=out, html=False, progress=False, jobs=2)
+        build.build_book(tiny_book, output=out, html=False, progress=False, n_jobs=2)
     assert (out / "source" / "notebooks" / "a.ipynb").is_file()  # the running one finished
     assert not (out / "source" / "notebooks" / "b.ipynb").exists()
     assert not list((out / "source" / "notebooks").glob(".*running*"))
@@ -196,3 +196,13 @@ def test_available_cpus_follows_the_affinity_not_the_host():
     from spineprint_utils.parallel import available_cpus
 
     assert 1 <= available_cpus() <= len(__import__("os").sched_getaffinity(0))
+
+
+def test_cli_n_jobs_below_one_is_one_clear_line(tiny_book, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "spineprint_utils.cli", "build", "--root", str(tiny_book),
+         "--output", str(tmp_path / "out"), "--no-html", "--quiet", "--n-jobs", "0"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 1
+    assert "n_jobs must be at least 1" in proc.stderr and "Traceback" not in proc.stderr

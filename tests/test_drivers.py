@@ -182,6 +182,24 @@ def test_sweep_is_cached_and_parallel_gives_the_same_rows():
     np.testing.assert_allclose(a.select_dtypes("number"), b.select_dtypes("number"))
 
 
+def _pid_of(item):
+    import os
+
+    return item, os.getpid()
+
+
+def test_warm_parallel_map_runs_the_first_item_here_and_keeps_the_order():
+    import os
+
+    items = list(range(5))
+    got = drivers._warm_parallel_map(_pid_of, items, n_jobs=2)
+    assert [g[0] for g in got] == items
+    assert got[0][1] == os.getpid()  # warms this process: the workers forked after it inherit its imports
+    assert all(pid != os.getpid() for _, pid in got[1:])  # the rest on the workers
+    assert [pid for _, pid in drivers._warm_parallel_map(_pid_of, items, n_jobs=1)] == [os.getpid()] * 5
+    assert drivers._warm_parallel_map(_pid_of, [], n_jobs=2) == []
+
+
 def test_sweep_between_sessions_adds_a_session():
     df = _sweep("fingerprint_strength", [4.0], design="between", base={**TINY, "n_volumes": 30})
     assert df.loc[0, "design"] == "between"
@@ -209,6 +227,21 @@ def test_fingerprint_point_caches_per_design_and_drops_4d_images():
                                                         "segments": list(TINY["segments"])})
     assert len(list(out_off.rglob("*_desc-preproc_bold.nii.gz"))) == 2 * TINY["n_subjects"]
     assert np.isfinite(kept["idiff"])
+
+
+def test_truth_tables_are_those_of_load_ground_truth():
+    # the planted-signal fingerprint reads only the tables it needs: the same arrays as the full reader
+    bids = simulate.default_dataset(**drivers.study_parameters({**TINY, "n_volumes": 30}, "between", seed=0))
+    gt = simulate.load_ground_truth(bids)
+    prefixes = list(gt["runs"]["run"])
+    assert len(prefixes) == 2 * TINY["n_subjects"]
+    for key in ("neural", "fc"):
+        got = drivers._ground_truth_tables(bids, prefixes, key)
+        assert list(got) == prefixes
+        for p in prefixes:
+            np.testing.assert_array_equal(got[p], gt[key][p])
+    with pytest.raises(SpineprintError, match="ground-truth file not found"):
+        drivers._ground_truth_tables(bids, ["sub-99_ses-01_task-rest_run-1"], "neural")
 
 
 def _fake_point(item, design, preprocess_params, calls):
@@ -428,12 +461,33 @@ def test_sweep_endpoints_pick_smallest_and_largest_values_and_nan_for_empty_swee
     assert np.isnan(on_only["physio_off_idiff_last"]) and on_only["physio_idiff_last"] == ends["physio_idiff_last"]
 
 
+def test_trend_false_alarm_is_the_rate_of_trend_verdict_without_an_effect():
+    # exact values, then the rate at which trend_verdict itself claims a trend when both ends of the
+    # sweep draw from the same distribution (no effect), by simulation
+    assert drivers.trend_false_alarm(2) == pytest.approx(1 / 3)
+    assert drivers.trend_false_alarm(3) == pytest.approx(1 / 10)
+    assert drivers.trend_false_alarm(4) == pytest.approx(1 / 35)
+    with pytest.raises(SpineprintError, match="n_repeats"):
+        drivers.trend_false_alarm(0)
+    rng = np.random.default_rng(5)
+    for n in (2, 3):
+        n_sim, claims = 3000, 0
+        for _ in range(n_sim):
+            df = pd.DataFrame({"parameter": "tsnr", "physio_model": True, "value": [6.0] * n + [12.0] * n,
+                               "idiff": rng.normal(size=2 * n)})
+            claims += drivers.trend_verdict(df, "tsnr", "idiff").startswith(("rises", "falls"))
+        p = drivers.trend_false_alarm(n)
+        assert abs(claims / n_sim - p) < 4 * np.sqrt(p * (1 - p) / n_sim)
+
+
 def test_base_study_values():
     base = {"n_subjects": 5, "n_volumes": 90, "tr": 2.0}
     values = drivers.base_study_values(base, n_repeats=3)
-    assert values == {"n_subjects": 5, "base_n_volumes": 90, "base_minutes": 3.0, "chance": 20.0, "n_repeats": 3}
+    assert values == {"n_subjects": 5, "base_n_volumes": 90, "base_minutes": 3.0, "chance": 20.0, "n_repeats": 3,
+                      "trend_chance_pct": 10.0}
     no_tr = drivers.base_study_values({"n_subjects": 4, "n_volumes": 60})
     assert no_tr["base_minutes"] == pytest.approx(60 * simulate.DEFAULTS["tr"] / 60)
+    assert no_tr["trend_chance_pct"] == 100.0  # one repeat: always "separated", so trend_verdict claims nothing
     base_df = pd.DataFrame({"identification": [0.5, 1.0], "idiff": [10.0, 20.0], "idiff_truth": [30.0, 40.0],
                             "tsnr_clean": [12.0, 14.0]})
     values = drivers.base_study_values(base, base_df)

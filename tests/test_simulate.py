@@ -153,6 +153,41 @@ def test_retroicor_basis_closed_form():
                                                    np.cos(3 * phi), np.sin(3 * phi)]))
 
 
+def _physio_text_reference(cardiac, respiratory, trigger) -> str:
+    """The former sample-by-sample writer: Python's own formatting of every value."""
+    return "".join(f"{c:.4f}\t{r:.4f}\t{t}\n" for c, r, t in zip(np.asarray(cardiac).tolist(),
+                                                                 np.asarray(respiratory).tolist(),
+                                                                 np.asarray(trigger).astype(int).tolist()))
+
+
+def test_physio_text_bytes_identical_to_python_formatting():
+    # the column-wise writer must give the bytes of f"{v:.4f}" exactly: signs of values that round
+    # to zero ("-0.0000"), exact binary ties (ties to even: 1/32 -> 0.0312), near ties, carries
+    # (9.99995 -> 10.0000), large values, integer triggers of several digits and of either sign
+    rng = np.random.default_rng(11)
+    special = np.array([0.0, -0.0, -4e-5, 5e-5, 1.5e-4, 0.03125, -0.03125, 2.5e-5, 1.00005, -1.00005,
+                        0.12345, 0.99995, 9.99995, -9.99995, 123456.78905, 1e9 + 0.00005])
+    for scale in (1e-6, 1e-3, 1.0, 3.0, 1e4, 1e10):
+        n = 2000
+        card, resp = rng.standard_normal(n) * scale, rng.standard_normal(n)
+        card[:special.size], resp[-special.size:] = special, -special
+        trig = (rng.random(n) < 0.05) * rng.integers(-12, 300, n)
+        assert sim._physio_text(card, resp, trig) == _physio_text_reference(card, resp, trig)
+    grid = np.arange(-8192, 8192) / 2.0 ** 15  # every value an exact binary fraction, many exact ties
+    assert sim._physio_text(grid, grid[::-1], np.zeros(grid.size)) == _physio_text_reference(
+        grid, grid[::-1], np.zeros(grid.size))
+    bad = np.array([np.nan, 1.0, np.inf])  # not formatted column-wise: same text as before
+    assert sim._physio_text(bad, bad, [0, 1, 0]) == _physio_text_reference(bad, bad, [0, 1, 0])
+    assert sim._physio_text([], [], []) == ""
+    # a simulated recording, as the simulator writes it
+    ph = sim.physio_traces(60.0, 100.0, 72.0, 15.0, 1.0, np.random.default_rng(3))
+    trig = np.zeros(ph["cardiac"].size)
+    trig[::200] = 1
+    text = sim._physio_text(ph["cardiac"], ph["respiratory"], trig)
+    assert text == _physio_text_reference(ph["cardiac"], ph["respiratory"], trig)
+    assert text.count("\n") == ph["cardiac"].size
+
+
 def test_physio_traces_rates_and_phases():
     from scipy.signal import find_peaks
 
