@@ -1260,8 +1260,14 @@ def preprocess_run(bold_path, output_dir, *, motion=True, physio=True, motion_re
         if row.get("parameters") == params_key:  # same settings: reuse (resumable)
             missing = _missing_figures(outs) if figures else []
             if missing is not None:  # figures not asked for, all there, or drawn now from the saved inputs
-                drawn = _draw_later(outs, row, missing) if missing else []
-                return {**outs, "qc_row": row, "skipped": True, "figures_drawn": drawn}
+                try:
+                    drawn = _draw_later(outs, row, missing) if missing else []
+                except (KeyError, ValueError, OSError, EOFError, SpineprintError) as exc:
+                    # saved inputs unusable (another version's, damaged): the run is recomputed
+                    warnings.warn(f"{bold_path.name}: QC figures not drawn from {outs['qcinputs'].name} "
+                                  f"({type(exc).__name__}: {exc}); recomputing the run", stacklevel=2)
+                else:
+                    return {**outs, "qc_row": row, "skipped": True, "figures_drawn": drawn}
     notes: list[str] = []
     # ---- validate every input before writing anything
     meta, tr, st, sidecar = _read_meta(bold_path, repetition_time, slice_timing)

@@ -549,3 +549,18 @@ def test_tsv_text_is_pandas_to_csv():
     assert preprocess._tsv_text(mixed) == mixed.to_csv(sep="\t", index=False, na_rep="n/a")
     odd = df.rename(columns={"c_comp_cor_00": 'a"b'})
     assert preprocess._tsv_text(odd) == odd.to_csv(sep="\t", index=False, na_rep="n/a")
+
+
+def test_unusable_qc_inputs_recompute_the_run(sim, tmp_path):
+    """Saved figure inputs that cannot be drawn from (here: one array missing, as from another
+    version) make a rerun with figures=True recompute the run, with a warning, not fail it."""
+    bold = _copy_run(sim, tmp_path / "raw", sub="02")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = preprocess.preprocess_run(bold, tmp_path / "d", figures=False)
+    with np.load(res["qcinputs"]) as z:
+        kept = {k: z[k] for k in z.files if k != "carpet_after"}
+    np.savez(res["qcinputs"], **kept)
+    with pytest.warns(UserWarning, match="recomputing the run"):
+        again = preprocess.preprocess_run(bold, tmp_path / "d", figures=True)
+    assert not again["skipped"] and again["fig_carpet"].is_file() and again["fig_masks"].is_file()
