@@ -98,8 +98,9 @@ def parallel_map(func, items, n_jobs: int = 1, scheduler: str | None = None, des
     items : iterable
         Inputs.
     n_jobs : int
-        Number of local worker processes; 1 (default) runs in this process; a negative
-        value uses every CPU this process may use (:func:`available_cpus`).
+        Number of local worker processes, at most the CPUs this process may use
+        (:func:`available_cpus`); 1 (default) runs in this process; a negative value uses
+        every available CPU.
     scheduler : str, optional
         Address of a running Dask scheduler (e.g. ``"tcp://127.0.0.1:8786"``).
         Defaults to ``$DASK_SCHEDULER_ADDRESS`` when that is set. Takes precedence
@@ -136,8 +137,10 @@ def parallel_map(func, items, n_jobs: int = 1, scheduler: str | None = None, des
                 pass
             return client.gather(futures)
     n_jobs = int(n_jobs or 1)
-    if n_jobs < 0:
-        n_jobs = available_cpus()
+    if n_jobs < 0 or n_jobs > 1:
+        # never more local workers than CPUs: on one CPU (Binder, taskset) extra workers only add
+        # their start-up, imports and copies of the data
+        n_jobs = available_cpus() if n_jobs < 0 else min(n_jobs, available_cpus())
     if n_jobs == 1 or len(items) == 1:
         with pinned_threads():
             return [func(item) for item in _progress(items, len(items), desc, disable)]

@@ -206,3 +206,13 @@ def test_cli_n_jobs_below_one_is_one_clear_line(tiny_book, tmp_path):
     )
     assert proc.returncode == 1
     assert "n_jobs must be at least 1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_parallel_map_runs_in_process_on_one_cpu():
+    # n_jobs=2 on a process pinned to one CPU: no worker processes (same pid for every item)
+    code = ("import os\nfrom spineprint_utils.parallel import parallel_map\n"
+            "pids = parallel_map(lambda _: os.getpid(), [1, 2, 3], n_jobs=2, progress=False)\n"
+            "print(set(pids) == {os.getpid()})")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          preexec_fn=lambda: __import__("os").sched_setaffinity(0, {0}))
+    assert proc.stdout.strip() == "True"
