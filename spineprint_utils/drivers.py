@@ -126,13 +126,14 @@ BASE_STUDY = {
 #: without interaction terms (8 regressors per slice instead of the 32 of the 4/4/(2x2)
 #: default), because the sweeps' runs are short (50-200 volumes) and every regressor costs a
 #: degree of freedom in the pass band (chapter 02 shows the effect of the model order); three
-#: aCompCor components; no QC figures.
+#: aCompCor components; no QC figures; the preprocessed series stored without compression.
 SWEEP_PREPROCESS = {
     "cardiac_order": 2,
     "respiratory_order": 2,
     "interaction_order": (0, 0),
     "n_csf_components": 3,
     "figures": False,
+    "compresslevel": 0,  # the preprocessed series are read back at once and deleted
 }
 
 #: Columns of the table returned by :func:`sweep`.

@@ -564,3 +564,20 @@ def test_unusable_qc_inputs_recompute_the_run(sim, tmp_path):
     with pytest.warns(UserWarning, match="recomputing the run"):
         again = preprocess.preprocess_run(bold, tmp_path / "d", figures=True)
     assert not again["skipped"] and again["fig_carpet"].is_file() and again["fig_masks"].is_file()
+
+
+def test_compresslevel_changes_bytes_not_values_nor_the_completion_key(sim, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bold = sorted(sim.glob("sub-02/**/func/*_bold.nii.gz"))[0]
+        stored = preprocess.preprocess_run(bold, tmp_path / "a", figures=False, compresslevel=0)
+        packed = preprocess.preprocess_run(bold, tmp_path / "b", figures=False)
+        # level 0 stores the series: the gzip member is larger than level 1's, the voxels are equal
+        raw0, raw1 = (gzip.decompress(r["preproc"].read_bytes()) for r in (stored, packed))
+        assert raw0 == raw1
+        assert stored["preproc"].stat().st_size > packed["preproc"].stat().st_size
+        # a rerun at the default level reuses the run (the level is not part of the key)
+        again = preprocess.preprocess_run(bold, tmp_path / "a", figures=False)
+        assert again["skipped"]
+        with pytest.raises(SpineprintError, match="compresslevel must be an integer from 0 to 9"):
+            preprocess.preprocess_run(bold, tmp_path / "c", compresslevel=12)
