@@ -545,9 +545,14 @@ def _run_scheduled(todo, needs: dict, run_one, jobs: int) -> None:
     nothing new starts; the running ones finish; the first error is raised."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
+    if jobs <= 1:  # one after the other, in this thread (an interrupt reaches papermill directly)
+        for nb in todo:
+            run_one(nb)
+        return
     pending, running, done, error = list(todo), {}, set(), None
     todo_set = set(todo)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
         while pending or running:
             if error is None:
                 for nb in list(pending):
@@ -565,8 +570,34 @@ def _run_scheduled(todo, needs: dict, run_one, jobs: int) -> None:
                     error = error or future.exception()
                 else:
                     done.add(nb)
+    except BaseException:
+        # Ctrl-C / SIGTERM reach this (main) thread only: stop the kernels of the notebooks the
+        # other threads run, so that their papermill calls fail now (removing their partial
+        # copies) instead of running to the end
+        _stop_kernels()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     if error is not None:
         raise error
+
+
+def _stop_kernels() -> None:
+    """Kill the Jupyter kernels started by this process (its child processes running
+    ``ipykernel``), found through ``/proc`` (Linux; elsewhere nothing is done)."""
+    import signal
+
+    me = os.getpid()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) != me:  # field 4 of /proc/<pid>/stat: the parent's pid
+                continue
+            cmdline = (stat.parent / "cmdline").read_bytes()
+            if b"ipykernel" in cmdline:
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):  # gone meanwhile, or not ours to read
+            continue
 
 
 def build_book(root=None, output=None, params_file=None, only=None, execute=True,
