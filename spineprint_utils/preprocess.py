@@ -1011,7 +1011,10 @@ def _qc_inputs(moco, clean, cord, csf, cord_mean, mean_before, phys_rec, native,
             if k in _QC_FIGURES_ALWAYS
             or (k == "fig_physio" and phys_rec is not None)
             or (k == "fig_native" and (native is not None or field_hz is not None))
-            or (k == "fig_funcanat" and native is not None and native["f2a"] is not None)]
+            # the func -> T2w overlay needs the alignment's warped cord (none when the user's
+            # own warps were used: no alignment was computed)
+            or (k == "fig_funcanat" and native is not None and native["f2a"] is not None
+                and native["f2a"].get("alignment") is not None)]
     arrays = {"figures": np.array(keys), "mean_moco": moco.mean(axis=3).astype(np.float32),
               "carpet_before": rows(moco), "carpet_after": rows(clean),
               "carpet_n_cord": np.int64(min(int(cord.sum()), _CARPET_VOXELS)),
